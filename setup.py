@@ -1,0 +1,25 @@
+from setuptools import find_packages, setup
+
+setup(
+    name="ssd",
+    version="0.1.0",
+    description="SSD300/SSD512 single-shot multibox detector: train, evaluate, predict",
+    license="MIT",
+    python_requires=">=3.9",
+    packages=find_packages(include=["ssd", "ssd.*"]),
+    install_requires=[
+        "torch>=2.0,<2.15",
+        "torchvision>=0.15,<0.30",
+        "opencv-python-headless>=4.5",
+        "numpy>=1.22",
+        "pyyaml>=5.4",
+        "tqdm>=4.60",
+        "pycocotools>=2.0.6",
+        "matplotlib>=3.5",
+    ],
+    extras_require={
+        "dev": ["pytest>=7", "ruff>=0.4"],
+        "onnx": ["onnx>=1.14", "onnxruntime>=1.16"],
+        "tensorboard": ["tensorboard>=2.10"],
+    },
+)

@@ -1,0 +1,148 @@
+"""Pure box maths. Formats: "xyxy" = (xmin, ymin, xmax, ymax); "cxcywh" = (cx, cy, w, h).
+
+All functions take and return tensors whose last dimension is 4 and work on any leading
+batch shape unless the docstring says otherwise.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+
+
+def cxcywh_to_xyxy(boxes: torch.Tensor) -> torch.Tensor:
+    """(..., 4) centre form -> (..., 4) corner form."""
+    centre, size = boxes[..., :2], boxes[..., 2:]
+    return torch.cat([centre - size / 2, centre + size / 2], dim=-1)
+
+
+def xyxy_to_cxcywh(boxes: torch.Tensor) -> torch.Tensor:
+    """(..., 4) corner form -> (..., 4) centre form."""
+    low, high = boxes[..., :2], boxes[..., 2:]
+    return torch.cat([(low + high) / 2, high - low], dim=-1)
+
+
+def box_area(boxes: torch.Tensor) -> torch.Tensor:
+    """(..., 4) xyxy -> (...) area (zero for inverted boxes)."""
+    size = (boxes[..., 2:] - boxes[..., :2]).clamp(min=0)
+    return size[..., 0] * size[..., 1]
+
+
+def pairwise_iou(boxes_a: torch.Tensor, boxes_b: torch.Tensor) -> torch.Tensor:
+    """IoU of every pair: a (..., N, 4) xyxy, b (..., M, 4) xyxy -> (..., N, M).
+
+    Leading dimensions broadcast, so a batch of padded ground truth [B, n, 4] against
+    priors [P, 4] gives [B, n, P] in one call.
+    """
+    low = torch.maximum(boxes_a[..., :, None, :2], boxes_b[..., None, :, :2])  # (..., N, M, 2)
+    high = torch.minimum(boxes_a[..., :, None, 2:], boxes_b[..., None, :, 2:])  # (..., N, M, 2)
+    inter_wh = (high - low).clamp(min=0)
+    inter = inter_wh[..., 0] * inter_wh[..., 1]  # (..., N, M)
+    union = box_area(boxes_a)[..., :, None] + box_area(boxes_b)[..., None, :] - inter
+    return inter / union.clamp(min=torch.finfo(inter.dtype).tiny)
+
+
+def encode(
+    matched_xyxy: torch.Tensor, priors_cxcywh: torch.Tensor, variances: Sequence[float]
+) -> torch.Tensor:
+    """Regression targets of boxes relative to their priors (the SSD parametrisation).
+
+    Args:
+        matched_xyxy: (..., P, 4) ground-truth boxes in corner form, one per prior.
+        priors_cxcywh: (P, 4) default boxes in centre form.
+        variances: (centre variance, size variance), e.g. (0.1, 0.2).
+
+    Returns:
+        (..., P, 4) offsets (dcx, dcy, dw, dh).
+    """
+    centre_var, size_var = variances
+    gt = xyxy_to_cxcywh(matched_xyxy)
+    d_centre = (gt[..., :2] - priors_cxcywh[:, :2]) / (centre_var * priors_cxcywh[:, 2:])
+    # Degenerate (zero-size) targets only occur for background priors whose offsets are unused.
+    ratio = (gt[..., 2:] / priors_cxcywh[:, 2:]).clamp(min=1e-8)
+    d_size = torch.log(ratio) / size_var
+    return torch.cat([d_centre, d_size], dim=-1)
+
+
+def decode(
+    offsets: torch.Tensor, priors_cxcywh: torch.Tensor, variances: Sequence[float]
+) -> torch.Tensor:
+    """Inverse of `encode`: (..., P, 4) offsets + (P, 4) priors -> (..., P, 4) xyxy boxes."""
+    centre_var, size_var = variances
+    centre = priors_cxcywh[:, :2] + offsets[..., :2] * centre_var * priors_cxcywh[:, 2:]
+    size = priors_cxcywh[:, 2:] * torch.exp(offsets[..., 2:] * size_var)
+    return cxcywh_to_xyxy(torch.cat([centre, size], dim=-1))
+
+
+def pad_targets(targets: Sequence[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Stack per-image targets of different lengths.
+
+    Args:
+        targets: B tensors [n_i, 5] = (xmin, ymin, xmax, ymax, label).
+
+    Returns:
+        boxes [B, n_max, 5] zero-padded, valid [B, n_max] bool. n_max is at least 1 so
+        downstream shapes stay non-empty.
+    """
+    n_max = max([1] + [len(t) for t in targets])
+    device = targets[0].device if len(targets) else torch.device("cpu")
+    dtype = targets[0].dtype if len(targets) else torch.float32
+    padded = torch.zeros(len(targets), n_max, 5, device=device, dtype=dtype)
+    valid = torch.zeros(len(targets), n_max, dtype=torch.bool, device=device)
+    for index, target in enumerate(targets):  # one copy per image, no per-box work
+        padded[index, : len(target)] = target
+        valid[index, : len(target)] = True
+    return padded, valid
+
+
+def match(
+    gt_boxes: torch.Tensor,
+    gt_valid: torch.Tensor,
+    priors_cxcywh: torch.Tensor,
+    iou_threshold: float = 0.5,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Assign every prior of every image to a ground truth box, for a whole batch at once.
+
+    Each prior takes its highest-IoU ground truth; below `iou_threshold` it is background.
+    Every ground truth then claims its own best prior even below the threshold (the
+    bipartite step of the paper); when two ground truths share a best prior the later one
+    wins, as in the classic implementation.
+
+    Args:
+        gt_boxes: [B, n, 4] xyxy normalised ground truth, padded (see `pad_targets`).
+        gt_valid: [B, n] bool, False for padding.
+        priors_cxcywh: [P, 4] default boxes.
+        iou_threshold: minimum IoU for a positive prior.
+
+    Returns:
+        matched_index [B, P] long: index into n of each prior's ground truth (valid for all
+            priors, meaningful for positives);
+        positive [B, P] bool;
+        best_iou [B, P] float: IoU of each prior with its assigned ground truth.
+    """
+    batch, num_gt = gt_valid.shape
+    num_priors = priors_cxcywh.shape[0]
+    priors_xyxy = cxcywh_to_xyxy(priors_cxcywh)
+    iou = pairwise_iou(gt_boxes, priors_xyxy)  # [B, n, P]
+    iou = iou.masked_fill(~gt_valid[..., None], -1.0)  # padding never wins
+
+    best_iou, matched_index = iou.max(dim=1)  # [B, P]: best ground truth per prior
+    best_prior = iou.argmax(dim=2)  # [B, n]: best prior per ground truth
+
+    # Bipartite step: force each valid ground truth onto its best prior. Scattering in order
+    # of increasing ground-truth index makes the last ground truth win ties, like the loop
+    # `for j in range(n): best_truth_idx[best_prior_idx[j]] = j` of the classic port.
+    gt_ids = torch.arange(num_gt, device=gt_valid.device).expand(batch, num_gt)
+    claim = torch.full((batch, num_priors), -1, dtype=torch.long, device=gt_valid.device)
+    masked_prior = torch.where(gt_valid, best_prior, torch.full_like(best_prior, num_priors))
+    claim_ext = torch.cat([claim, claim[:, :1]], dim=1)  # extra column swallows padding
+    claim_ext = claim_ext.scatter_reduce(1, masked_prior, gt_ids, reduce="amax")
+    claim = claim_ext[:, :num_priors]  # [B, P], -1 where no ground truth claims the prior
+    claimed = claim >= 0
+    matched_index = torch.where(claimed, claim, matched_index)
+    best_iou = torch.where(claimed, iou.gather(1, claim.clamp(min=0)[:, None]).squeeze(1),
+                           best_iou)
+    positive = (best_iou >= iou_threshold) | claimed
+    positive &= gt_valid.any(dim=1, keepdim=True)  # images with no objects: all background
+    return matched_index, positive, best_iou.clamp(min=0)

@@ -1,0 +1,112 @@
+"""The SSD detector: a feature extractor (one subclass per backbone) + loc/conf heads + priors."""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+from torch import nn
+
+from ssd.priors import boxes_per_location, default_boxes
+
+
+class SSD(nn.Module):
+    """Base SSD: subclasses build their layers, then call `_build_heads` and `_check_feature_maps`.
+
+    A subclass implements `extract_features(images) -> list of [B, C_k, H_k, W_k]` and stores
+    its layers as direct attributes, so state_dict keys read `vgg.0.weight`, `loc.0.weight`, ...
+    exactly as in the classic published checkpoints.
+
+    Forward:
+        images: [B, 3, S, S] float (mean-subtracted BGR).
+        returns loc [B, P, 4] offsets and conf [B, P, C] raw logits.
+
+    Attributes:
+        priors: [P, 4] (cx, cy, w, h) in [0, 1]; a non-persistent buffer.
+    """
+
+    def __init__(
+        self,
+        num_classes: int,
+        image_size: int,
+        feature_maps: Sequence[int],
+        steps: Sequence[float],
+        min_sizes: Sequence[float],
+        max_sizes: Sequence[float],
+        aspect_ratios: Sequence[Sequence[float]],
+        clip: bool = True,
+    ):
+        super().__init__()
+        if num_classes < 2:
+            raise ValueError(f"num_classes must be >= 2 (background + 1), got {num_classes}")
+        self.num_classes = num_classes
+        self.image_size = image_size
+        self.feature_maps = list(feature_maps)
+        self.aspect_ratios = [list(r) for r in aspect_ratios]
+        priors = default_boxes(
+            feature_maps, image_size, steps, min_sizes, max_sizes, aspect_ratios, clip
+        )
+        self.register_buffer("priors", priors, persistent=False)
+
+    def num_anchors_per_location(self) -> list[int]:
+        """Default boxes per cell for each feature map (2 + 2 * number of aspect ratios)."""
+        return [boxes_per_location(ratios) for ratios in self.aspect_ratios]
+
+    def extract_features(self, images: torch.Tensor) -> list[torch.Tensor]:
+        raise NotImplementedError
+
+    def _build_heads(self, source_channels: Sequence[int]) -> None:
+        """3x3 loc and conf convolutions on every source feature map."""
+        if len(source_channels) != len(self.feature_maps):
+            raise ValueError(
+                f"{type(self).__name__} has {len(source_channels)} source feature maps but the "
+                f"prior config lists {len(self.feature_maps)} (model.priors.feature_maps)"
+            )
+        anchors = self.num_anchors_per_location()
+        self.loc = nn.ModuleList(
+            nn.Conv2d(ch, a * 4, kernel_size=3, padding=1) for ch, a in zip(source_channels, anchors)
+        )
+        self.conf = nn.ModuleList(
+            nn.Conv2d(ch, a * self.num_classes, kernel_size=3, padding=1)
+            for ch, a in zip(source_channels, anchors)
+        )
+        for head in (*self.loc, *self.conf):
+            xavier_init(head)
+
+    @torch.no_grad()
+    def _check_feature_maps(self) -> None:
+        """Run a dummy image through the extractor; the sizes must match the prior config."""
+        was_training = self.training
+        self.eval()
+        probe = torch.zeros(1, 3, self.image_size, self.image_size)
+        features = self.extract_features(probe)
+        self.train(was_training)
+        for index, (feature, expected) in enumerate(zip(features, self.feature_maps)):
+            actual = tuple(feature.shape[-2:])
+            if actual != (expected, expected):
+                raise ValueError(
+                    f"{type(self).__name__}: source feature map {index} ({self.source_names[index]}) "
+                    f"is {actual[0]}x{actual[1]} at image size {self.image_size}, but "
+                    f"model.priors.feature_maps[{index}] expects {expected}x{expected}"
+                )
+
+    def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        batch = images.shape[0]
+        locs, confs = [], []
+        for feature, loc_head, conf_head in zip(self.extract_features(images), self.loc, self.conf):
+            # (B, A*4, H, W) -> (B, H, W, A*4) -> (B, HWA, 4): row, column, then anchor order,
+            # matching the order of `default_boxes`.
+            locs.append(loc_head(feature).permute(0, 2, 3, 1).reshape(batch, -1, 4))
+            # (B, A*C, H, W) -> (B, H, W, A*C) -> (B, HWA, C)
+            confs.append(
+                conf_head(feature).permute(0, 2, 3, 1).reshape(batch, -1, self.num_classes)
+            )
+        return torch.cat(locs, dim=1), torch.cat(confs, dim=1)
+
+
+def xavier_init(module: nn.Module) -> None:
+    """Xavier-uniform weights and zero bias for a convolution."""
+    if isinstance(module, nn.Conv2d):
+        nn.init.xavier_uniform_(module.weight)
+        if module.bias is not None:
+            nn.init.zeros_(module.bias)
