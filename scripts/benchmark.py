@@ -1,0 +1,44 @@
+"""Speed benchmarks, one section per subsystem, each against a baseline timed in the same run.
+
+    python scripts/benchmark.py                 # every section
+    python scripts/benchmark.py loss eval       # chosen sections
+    python scripts/benchmark.py --quick         # fewer repetitions (smoke run)
+
+Each section lives in scripts/benchmarks/<name>.py and defines `run(quick: bool) -> dict`,
+printing its figures (times and the ratio to its baseline) and returning them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import sys
+from pathlib import Path
+
+SCRIPTS_DIR = Path(__file__).resolve().parent
+sys.path.insert(0, str(SCRIPTS_DIR.parent))  # run from a clone without installing
+sys.path.insert(0, str(SCRIPTS_DIR))
+
+SECTIONS = ["loss", "data", "eval", "train", "predict"]
+
+
+def main(argv: list[str] | None = None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    parser.add_argument("sections", nargs="*", choices=SECTIONS + [[]], default=[],
+                        metavar="SECTION", help=f"any of: {', '.join(SECTIONS)} (default: all)")
+    parser.add_argument("--quick", action="store_true", help="fewer repetitions")
+    parser.add_argument("--json", type=Path, help="also write the figures to this JSON file")
+    args = parser.parse_args(argv)
+    results = {}
+    for name in args.sections or SECTIONS:
+        module = importlib.import_module(f"benchmarks.{name}")
+        print(f"== {name} ==", flush=True)
+        results[name] = module.run(quick=args.quick)
+    if args.json:
+        args.json.write_text(json.dumps(results, indent=2))
+    return results
+
+
+if __name__ == "__main__":
+    main()

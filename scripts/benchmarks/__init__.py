@@ -1,0 +1,1 @@
+"""Sections of scripts/benchmark.py: each module defines run(quick: bool) -> dict."""
