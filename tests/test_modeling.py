@@ -1,0 +1,116 @@
+import pytest
+import torch
+
+from ssd.config import load_config
+from ssd.modeling import build_model
+
+# The classic published SSD300 (21 classes) checkpoint layout: key -> shape.
+_VGG_CONVS = [(64, 3), (64, 64), (128, 64), (128, 128), (256, 128), (256, 256), (256, 256),
+              (512, 256), (512, 512), (512, 512), (512, 512), (512, 512), (512, 512)]
+_VGG_INDICES = [0, 2, 5, 7, 10, 12, 14, 17, 19, 21, 24, 26, 28]
+_EXTRAS = [(256, 1024, 1), (512, 256, 3), (128, 512, 1), (256, 128, 3),
+           (128, 256, 1), (256, 128, 3), (128, 256, 1), (256, 128, 3)]
+_SOURCES = [(512, 4), (1024, 6), (512, 6), (256, 6), (256, 4), (256, 4)]
+
+
+def classic_ssd300_shapes():
+    shapes = {}
+    for index, (out_ch, in_ch) in zip(_VGG_INDICES, _VGG_CONVS):
+        shapes[f"vgg.{index}.weight"] = (out_ch, in_ch, 3, 3)
+        shapes[f"vgg.{index}.bias"] = (out_ch,)
+    shapes["vgg.31.weight"], shapes["vgg.31.bias"] = (1024, 512, 3, 3), (1024,)
+    shapes["vgg.33.weight"], shapes["vgg.33.bias"] = (1024, 1024, 1, 1), (1024,)
+    shapes["L2Norm.weight"] = (512,)
+    for index, (out_ch, in_ch, k) in enumerate(_EXTRAS):
+        shapes[f"extras.{index}.weight"] = (out_ch, in_ch, k, k)
+        shapes[f"extras.{index}.bias"] = (out_ch,)
+    for index, (channels, anchors) in enumerate(_SOURCES):
+        shapes[f"loc.{index}.weight"] = (anchors * 4, channels, 3, 3)
+        shapes[f"loc.{index}.bias"] = (anchors * 4,)
+        shapes[f"conf.{index}.weight"] = (anchors * 21, channels, 3, 3)
+        shapes[f"conf.{index}.bias"] = (anchors * 21,)
+    return shapes
+
+
+@pytest.fixture(scope="module")
+def ssd300():
+    return build_model(load_config("configs/voc300.yaml")).eval()
+
+
+def test_voc300_state_dict_matches_classic_layout(ssd300):
+    state = ssd300.state_dict()
+    expected = classic_ssd300_shapes()
+    assert len(state) == 71
+    assert {k: tuple(v.shape) for k, v in state.items()} == expected
+    assert sum(p.numel() for p in ssd300.parameters()) == 26_285_486
+    assert "priors" not in state  # non-persistent buffer
+
+
+def test_voc300_forward_shapes_and_priors(ssd300):
+    with torch.no_grad():
+        loc, conf = ssd300(torch.zeros(1, 3, 300, 300))
+    assert loc.shape == (1, 8732, 4) and conf.shape == (1, 8732, 21)
+    assert ssd300.priors.shape == (8732, 4)
+    assert ssd300.L2Norm.weight.eq(20).all()
+
+
+def test_voc512_output_shapes():
+    model = build_model(load_config("configs/voc512.yaml")).eval()
+    with torch.no_grad():
+        loc, conf = model(torch.zeros(1, 3, 512, 512))
+    assert model.priors.shape == (24564, 4)
+    assert loc.shape == (1, 24564, 4) and conf.shape == (1, 24564, 21)
+
+
+def test_ssd7_output_shapes_and_batch_norm():
+    cfg = load_config("configs/shapes.yaml")
+    model = build_model(cfg)
+    images = torch.randn(2, 3, cfg.model.image_size, cfg.model.image_size)
+    loc, conf = model(images)
+    num_priors = sum(4 * size * size for size in cfg.model.priors.feature_maps)
+    assert model.priors.shape == (num_priors, 4)
+    assert loc.shape == (2, num_priors, 4) and conf.shape == (2, num_priors, 7)
+    assert any(isinstance(m, torch.nn.BatchNorm2d) for m in model.modules())
+
+
+def test_loc_conf_ordering_matches_priors():
+    """Output row k of the heads belongs to prior k: probe a single conv channel."""
+    cfg = load_config("configs/shapes.yaml")
+    model = build_model(cfg).eval()
+    for head in (*model.loc, *model.conf):
+        torch.nn.init.zeros_(head.weight)
+        torch.nn.init.zeros_(head.bias)
+    # Anchor 2 of the second source map: conf channel 2*C + 1 -> prior index offset.
+    num_classes, size0, size1 = 7, *cfg.model.priors.feature_maps[:2]
+    model.conf[1].bias.data[2 * num_classes + 1] = 1.0
+    with torch.no_grad():
+        _, conf = model(torch.zeros(1, 3, cfg.model.image_size, cfg.model.image_size))
+    hot = (conf[0, :, 1] == 1.0).nonzero().squeeze(1)
+    start = 4 * size0 * size0
+    assert hot.tolist() == [start + cell * 4 + 2 for cell in range(size1 * size1)]
+
+
+def test_priors_move_with_device_and_are_not_saved():
+    model = build_model(load_config("configs/shapes.yaml"))
+    model.to(torch.float64)
+    assert model.priors.dtype == torch.float64
+    assert not any(k.startswith("priors") for k in model.state_dict())
+
+
+def test_feature_map_mismatch_names_layer_and_sizes():
+    with pytest.raises(ValueError, match=r"conv4_3.*38x38.*feature_maps\[0\] expects 37x37"):
+        build_model(load_config("configs/voc300.yaml",
+                                overrides=["model.priors.feature_maps=[37, 19, 10, 5, 3, 1]"]))
+
+
+def test_unknown_backbone_lists_known():
+    with pytest.raises(KeyError, match="No backbone named 'vgg19'.*known: ssd7, vgg16"):
+        build_model(load_config(overrides=["model.backbone=vgg19"]))
+
+
+def test_source_count_mismatch():
+    with pytest.raises(ValueError, match="4 source feature maps.*lists 6"):
+        build_model(load_config("configs/shapes.yaml", overrides=[
+            "model.priors.feature_maps=[20, 10, 5, 2, 1, 1]", "model.priors.steps=[8,16,32,80,160,160]",
+            "model.priors.min_sizes=[1,2,3,4,5,6]", "model.priors.max_sizes=[2,3,4,5,6,7]",
+            "model.priors.aspect_ratios=[[2],[2],[2],[2],[2],[2]]"]))
