@@ -1,0 +1,72 @@
+"""torch.distributed helpers: launched by torchrun, one process per device."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+
+
+@dataclass(frozen=True)
+class DistInfo:
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+
+    @property
+    def enabled(self) -> bool:
+        return self.world_size > 1
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+
+def init_distributed(device_type: str) -> DistInfo:
+    """Join the process group when started by torchrun (WORLD_SIZE > 1), else single process.
+
+    Backend: NCCL on CUDA, gloo on CPU.
+    """
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    if world_size <= 1:
+        return DistInfo()
+    rank, local_rank = int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", "0"))
+    if not dist.is_initialized():
+        backend = "nccl" if device_type == "cuda" else "gloo"
+        if device_type == "cuda":
+            torch.cuda.set_device(local_rank)
+        dist.init_process_group(backend=backend)
+    return DistInfo(rank=rank, world_size=world_size, local_rank=local_rank)
+
+
+def barrier(info: DistInfo) -> None:
+    if info.enabled:
+        dist.barrier()
+
+
+def parameters_checksum(model: torch.nn.Module) -> torch.Tensor:
+    """A float64 scalar summarising all parameters (identical weights -> identical sums)."""
+    total = torch.zeros((), dtype=torch.float64)
+    for index, param in enumerate(model.parameters(), start=1):
+        total += index * param.detach().double().cpu().sum()
+    return total
+
+
+def ranks_agree(model: torch.nn.Module, info: DistInfo) -> tuple[bool, list[float]]:
+    """Gather every rank's parameter checksum; True when they are all equal."""
+    local = parameters_checksum(model)
+    if info.enabled and dist.get_backend() == "nccl":
+        local = local.cuda()
+    if not info.enabled:
+        return True, [local.item()]
+    gathered = [torch.zeros_like(local) for _ in range(info.world_size)]
+    dist.all_gather(gathered, local)
+    values = [g.item() for g in gathered]
+    return all(v == values[0] for v in values), values
+
+
+def cleanup(info: DistInfo) -> None:
+    if info.enabled and dist.is_initialized():
+        dist.destroy_process_group()
