@@ -194,6 +194,7 @@ class Trainer:
             loc, conf = self.ddp_model(images)
         losses = self.criterion(loc.float(), conf.float(), self.model.priors, targets)
         loss = losses["loss_loc"] + losses["loss_conf"]
+        self.last_lr = self.optimizer.param_groups[0]["lr"]  # the LR this step uses
         self.optimizer.zero_grad(set_to_none=True)
         self.scaler.scale(loss).backward()
         self.scaler.step(self.optimizer)
@@ -273,7 +274,7 @@ class Trainer:
     def _log_step(self, losses, images_per_second: float, bar) -> dict[str, Any]:
         record = {"kind": "train", "iteration": self.iteration,
                   **{k: round(v.item(), 6) for k, v in losses.items()},
-                  "lr": self.optimizer.param_groups[0]["lr"],
+                  "lr": self.last_lr,
                   "images_per_second": round(images_per_second, 2)}
         bar.set_postfix(loss_loc=f"{record['loss_loc']:.3f}", loss_conf=f"{record['loss_conf']:.3f}",
                         lr=f"{record['lr']:.2e}", img_s=f"{images_per_second:.1f}")
