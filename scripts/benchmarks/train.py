@@ -1,0 +1,84 @@
+"""`train` section: SSD300 training step time at batch 8 on this machine's device.
+
+Three modes timed in the same run: fp32 (the baseline), channels_last, and mixed precision
+(bfloat16 autocast on CPU, float16 + GradScaler on CUDA). A step is forward + MultiBoxLoss +
+backward + SGD update on random images with 1-8 random boxes each.
+"""
+
+from __future__ import annotations
+
+import time
+
+import torch
+
+from ssd.config import load_config
+from ssd.engine.solver import build_optimizer
+from ssd.loss import build_loss
+from ssd.modeling import build_model
+
+BATCH = 8
+
+
+def _random_targets(batch: int, num_classes: int, generator: torch.Generator) -> list[torch.Tensor]:
+    targets = []
+    for _ in range(batch):
+        n = int(torch.randint(1, 9, (1,), generator=generator))
+        low = torch.rand(n, 2, generator=generator) * 0.6
+        size = 0.1 + torch.rand(n, 2, generator=generator) * 0.3
+        labels = torch.randint(0, num_classes - 1, (n, 1), generator=generator).float()
+        targets.append(torch.cat([low, low + size, labels], dim=1))
+    return targets
+
+
+def time_steps(mode: str, device: torch.device, steps: int) -> float:
+    """Mean seconds per training step after one warm-up step."""
+    cfg = load_config("configs/voc300.yaml", overrides=["model.pretrained=null"])
+    torch.manual_seed(0)
+    model = build_model(cfg).to(device).train()
+    channels_last = mode in ("channels_last", "amp")
+    if channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    criterion = build_loss(cfg)
+    optimizer = build_optimizer(model, 1e-3, 0.9, 5e-4)
+    amp_dtype = torch.float16 if device.type == "cuda" else torch.bfloat16
+    scaler = torch.amp.GradScaler("cuda", enabled=mode == "amp" and device.type == "cuda")
+    generator = torch.Generator().manual_seed(0)
+    images = torch.randn(BATCH, 3, 300, 300, generator=generator).to(device)
+    if channels_last:
+        images = images.contiguous(memory_format=torch.channels_last)
+    targets = [t.to(device) for t in _random_targets(BATCH, cfg.model.num_classes, generator)]
+
+    def step():
+        with torch.autocast(device.type, dtype=amp_dtype, enabled=mode == "amp"):
+            loc, conf = model(images)
+        losses = criterion(loc.float(), conf.float(), model.priors, targets)
+        optimizer.zero_grad(set_to_none=True)
+        scaler.scale(losses["loss_loc"] + losses["loss_conf"]).backward()
+        scaler.step(optimizer)
+        scaler.update()
+
+    step()  # warm-up
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    start = time.perf_counter()
+    for _ in range(steps):
+        step()
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    return (time.perf_counter() - start) / steps
+
+
+def run(quick: bool = False) -> dict:
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    steps = 1 if quick else 3
+    amp_name = "fp16 autocast" if device.type == "cuda" else "bf16 autocast"
+    results = {}
+    for mode, label in (("fp32", "fp32"), ("channels_last", "channels_last fp32"),
+                        ("amp", f"{amp_name} + channels_last")):
+        seconds = time_steps(mode, device, steps)
+        results[mode] = seconds
+        ratio = results["fp32"] / seconds
+        print(f"SSD300 train step, batch {BATCH}, {device.type}, {label:<28s}: {seconds:6.2f} s/step "
+              f"({BATCH / seconds:5.2f} images/s, {ratio:.2f}x fp32)", flush=True)
+    return {"device": device.type, "batch": BATCH, "seconds_per_step": results,
+            "speedup_vs_fp32": {k: results["fp32"] / v for k, v in results.items()}}
