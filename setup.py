@@ -18,8 +18,8 @@ setup(
         "matplotlib>=3.5",
     ],
     extras_require={
-        "dev": ["pytest>=7", "ruff>=0.4"],
-        "onnx": ["onnx>=1.14", "onnxruntime>=1.16"],
+        "dev": ["pytest>=7", "ruff>=0.4", "onnx>=1.14", "onnxruntime>=1.16", "onnxscript>=0.1"],
+        "onnx": ["onnx>=1.14", "onnxruntime>=1.16", "onnxscript>=0.1"],
         "tensorboard": ["tensorboard>=2.10"],
     },
 )

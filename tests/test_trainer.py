@@ -6,6 +6,7 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 import torch
@@ -15,8 +16,7 @@ from ssd.engine import checkpoint as ckpt
 from ssd.engine.metrics_log import read_metrics
 from ssd.engine.trainer import Trainer, TrainingError
 
-from .conftest import REPO_ROOT
-
+REPO_ROOT = Path(__file__).resolve().parents[1]
 TRAIN_SCRIPT = str(REPO_ROOT / "scripts" / "train.py")
 
 

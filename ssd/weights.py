@@ -1,0 +1,461 @@
+"""Weight files: the one place that reads them.
+
+Supported files (all read with ``torch.load(weights_only=True)``; numpy arrays are allowed
+because training checkpoints store the numpy RNG state):
+
+- this project's checkpoints: a dict with ``model`` (state_dict) and ``config`` (plain nested
+  dict) plus optional training state (optimizer, scheduler, rng, ...);
+- bare state_dicts in the classic layout (``vgg.0.weight`` ... ``conf.5.bias``, as in
+  ``ssd300_mAP_77.43_v2.pth``), with or without the ``module.`` prefix of DataParallel;
+- reduced-fc VGG16 backbones (``0.weight`` ... ``33.bias``, as ``vgg16_reducedfc.pth``) for
+  ``model.pretrained``, made from torchvision's ImageNet VGG16 by `convert_torchvision_vgg16`.
+
+Anything else is an error that says what the file holds and what was expected.
+"""
+
+from __future__ import annotations
+
+import pickle
+import re
+import zipfile
+from pathlib import Path
+from typing import Any, Mapping
+
+import torch
+import yaml
+from torch import nn
+
+from ssd.config import Config, load_config, load_config_from_dict
+from ssd.modeling import build_model
+from ssd.modeling.vgg import vgg16_reducedfc_layers
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+DEFAULT_CONFIG = REPO_ROOT / "configs" / "voc300.yaml"
+TORCHVISION_VGG16_FILE = "vgg16-397923af.pth"
+REDUCED_FC_FILE = "weights/vgg16_reducedfc.pth"
+
+# fc6 -> conv6 / fc7 -> conv7 ("a trous" reduction of the SSD paper). torchvision pools
+# conv5_3 to a 7x7 grid and fc6 reads it flattened as (C, H, W). SSD keeps every 4th unit
+# (4096 -> 1024) and the taps 0, 3, 6 of the 7x7 grid; pool5 becomes stride 1, so taps that
+# were 2 * 3 = 6 pixels apart on the stride-1 map give conv6 its dilation of 6.
+FC_GRID = 7
+UNIT_STEP = 4
+TAP_STEP = 3
+
+_MAX_LISTED = 8  # keys listed per category in a mismatch message
+_BACKBONE_PREFIXES = {"vgg.": "vgg16", "base.": "ssd7"}  # state_dict prefix -> backbone name
+
+
+class WeightsError(ValueError):
+    """A weights file cannot be used; the message says what it holds and what was expected."""
+
+
+# ------------------------------------------------------------------------------ conversion
+def fc6_to_conv6(weight: torch.Tensor, bias: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Subsample a fully connected fc6 into the dilated 3x3 conv6.
+
+    Args:
+        weight: [O, C * 7 * 7] fc6 weight (torchvision: [4096, 25088]).
+        bias: [O] fc6 bias.
+
+    Returns:
+        conv6 weight [O / 4, C, 3, 3] (every 4th unit; taps 0, 3, 6 in both directions) and
+        bias [O / 4]; for VGG16 [1024, 512, 3, 3] and [1024]. Use with dilation 6.
+    """
+    out_units, in_features = weight.shape
+    channels = in_features // FC_GRID**2
+    if channels * FC_GRID**2 != in_features or out_units % UNIT_STEP:
+        raise WeightsError(
+            f"fc6 weight {_shape(weight)} does not read a {FC_GRID}x{FC_GRID} grid "
+            f"(in features = C * {FC_GRID * FC_GRID}) or its units are not a multiple of {UNIT_STEP}"
+        )
+    # (O, C*7*7) -> (O, C, 7, 7): undo torchvision's flatten of the pooled (C, H, W) map
+    kernel = weight.reshape(out_units, channels, FC_GRID, FC_GRID)
+    kernel = kernel[::UNIT_STEP, :, ::TAP_STEP, ::TAP_STEP]  # (O/4, C, 3, 3): taps 0, 3, 6
+    return _copy(kernel), _copy(bias[::UNIT_STEP])
+
+
+def fc7_to_conv7(weight: torch.Tensor, bias: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Subsample fc7 [O, I] (and bias [O]) by 4 in both dimensions into a 1x1 conv7.
+
+    Returns weight [O / 4, I / 4, 1, 1] and bias [O / 4]; for VGG16 [1024, 1024, 1, 1].
+    """
+    out_units, in_units = weight.shape
+    if out_units % UNIT_STEP or in_units % UNIT_STEP:
+        raise WeightsError(f"fc7 weight {_shape(weight)}: both sizes must be multiples of "
+                           f"{UNIT_STEP}")
+    kernel = weight[::UNIT_STEP, ::UNIT_STEP]  # (O/4, I/4)
+    return _copy(kernel[:, :, None, None]), _copy(bias[::UNIT_STEP])  # (O/4, I/4, 1, 1)
+
+
+def convert_torchvision_vgg16(state_dict: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """torchvision's VGG16 state_dict -> the reduced-fc layer list of the SSD backbone.
+
+    Args:
+        state_dict: ``features.N.weight/bias`` for the 13 convolutions (conv1_1 ... conv5_3)
+            and ``classifier.0`` (fc6), ``classifier.3`` (fc7); ``classifier.6`` is dropped.
+
+    Returns:
+        A state_dict for `model.vgg` (keys ``0.weight`` ... ``33.bias`` for VGG16, the layout
+        of the classic vgg16_reducedfc.pth): the convolutions copied, conv6 and conv7 from
+        `fc6_to_conv6` and `fc7_to_conv7`. Tensors are fresh copies (no shared storage).
+    """
+    source = _strip_prefix(dict(state_dict), "module.")
+    feature_convs = _torchvision_feature_convs(source)
+    targets = _reduced_fc_conv_indices()  # the 13 VGG convs, then conv6 and conv7
+    if len(feature_convs) != len(targets) - 2:
+        raise WeightsError(
+            f"expected the {len(targets) - 2} convolutions of VGG16 (features.N.weight), found "
+            f"{len(feature_convs)} at features.{feature_convs}; VGG11/13/19 are not supported"
+        )
+    converted: dict[str, torch.Tensor] = {}
+    for src, dst in zip(feature_convs, targets[:-2]):
+        converted[f"{dst}.weight"] = _copy(source[f"features.{src}.weight"])
+        converted[f"{dst}.bias"] = _copy(source[f"features.{src}.bias"])
+    last_channels = source[f"features.{feature_convs[-1]}.weight"].shape[0]
+    fc6_weight = source["classifier.0.weight"]
+    if fc6_weight.shape[1] != last_channels * FC_GRID**2:
+        raise WeightsError(
+            f"classifier.0.weight (fc6) {_shape(fc6_weight)} expects "
+            f"{fc6_weight.shape[1]} inputs, but conv5_3 gives {last_channels} x {FC_GRID} x "
+            f"{FC_GRID} = {last_channels * FC_GRID**2}"
+        )
+    conv6, conv7 = targets[-2:]
+    converted[f"{conv6}.weight"], converted[f"{conv6}.bias"] = fc6_to_conv6(
+        fc6_weight, source["classifier.0.bias"]
+    )
+    converted[f"{conv7}.weight"], converted[f"{conv7}.bias"] = fc7_to_conv7(
+        source["classifier.3.weight"], source["classifier.3.bias"]
+    )
+    return converted
+
+
+def read_torchvision_vgg16(path: str | Path) -> dict[str, torch.Tensor]:
+    """Read torchvision's ImageNet VGG16 file and return it converted (see above)."""
+    missing = (
+        f"VGG16 file not found: {path}. This is torchvision's ImageNet VGG16 "
+        f"({TORCHVISION_VGG16_FILE}, found in ~/.cache/torch/hub/checkpoints/ after "
+        f"torchvision.models.vgg16(weights='IMAGENET1K_V1') on a machine with internet access)."
+    )
+    state_dict, _ = _read_weights_file(path, missing)
+    return convert_torchvision_vgg16(state_dict)
+
+
+def _torchvision_feature_convs(state_dict: Mapping[str, torch.Tensor]) -> list[int]:
+    """Indices N of the ``features.N`` convolutions, checking the torchvision layout."""
+    keys = list(state_dict)
+    if any(key.startswith("features.") and key.endswith("running_mean") for key in keys):
+        raise WeightsError(
+            "this is a batch-norm VGG16 (torchvision vgg16_bn); the SSD backbone has no batch "
+            f"norm: use torchvision's plain vgg16 ({TORCHVISION_VGG16_FILE})"
+        )
+    required = [f"classifier.{i}.{p}" for i in (0, 3) for p in ("weight", "bias")]
+    missing = [key for key in required if key not in state_dict]
+    if keys and all(re.match(r"\d+\.", key) for key in keys):
+        raise WeightsError("this file is already a reduced-fc VGG16 (keys 0.weight ... "
+                           "33.bias): use it as model.pretrained as it is")
+    if missing or not any(key.startswith("features.") for key in keys):
+        hint = _layout_hint(keys)
+        raise WeightsError(
+            "expected torchvision's VGG16 layout (features.N.weight/bias, classifier.0 and "
+            f"classifier.3); the file has {_preview(keys)}{' — ' + hint if hint else ''}"
+        )
+    indices = []
+    for key, value in state_dict.items():
+        matched = re.fullmatch(r"features\.(\d+)\.weight", key)
+        if matched and value.dim() == 4:
+            indices.append(int(matched.group(1)))
+    return sorted(indices)
+
+
+def _reduced_fc_conv_indices() -> list[int]:
+    """Positions of the 15 convolutions in the SSD backbone's layer list, from its structure."""
+    with torch.device("meta"):  # structure only: no memory, no initialisation cost
+        layers, _ = vgg16_reducedfc_layers()
+    return [index for index, layer in enumerate(layers) if isinstance(layer, nn.Conv2d)]
+
+
+# --------------------------------------------------------------------------------- reading
+def read_checkpoint(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, Any] | None]:
+    """Read a detector weights file.
+
+    Accepts this project's checkpoints (``{"model": state_dict, "config": dict, ...}``) and
+    bare state_dicts (``module.`` prefixes are stripped).
+
+    Returns:
+        (state_dict, config dict or None when the file carries no config).
+
+    Raises:
+        FileNotFoundError: the file does not exist (the message says how to get one).
+        WeightsError: the file is not a state_dict or checkpoint (says what it holds).
+    """
+    missing = (
+        f"Weights file not found: {path}. Train a model with "
+        f"`python scripts/train.py --config configs/shapes.yaml` (checkpoints are written to "
+        f"train.output_dir, e.g. runs/shapes/best.pth), or put published weights such as "
+        f"ssd300_mAP_77.43_v2.pth in weights/."
+    )
+    return _read_weights_file(path, missing)
+
+
+def _read_weights_file(
+    path: str | Path, missing_message: str
+) -> tuple[dict[str, torch.Tensor], dict[str, Any] | None]:
+    path = Path(path)
+    if path.is_dir():
+        raise WeightsError(f"{path} is a folder; expected a .pth weights file")
+    if not path.is_file():
+        raise FileNotFoundError(missing_message)
+    return _split_checkpoint(_torch_load(path), path)
+
+
+def _torch_load(path: Path) -> Any:
+    """torch.load restricted to tensors, plain containers and numpy data (no code in pickles)."""
+    try:
+        with torch.serialization.safe_globals(_numpy_data_globals()):
+            # mmap only works for the zip format; the classic 2017 files use the legacy one.
+            return torch.load(path, map_location="cpu", weights_only=True,
+                              mmap=zipfile.is_zipfile(path))
+    except pickle.UnpicklingError as err:
+        refused = re.search(r"GLOBAL (\S+)", str(err))
+        if refused is None:
+            detail = re.search(r"WeightsUnpickler error:\s*(.+)", str(err))
+            raise WeightsError(f"{path} is not a PyTorch weights file that torch.load can read "
+                               f"({detail.group(1) if detail else err})") from err
+        raise WeightsError(
+            f"{path} holds a pickled Python object ({refused.group(1)}; e.g. a whole "
+            f"nn.Module), not only tensors, plain containers and numpy data; it is not loaded "
+            f"because unpickling it can run code. Save `model.state_dict()` instead. If you "
+            f"trust the file: torch.save(torch.load(path, weights_only=False).state_dict(), "
+            f"new_path)"
+        ) from err
+    except Exception as err:  # torch.load fails on foreign files in many ways (KeyError, ...)
+        raise WeightsError(f"{path} is not a PyTorch weights file that torch.load can read "
+                           f"({type(err).__name__}: {err})") from err
+
+
+def _numpy_data_globals() -> list[Any]:
+    """numpy array/scalar constructors: data only, safe to allow in weights_only loading."""
+    import numpy as np
+
+    try:
+        from numpy._core import multiarray
+    except ImportError:  # numpy < 2
+        from numpy.core import multiarray
+    dtypes = [type(np.dtype(code)) for code in "?bBhHiIlLqQefdgFDG"]
+    return [np.ndarray, np.dtype, multiarray._reconstruct, multiarray.scalar, *dtypes]
+
+
+def _split_checkpoint(obj: Any, path: Path) -> tuple[dict[str, torch.Tensor], dict | None]:
+    """(state_dict without `module.`, config dict or None) of a loaded file."""
+    expected = ("expected a state_dict (a dict of tensors) or a checkpoint of this project "
+                "(a dict with 'model' and 'config')")
+    if not isinstance(obj, Mapping):
+        raise WeightsError(f"{path} holds a {type(obj).__name__}; {expected}")
+    if isinstance(obj.get("model"), Mapping):
+        state_dict, config = obj["model"], _config_of(obj.get("config"), path)
+    else:
+        state_dict, config = obj, None
+    not_tensors = [key for key, value in state_dict.items() if not torch.is_tensor(value)]
+    if not state_dict or not_tensors:
+        raise WeightsError(
+            f"{path} is not a state_dict: {expected}. Its top-level keys: {_preview(list(obj))}"
+            + (f"; not tensors: {_preview(not_tensors)}" if not_tensors else "")
+        )
+    return _strip_prefix(dict(state_dict), "module."), config
+
+
+def _config_of(value: Any, path: Path) -> dict[str, Any] | None:
+    """A checkpoint's 'config' entry as a plain dict (YAML text is accepted too)."""
+    if value is None:
+        return None
+    if isinstance(value, str):
+        value = yaml.safe_load(value)
+    if not isinstance(value, Mapping):
+        raise WeightsError(f"{path}: 'config' must be a nested dict of the config, got "
+                           f"{type(value).__name__}")
+    return dict(value)
+
+
+# --------------------------------------------------------------------------------- loading
+def check_state_dict(
+    module: nn.Module,
+    state_dict: Mapping[str, torch.Tensor],
+    source: str,
+    hint: str = "",
+    target: str | None = None,
+) -> None:
+    """Raise WeightsError listing missing keys, unexpected keys and shape mismatches.
+
+    Args:
+        module: the module the state_dict should load into (strictly).
+        state_dict: the weights to check.
+        source: where they come from (a path), for the message.
+        hint: a closing sentence for the message (what to do).
+        target: what `module` is, for the message (default: the model and its class).
+    """
+    expected = module.state_dict()
+    missing = [key for key in expected if key not in state_dict]
+    unexpected = [key for key in state_dict if key not in expected]
+    mismatched = [key for key in expected
+                  if key in state_dict and state_dict[key].shape != expected[key].shape]
+    if not (missing or unexpected or mismatched):
+        return
+    target = target or f"the model ({type(module).__name__})"
+    lines = [f"Weights from {source} do not fit {target}:"]
+    if mismatched:
+        lines.append(f"  shape mismatches ({len(mismatched)}):")
+        lines += [
+            f"    {key}: checkpoint {_shape(state_dict[key])} vs model {_shape(expected[key])}"
+            + _class_count_note(key, state_dict, expected)
+            for key in mismatched[:_MAX_LISTED]
+        ]
+        lines += _more(mismatched)
+    for title, keys in (("missing keys (in the model, not in the file)", missing),
+                        ("unexpected keys (in the file, not in the model)", unexpected)):
+        if keys:
+            lines.append(f"  {title} ({len(keys)}): {', '.join(keys[:_MAX_LISTED])}")
+            lines += _more(keys)
+    notes = [_layout_hint(list(state_dict)), _backbone_note(list(state_dict), list(expected)), hint]
+    lines += [note for note in notes if note]
+    raise WeightsError("\n".join(lines))
+
+
+def load_model_weights(model: nn.Module, state_dict: Mapping[str, torch.Tensor], source: str) -> None:
+    """Load `state_dict` into `model` strictly; on any difference raise WeightsError (listing
+    missing keys, unexpected keys and shape mismatches, with the class counts when inferable).
+    """
+    hint = ("Use the config the weights were trained with (--config), or a checkpoint of "
+            "this project, which stores its config.")
+    check_state_dict(model, state_dict, source, hint=hint)
+    model.load_state_dict(state_dict, strict=True)
+
+
+def load_vgg_backbone(model: nn.Module, path: str | Path) -> None:
+    """Load a reduced-fc VGG16 file (e.g. weights/vgg16_reducedfc.pth) into `model.vgg`.
+
+    Keys may be bare (``0.weight`` ... ``33.bias``) or prefixed ``vgg.``; from a full SSD
+    state_dict only the ``vgg.`` entries are used. Loading is strict.
+
+    Raises:
+        FileNotFoundError: the file is missing (the message says where to put it and how to
+            make it with scripts/convert_vgg.py).
+        WeightsError: the model has no VGG layers, or keys/shapes differ.
+    """
+    vgg = getattr(model, "vgg", None)
+    if not isinstance(vgg, nn.Module):
+        raise WeightsError(
+            f"model.pretrained loads VGG16 backbone weights, but {type(model).__name__} has no "
+            f"VGG layers (model.vgg); use backbone vgg16 or set model.pretrained=null"
+        )
+    missing = (
+        f"VGG16 backbone weights not found: {path} (model.pretrained). Put the reduced-fc "
+        f"VGG16 at {REDUCED_FC_FILE}, or make it from torchvision's ImageNet VGG16 "
+        f"({TORCHVISION_VGG16_FILE}): python scripts/convert_vgg.py {TORCHVISION_VGG16_FILE} "
+        f"{REDUCED_FC_FILE}. To train from scratch instead, set model.pretrained=null."
+    )
+    state_dict, _ = _read_weights_file(path, missing)
+    if any(key.startswith("vgg.") for key in state_dict):
+        state_dict = {key[4:]: value for key, value in state_dict.items() if key.startswith("vgg.")}
+    hint = "Expected a reduced-fc VGG16 (keys 0.weight ... 33.bias, as vgg16_reducedfc.pth)."
+    check_state_dict(vgg, state_dict, f"{path} (model.pretrained)", hint=hint,
+                     target="the VGG16 backbone (model.vgg)")
+    vgg.load_state_dict(state_dict, strict=True)
+
+
+def build_model_from_weights(
+    path: str | Path, cfg: Config | None = None, device: str | torch.device = "cpu"
+) -> tuple[nn.Module, Config]:
+    """Build the model a weights file was trained as, load the weights, return (model, cfg).
+
+    The config is the one stored in the checkpoint when it carries one (it wins over `cfg`),
+    else `cfg`, else configs/voc300.yaml (the classic SSD300 checkpoints). The model is on
+    `device` in eval mode.
+    """
+    state_dict, stored = read_checkpoint(path)
+    if stored is not None:
+        cfg = load_config_from_dict(stored, source=f"the config stored in {path}")
+    elif cfg is None:
+        cfg = load_config(DEFAULT_CONFIG)
+    model = build_model(cfg)
+    load_model_weights(model, state_dict, source=str(path))
+    return model.to(device).eval(), cfg
+
+
+# ------------------------------------------------------------------------ message helpers
+def _class_count_note(
+    key: str, given: Mapping[str, torch.Tensor], expected: Mapping[str, torch.Tensor]
+) -> str:
+    """' — trained for 21 classes, the config builds 7' for a conf head weight, else ''."""
+    matched = re.fullmatch(r"conf\.(\d+)\.weight", key)
+    loc_key = f"loc.{matched.group(1)}.weight" if matched else ""
+    if not matched or loc_key not in given or loc_key not in expected:
+        return ""
+    trained = _classes_of(given[key], given[loc_key])
+    built = _classes_of(expected[key], expected[loc_key])
+    if trained is None or built is None or trained == built:
+        return ""
+    return (f" — trained for {trained} classes, the config builds {built} "
+            f"(model.num_classes, background included)")
+
+
+def _classes_of(conf_weight: torch.Tensor, loc_weight: torch.Tensor) -> int | None:
+    """Classes of a conf head: its outputs [A * C] over the anchors A = loc outputs / 4."""
+    anchors = loc_weight.shape[0] // 4
+    if anchors == 0 or conf_weight.shape[0] % anchors:
+        return None
+    return conf_weight.shape[0] // anchors
+
+
+def _layout_hint(keys: list[str]) -> str:
+    """What a state_dict with these keys is, when it is a known layout of the wrong kind."""
+    if any(k.startswith("features.") for k in keys) and any(k.startswith("classifier.") for k in keys):
+        return (
+            "This is torchvision's ImageNet VGG16 layout (features.N / classifier.N), a "
+            "classifier, not a detector: convert it with python scripts/convert_vgg.py "
+            f"{TORCHVISION_VGG16_FILE} {REDUCED_FC_FILE} and set model.pretrained to the result."
+        )
+    if keys and all(re.match(r"\d+\.", key) for key in keys):
+        return (
+            "This is a reduced-fc VGG16 backbone (keys 0.weight ... 33.bias), not a trained "
+            "detector: set model.pretrained to it to initialise training."
+        )
+    return ""
+
+
+def _backbone_note(given: list[str], expected: list[str]) -> str:
+    """'The file is for backbone vgg16; the config builds ssd7' when the prefixes say so."""
+
+    def backbone(keys: list[str]) -> str | None:
+        return next((name for prefix, name in _BACKBONE_PREFIXES.items()
+                     if any(key.startswith(prefix) for key in keys)), None)
+
+    trained, built = backbone(given), backbone(expected)
+    if trained and built and trained != built:
+        return f"The file is for backbone {trained}; the config builds {built} (model.backbone)."
+    return ""
+
+
+def _strip_prefix(state_dict: dict[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:
+    """Remove `prefix` from every key when all keys carry it (DataParallel's `module.`)."""
+    if state_dict and all(key.startswith(prefix) for key in state_dict):
+        return {key[len(prefix):]: value for key, value in state_dict.items()}
+    return state_dict
+
+
+def _copy(tensor: torch.Tensor) -> torch.Tensor:
+    """A contiguous copy with its own storage (saving a view would save the whole fc6)."""
+    return tensor.clone(memory_format=torch.contiguous_format)
+
+
+def _shape(tensor: torch.Tensor) -> str:
+    return str(list(tensor.shape))
+
+
+def _preview(keys: list[str]) -> str:
+    shown = ", ".join(keys[:_MAX_LISTED])
+    return f"{shown}, ... ({len(keys)} in all)" if len(keys) > _MAX_LISTED else shown or "nothing"
+
+
+def _more(keys: list[str]) -> list[str]:
+    return [f"    ... and {len(keys) - _MAX_LISTED} more"] if len(keys) > _MAX_LISTED else []

@@ -1,0 +1,202 @@
+"""scripts/export_onnx.py: ONNX export with a dynamic batch, parity with PyTorch under onnxruntime."""
+
+import importlib.util
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from ssd.box_utils import decode
+from ssd.config import load_config
+from ssd.modeling import build_model
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+EXPORT_SCRIPT = REPO_ROOT / "scripts" / "export_onnx.py"
+TOLERANCE = 1e-4
+
+
+def load_export_script():
+    if "export_onnx_script" not in sys.modules:
+        spec = importlib.util.spec_from_file_location("export_onnx_script", EXPORT_SCRIPT)
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        sys.modules["export_onnx_script"] = module
+    return sys.modules["export_onnx_script"]
+
+
+def needs_onnxruntime():
+    return pytest.importorskip(
+        "onnxruntime", reason="onnxruntime is not installed (pip install -e .[onnx]); CI runs this"
+    )
+
+
+def save_checkpoint(path, overrides=(), seed=0):
+    """A randomly initialised SSD7 (configs/shapes.yaml) saved as this project's checkpoint."""
+    cfg = load_config(REPO_ROOT / "configs" / "shapes.yaml", overrides=list(overrides))
+    torch.manual_seed(seed)
+    model = build_model(cfg).eval()
+    torch.save({"model": model.state_dict(), "config": cfg.to_dict()}, path)
+    return model, cfg
+
+
+def reference_outputs(model, cfg, images):
+    """boxes [B, P, 4] and scores [B, P, C] computed straight from the PyTorch model."""
+    with torch.no_grad():
+        loc, conf = model(images)
+    return decode(loc, model.priors, cfg.model.variances), conf.softmax(dim=-1)
+
+
+def scaled_difference(actual, expected):
+    """|actual - expected| / max(1, |expected|): absolute for values within [-1, 1]."""
+    return ((actual - expected).abs() / expected.abs().clamp(min=1.0)).max().item()
+
+
+@pytest.fixture(scope="module")
+def exported_with_nms(tmp_path_factory):
+    """export_onnx.py --with-postprocess on an SSD7 checkpoint, with the default exporter."""
+    needs_onnxruntime()
+    pytest.importorskip("onnx", reason="onnx is not installed (pip install -e .[onnx])")
+    folder = tmp_path_factory.mktemp("onnx")
+    model, cfg = save_checkpoint(folder / "ssd7.pth")
+    out = folder / "ssd7.onnx"
+    code = load_export_script().main(["--weights", str(folder / "ssd7.pth"), "--out", str(out),
+                                      "--with-postprocess"])
+    return code, out, model, cfg
+
+
+def test_export_runs_in_onnxruntime_like_pytorch(exported_with_nms):
+    ort = needs_onnxruntime()
+    code, out, model, cfg = exported_with_nms
+    assert code == 0
+    session = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"])
+    images = torch.randn(3, 3, 160, 160, generator=torch.Generator().manual_seed(5)) * 60
+    outputs = session.run(None, {"images": images.numpy()})  # batch 3: not the export's 2
+    boxes, scores = reference_outputs(model, cfg, images)
+    assert outputs[0].shape == (3, 2116, 4) and outputs[1].shape == (3, 2116, 7)
+    assert scaled_difference(torch.from_numpy(outputs[0]), boxes) < TOLERANCE
+    assert scaled_difference(torch.from_numpy(outputs[1]), scores) < TOLERANCE
+    det_boxes, det_scores, det_labels, counts = outputs[2:]
+    assert det_boxes.shape == (3, 200, 4) and det_scores.shape == (3, 200)
+    assert det_labels.shape == (3, 200) and counts.shape == (3,)
+    assert (det_labels[det_scores > 0] >= 0).all() and (det_labels[det_scores > 0] < 6).all()
+
+
+def test_export_graph_has_a_dynamic_batch_and_nms(exported_with_nms):
+    onnx = pytest.importorskip("onnx")
+    _, out, _, _ = exported_with_nms
+    graph = onnx.load(str(out)).graph
+    batch_dims = [value.type.tensor_type.shape.dim[0] for value in [*graph.input, *graph.output]]
+    assert all(dim.dim_param and not dim.dim_value for dim in batch_dims)
+    assert [value.name for value in graph.output] == [
+        "boxes", "scores", "det_boxes", "det_scores", "det_labels", "num_detections"]
+    assert any(node.op_type == "NonMaxSuppression" for node in graph.node)
+
+
+def test_onnx_detections_equal_pytorch_detections(exported_with_nms):
+    ort = needs_onnxruntime()
+    script = load_export_script()
+    _, out, model, cfg = exported_with_nms
+    session = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"])
+    images = torch.randn(2, 3, 160, 160, generator=torch.Generator().manual_seed(6))  # unsaturated
+    outputs = [torch.from_numpy(value) for value in session.run(None, {"images": images.numpy()})]
+    # The rule applied by PyTorch to onnxruntime's own boxes and scores: same detections.
+    expected = script.select_detections(outputs[0], outputs[1], **script.postprocess_settings(cfg))
+    counts = expected[3]
+    assert torch.equal(outputs[5], counts) and (counts > 0).all()
+    for image in range(2):
+        n = int(counts[image])
+        torch.testing.assert_close(outputs[3][image, :n], expected[1][image, :n])
+        assert torch.equal(outputs[4][image, :n], expected[2][image, :n])
+        torch.testing.assert_close(outputs[2][image, :n], expected[0][image, :n])
+        assert (outputs[4][image, n:] == -1).all() and (outputs[3][image, n:] == 0).all()
+
+
+def test_select_detections_follows_detect():
+    detect = pytest.importorskip("ssd.postprocess", reason="ssd.postprocess not available").detect
+    script = load_export_script()
+    generator = torch.Generator().manual_seed(7)
+    priors = torch.rand(500, 4, generator=generator) * 0.5 + 0.1  # (cx, cy, w, h)
+    loc = torch.randn(2, 500, 4, generator=generator) * 0.5
+    conf = torch.randn(2, 500, 5, generator=generator) * 2
+    settings = {"conf_threshold": 0.05, "nms_threshold": 0.45, "top_k": 60,
+                "candidates_per_class": 40}
+    boxes = decode(loc, priors, (0.1, 0.2))
+    det_boxes, det_scores, det_labels, counts = script.select_detections(
+        boxes, conf.softmax(-1), **settings)
+    expected = detect(loc, conf, priors, variances=(0.1, 0.2), **settings)
+    for image, dets in enumerate(expected):
+        n = len(dets["scores"])
+        assert int(counts[image]) == n and n > 0
+        torch.testing.assert_close(det_scores[image, :n], dets["scores"])
+        assert torch.equal(det_labels[image, :n], dets["labels"])
+        torch.testing.assert_close(det_boxes[image, :n], dets["boxes"])
+
+
+def test_torchscript_exporter_without_postprocess(tmp_path):
+    needs_onnxruntime()
+    script = load_export_script()
+    model, cfg = save_checkpoint(tmp_path / "ssd7.pth", seed=1)
+    wrapper = script.ExportedSSD(model, cfg.model.variances).eval()
+    assert script.export(wrapper, 160, tmp_path / "ts.onnx", exporter="torchscript") == "torchscript"
+    images = script.example_batch(script.synthetic_image(160), 160, cfg.data.mean)
+    differences = script.onnxruntime_differences(wrapper, tmp_path / "ts.onnx", images)
+    assert set(differences) == {"boxes", "scores"}
+    assert max(differences.values()) < TOLERANCE
+
+
+def test_auto_falls_back_to_torchscript(tmp_path, monkeypatch, capsys):
+    script = load_export_script()
+    model, cfg = save_checkpoint(tmp_path / "ssd7.pth", seed=2)
+
+    def broken(*args):
+        raise ModuleNotFoundError("No module named 'onnxscript'")
+
+    monkeypatch.setattr(script, "_export_dynamo", broken)
+    wrapper = script.ExportedSSD(model, cfg.model.variances).eval()
+    assert script.export(wrapper, 160, tmp_path / "fb.onnx") == "torchscript"
+    assert "No module named 'onnxscript'" in capsys.readouterr().out
+    assert (tmp_path / "fb.onnx").stat().st_size > 500_000  # the weights are in the file
+
+
+def test_no_detections_export_and_run(tmp_path):
+    needs_onnxruntime()
+    script = load_export_script()
+    model, cfg = save_checkpoint(tmp_path / "ssd7.pth", overrides=["test.conf_threshold=1.0"])
+    wrapper = script.ExportedSSD(model, cfg.model.variances, script.postprocess_settings(cfg))
+    script.export(wrapper.eval(), 160, tmp_path / "none.onnx", exporter="torchscript")
+    images = script.example_batch(script.synthetic_image(160), 160, cfg.data.mean)
+    differences = script.onnxruntime_differences(wrapper, tmp_path / "none.onnx", images)
+    assert differences["num_detections"] == 0 and differences["detections"] == 0
+    with torch.no_grad():
+        assert wrapper(images)[5].tolist() == [0, 0]
+
+
+def test_check_says_when_onnxruntime_is_missing(monkeypatch, capsys):
+    script = load_export_script()
+    monkeypatch.setitem(sys.modules, "onnxruntime", None)  # import fails
+    assert script.check(wrapper=None, args=None, cfg=None) == 0
+    assert "onnxruntime is not installed" in capsys.readouterr().out
+
+
+def test_postprocess_needs_opset_11(tmp_path):
+    script = load_export_script()
+    model, cfg = save_checkpoint(tmp_path / "ssd7.pth")
+    wrapper = script.ExportedSSD(model, cfg.model.variances, script.postprocess_settings(cfg))
+    with pytest.raises(ValueError, match="needs --opset >= 11"):
+        script.export(wrapper, 160, tmp_path / "x.onnx", opset=10)
+
+
+@pytest.mark.slow
+def test_ssd300_export_matches_pytorch(tmp_path, capsys):
+    needs_onnxruntime()
+    pytest.importorskip("onnx")
+    cfg = load_config(REPO_ROOT / "configs" / "voc300.yaml")
+    torch.manual_seed(0)
+    torch.save(build_model(cfg).state_dict(), tmp_path / "ssd300.pth")  # classic layout
+    out = tmp_path / "ssd300.onnx"
+    code = load_export_script().main(["--weights", str(tmp_path / "ssd300.pth"), "--out", str(out),
+                                      "--with-postprocess"])
+    printed = capsys.readouterr().out
+    assert code == 0, printed
+    assert "8732 priors, 21 classes" in printed and "OK: all within 0.0001" in printed
