@@ -1,0 +1,23 @@
+"""Detection metrics: PASCAL VOC AP (07 11-point and 2010+ area) and COCO via pycocotools.
+
+    from ssd.evaluation import voc_evaluate
+    res = voc_evaluate(gt, dets, class_names, iou_threshold=0.5, use_07_metric=True)
+    res["ap"]["dog"], res["mAP"]
+"""
+
+from ssd.evaluation.coco import COCO_STAT_NAMES, coco_evaluate, to_coco_results
+from ssd.evaluation.plots import plot_pr_curves
+from ssd.evaluation.voc import inclusive_iou, voc_ap, voc_evaluate
+from ssd.evaluation.voc_results import load_voc_results, write_voc_results
+
+__all__ = [
+    "COCO_STAT_NAMES",
+    "coco_evaluate",
+    "inclusive_iou",
+    "load_voc_results",
+    "plot_pr_curves",
+    "to_coco_results",
+    "voc_ap",
+    "voc_evaluate",
+    "write_voc_results",
+]
