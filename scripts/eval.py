@@ -100,7 +100,7 @@ def write_outputs(out_dir: Path, dataset, result: dict, cfg, args) -> None:
         "weights": str(args.weights),
         "metric": cfg.test.metric,
         "mAP": result["mAP"],
-        "ap": result.get("ap", {}),
+        "ap": {name: _finite_or_none(ap) for name, ap in result.get("ap", {}).items()},
         "coco": result.get("coco"),
         "excluded": list(result.get("excluded", [])),
         "settings": {**cfg.test.to_dict(), "precision": args.precision,
@@ -112,6 +112,11 @@ def write_outputs(out_dir: Path, dataset, result: dict, cfg, args) -> None:
         pixel_dets = detections_to_pixels(dataset, result["detections"])
         write_voc_results(pixel_dets, list(pixel_dets), list(dataset.class_names), out_dir)
         plot_pr_curves(result, out_dir / "pr_curves.png")
+
+
+def _finite_or_none(value: float) -> float | None:
+    """JSON has no NaN: a class excluded from the mean (no ground truth) is written as null."""
+    return None if value != value else float(value)
 
 
 def _atomic_write_text(path: Path, text: str) -> None:
