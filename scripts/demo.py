@@ -40,7 +40,8 @@ def first_test_image(cfg) -> Path:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", default="configs/shapes.yaml")
     parser.add_argument("--out", default="demo_out", help="where evaluation and drawings go")
     args = parser.parse_args()

@@ -26,7 +26,8 @@ DEFAULT_CONFIG = REPO_ROOT / "configs" / "voc300.yaml"
 
 
 def parse_args(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--weights", required=True, help="checkpoint or classic state_dict (.pth)")
     parser.add_argument("--config", help="YAML config, used when the weights carry none "
                                          f"(default: {DEFAULT_CONFIG.relative_to(REPO_ROOT)})")

@@ -13,13 +13,14 @@ from __future__ import annotations
 import argparse
 import sys
 
-from _common import run_cli  # noqa: I001  (sets up the import path)
+from _common import pick_device, run_cli  # noqa: I001  (sets up the import path)
 
 from ssd.config import load_config
 
 
 def parse_args(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", default="configs/voc300.yaml", help="YAML config file")
     parser.add_argument("--opts", nargs="*", default=[], metavar="KEY=VALUE",
                         help="config overrides, e.g. solver.lr=0.002 solver.max_iter=1000")
@@ -35,7 +36,6 @@ def parse_args(argv=None):
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    from _common import pick_device
     from ssd.engine.distributed import cleanup, init_distributed
     from ssd.engine.trainer import Trainer, TrainingError
 
