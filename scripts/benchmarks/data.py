@@ -1,0 +1,166 @@
+"""Data section: SSDAugmentation throughput against a straightforward per-op numpy baseline.
+
+Both run in this process with OpenCV on one thread (as in a loader worker), on JPEG-decoded
+500x375 images with 3 boxes each, and draw their random choices with the same probabilities.
+The baseline is the classic port's structure: convert to float32 once, then one full-image pass
+per operation (brightness, contrast, HSV round trip, channel swap), a materialised zoom-out
+canvas, a crop search that tries one patch at a time, a mirror copy, resize and mean subtraction.
+"""
+
+from __future__ import annotations
+
+import time
+
+import cv2
+import numpy as np
+
+from ssd.data.shapes import render_image
+from ssd.data.transforms import CROP_MIN_IOUS, CROP_TRIALS, SSDAugmentation
+
+SIZE = 300
+MEAN = (104.0, 117.0, 123.0)
+
+
+def _iou(boxes: np.ndarray, patch: np.ndarray) -> np.ndarray:
+    """boxes [n, 4] vs one patch [4] -> IoU [n]."""
+    low = np.maximum(boxes[:, :2], patch[:2])
+    high = np.minimum(boxes[:, 2:], patch[2:])
+    inter = np.prod(np.clip(high - low, 0, None), axis=1)
+    areas = np.prod(boxes[:, 2:] - boxes[:, :2], axis=1)
+    return inter / (areas + np.prod(patch[2:] - patch[:2]) - inter)
+
+
+class PerOpBaseline:
+    """The same augmentation written op by op on float32 images (the reference speed)."""
+
+    def __init__(self, size: int = SIZE, mean=MEAN):
+        self.size = size
+        self.mean = np.asarray(mean, dtype=np.float32)
+
+    def __call__(self, image, boxes, labels, rng):
+        img = image.astype(np.float32)
+        height, width = img.shape[:2]
+        boxes = boxes * np.array([width, height, width, height], dtype=np.float32)
+        img = self._photometric(img, rng)
+        img, boxes = self._expand(img, boxes, rng)
+        img, boxes, labels = self._crop(img, boxes, labels, rng)
+        if rng.random() < 0.5:
+            img = img[:, ::-1].copy()
+            boxes = boxes.copy()
+            boxes[:, 0::2] = img.shape[1] - boxes[:, 2::-2]
+        height, width = img.shape[:2]
+        boxes = boxes / np.array([width, height, width, height], dtype=np.float32)
+        img = cv2.resize(img, (self.size, self.size))
+        img -= self.mean
+        return img[:, :, ::-1].copy(), boxes, labels
+
+    def _photometric(self, img, rng):
+        if rng.random() < 0.5:
+            img += rng.uniform(-32, 32)
+        contrast_last = rng.random() < 0.5
+        alpha = rng.uniform(0.5, 1.5) if rng.random() < 0.5 else None
+        if alpha is not None and not contrast_last:
+            img *= alpha
+        hsv = cv2.cvtColor(img, cv2.COLOR_BGR2HSV)
+        if rng.random() < 0.5:
+            hsv[:, :, 1] *= rng.uniform(0.5, 1.5)
+        if rng.random() < 0.5:
+            hsv[:, :, 0] += rng.uniform(-18, 18)
+            hsv[:, :, 0][hsv[:, :, 0] > 360.0] -= 360.0
+            hsv[:, :, 0][hsv[:, :, 0] < 0.0] += 360.0
+        img = cv2.cvtColor(hsv, cv2.COLOR_HSV2BGR)
+        if alpha is not None and contrast_last:
+            img *= alpha
+        if rng.random() < 0.5:
+            img = img[:, :, rng.permutation(3)]
+        return img
+
+    def _expand(self, img, boxes, rng):
+        if rng.random() >= 0.5:
+            return img, boxes
+        height, width = img.shape[:2]
+        ratio = rng.uniform(1, 4)
+        left = int(rng.uniform(0, width * ratio - width))
+        top = int(rng.uniform(0, height * ratio - height))
+        canvas = np.empty((int(height * ratio), int(width * ratio), 3), dtype=np.float32)
+        canvas[:, :, :] = self.mean
+        canvas[top:top + height, left:left + width] = img
+        return canvas, boxes + np.array([left, top, left, top], dtype=np.float32)
+
+    def _crop(self, img, boxes, labels, rng):
+        height, width = img.shape[:2]
+        while True:
+            min_iou = CROP_MIN_IOUS[rng.integers(len(CROP_MIN_IOUS))]
+            if min_iou is None:
+                return img, boxes, labels
+            for _ in range(CROP_TRIALS):
+                w, h = rng.uniform(0.3 * width, width), rng.uniform(0.3 * height, height)
+                if h / w < 0.5 or h / w > 2:
+                    continue
+                left, top = rng.uniform(0, width - w), rng.uniform(0, height - h)
+                patch = np.array([int(left), int(top), int(left + w), int(top + h)])
+                if _iou(boxes, patch).max() < min_iou:
+                    continue
+                centres = (boxes[:, :2] + boxes[:, 2:]) / 2
+                mask = ((centres > patch[:2]) & (centres < patch[2:])).all(axis=1)
+                if not mask.any():
+                    continue
+                out = img[patch[1]:patch[3], patch[0]:patch[2], :].copy()
+                kept = boxes[mask].copy()
+                kept[:, :2] = np.maximum(kept[:, :2], patch[:2]) - patch[:2]
+                kept[:, 2:] = np.minimum(kept[:, 2:], patch[2:]) - patch[:2]
+                return out, kept, labels[mask]
+
+
+def _samples(count: int) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+    """`count` JPEG-decoded 500x375 images with 3 boxes (normalised) and labels."""
+    samples = []
+    for k in range(count):
+        rng = np.random.default_rng([7, k])
+        image = render_image(rng, 500)[0][:375]  # [375, 500, 3]
+        ok, jpeg = cv2.imencode(".jpg", image, [cv2.IMWRITE_JPEG_QUALITY, 90])
+        decoded = cv2.imdecode(jpeg, cv2.IMREAD_COLOR)
+        corner = rng.uniform(0.0, 0.6, size=(3, 2))
+        size = rng.uniform(0.1, 0.4, size=(3, 2))
+        boxes = np.concatenate([corner, corner + size], axis=1).astype(np.float32)  # [3, 4]
+        samples.append((decoded, boxes, np.array([1, 5, 9])))
+    return samples
+
+
+def _rate(transform, samples, iterations: int, seed: int) -> float:
+    """Images per second of `transform` over `iterations` calls."""
+    start = time.perf_counter()
+    for i in range(iterations):
+        image, boxes, labels = samples[i % len(samples)]
+        transform(image, boxes, labels, np.random.default_rng([seed, i]))
+    return iterations / (time.perf_counter() - start)
+
+
+def run(quick: bool = False) -> dict:
+    """Print and return {"augment_images_per_s", "baseline_images_per_s", "ratio"}."""
+    iterations, rounds = (100, 1) if quick else (400, 3)
+    samples = _samples(8)
+    ours, baseline = SSDAugmentation(SIZE, MEAN), PerOpBaseline(SIZE, MEAN)
+    threads = cv2.getNumThreads()
+    cv2.setNumThreads(1)
+    try:
+        _rate(ours, samples, 20, seed=99), _rate(baseline, samples, 20, seed=99)  # warm up
+        ours_rates, base_rates = [], []
+        for r in range(rounds):  # interleaved, so load from other processes hits both alike
+            ours_rates.append(_rate(ours, samples, iterations, seed=r))
+            base_rates.append(_rate(baseline, samples, iterations, seed=r))
+    finally:
+        cv2.setNumThreads(threads)
+    result = {
+        "augment_images_per_s": float(np.median(ours_rates)),
+        "baseline_images_per_s": float(np.median(base_rates)),
+    }
+    result["ratio"] = result["augment_images_per_s"] / result["baseline_images_per_s"]
+    print(f"SSDAugmentation 500x375 -> {SIZE}, 3 boxes, 1 process, 1 OpenCV thread "
+          f"({rounds} x {iterations} images, median)")
+    print(f"  augmentation:      {result['augment_images_per_s']:8.1f} images/s "
+          f"({1e3 / result['augment_images_per_s']:.2f} ms/image)")
+    print(f"  per-op baseline:   {result['baseline_images_per_s']:8.1f} images/s "
+          f"({1e3 / result['baseline_images_per_s']:.2f} ms/image)")
+    print(f"  ratio:             {result['ratio']:8.2f}x")
+    return result

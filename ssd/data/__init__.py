@@ -1,0 +1,50 @@
+"""Everything between files on disk and batches for the model.
+
+    from ssd.data import build_dataset, build_transform, make_train_loader, make_test_loader
+    ds = build_dataset(cfg, train=True)             # VOCDataset / COCODataset
+    loader = make_train_loader(ds, build_transform(cfg, train=True), batch_size=32, seed=0)
+    images, targets, indices = next(iter(loader))   # [B,3,S,S], B x [n_i,5], [B]
+
+Readers: `VOCDataset` (VOCdevkit layout: PASCAL VOC, custom sets, the synthetic shapes),
+`COCODataset` (pycocotools). Synthetic data: `make_shapes`. Transforms: `SSDAugmentation`,
+`BaseTransform` (outputs are mean-subtracted RGB). Loaders: `detection_collate`,
+`InfiniteSampler`, `make_train_loader`, `make_test_loader`.
+"""
+
+from ssd.data.build import DATASET_BUILDERS, build_dataset, build_transform, ensure_shapes
+from ssd.data.coco import COCODataset
+from ssd.data.common import DataError, DetectionDataset, LoadReport, read_image
+from ssd.data.loader import (
+    InfiniteSampler,
+    TransformedDataset,
+    detection_collate,
+    make_test_loader,
+    make_train_loader,
+)
+from ssd.data.shapes import SHAPES_CLASSES, make_shapes
+from ssd.data.transforms import AugmentParams, BaseTransform, SSDAugmentation
+from ssd.data.voc import VOCDataset, parse_voc_xml
+
+__all__ = [
+    "AugmentParams",
+    "BaseTransform",
+    "COCODataset",
+    "DATASET_BUILDERS",
+    "DataError",
+    "DetectionDataset",
+    "InfiniteSampler",
+    "LoadReport",
+    "SHAPES_CLASSES",
+    "SSDAugmentation",
+    "TransformedDataset",
+    "VOCDataset",
+    "build_dataset",
+    "build_transform",
+    "detection_collate",
+    "ensure_shapes",
+    "make_shapes",
+    "make_test_loader",
+    "make_train_loader",
+    "parse_voc_xml",
+    "read_image",
+]

@@ -1,0 +1,140 @@
+"""The one place that reads `cfg.data` to build data sets and transforms.
+
+    ds = build_dataset(cfg, train=True)       # VOCDataset or COCODataset, no transform attached
+    transform = build_transform(cfg, train=True)
+    loader = make_train_loader(ds, transform, batch_size, ...)
+
+Formats (cfg.data.format):
+    voc     cfg.data.root is a VOCdevkit; cfg.data.train_sets / test_sets list (year, split).
+    coco    cfg.data.root holds cfg.data.coco.{train,test}_{annotations,images}.
+    shapes  the synthetic set under cfg.data.root/VOCshapes, generated on first use (or when
+            cfg.data.shapes changed) with cfg.data.shapes; always read as the ("shapes",
+            "trainval") and ("shapes", "test") splits, whatever train_sets / test_sets say.
+
+The class count must agree with the model: model.num_classes = len(class names) + 1.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from pathlib import Path
+from typing import Callable
+
+from ssd.config import VOC_CLASSES, ConfigError
+from ssd.data.coco import COCODataset
+from ssd.data.common import DetectionDataset
+from ssd.data.shapes import SHAPES_CLASSES, make_shapes, read_shapes_settings, shapes_settings
+from ssd.data.transforms import BaseTransform, SSDAugmentation
+from ssd.data.voc import VOCDataset
+
+try:
+    import fcntl
+except ImportError:  # Windows
+    fcntl = None
+
+
+@contextlib.contextmanager
+def _file_lock(path: Path):
+    """Exclusive lock on `path` (POSIX); a no-op where fcntl does not exist."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a") as handle:
+        if fcntl is not None:
+            fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            if fcntl is not None:
+                fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def ensure_shapes(root: str | Path, num_train: int, num_test: int, image_size: int,
+                  seed: int) -> bool:
+    """Generate the shapes data set under `root` unless one with these settings is there.
+
+    Processes that call this together (DDP ranks) take turns: the first generates, the
+    others then find the finished set.
+
+    Returns True if it was (re)generated (and says so on stdout).
+    """
+    wanted = shapes_settings(num_train, num_test, image_size, seed)
+    with _file_lock(Path(root) / ".VOCshapes.lock"):
+        found = read_shapes_settings(root)
+        if found == wanted:
+            return False
+        why = "not found" if found is None else f"settings changed (was {found})"
+        print(f"[data] shapes data set under {root}: {why}; generating {num_train} train + "
+              f"{num_test} test images of {image_size} px (seed {seed})...", flush=True)
+        make_shapes(root, num_train, num_test, image_size, seed)
+    print(f"[data] wrote {Path(root) / 'VOCshapes'}", flush=True)
+    return True
+
+
+def _voc(cfg, train: bool) -> VOCDataset:
+    data = cfg.data
+    names = list(data.class_names) if data.class_names is not None else list(VOC_CLASSES)
+    sets = data.train_sets if train else data.test_sets
+    return VOCDataset(data.root, sets, class_names=names, keep_difficult=data.keep_difficult,
+                      keep_empty=data.keep_empty or not train, skip_bad=data.skip_bad)
+
+
+def _shapes(cfg, train: bool) -> VOCDataset:
+    data = cfg.data
+    shapes = data.shapes
+    ensure_shapes(data.root, shapes.num_train, shapes.num_test, shapes.image_size, shapes.seed)
+    names = list(data.class_names) if data.class_names is not None else list(SHAPES_CLASSES)
+    if names != list(SHAPES_CLASSES):
+        raise ConfigError(f"data.class_names {names} do not match the shapes data set's classes "
+                          f"{list(SHAPES_CLASSES)}; set data.class_names to those (or null)")
+    sets = [("shapes", "trainval" if train else "test")]
+    return VOCDataset(data.root, sets, class_names=names, keep_difficult=data.keep_difficult,
+                      keep_empty=data.keep_empty or not train, skip_bad=data.skip_bad)
+
+
+def _coco(cfg, train: bool) -> COCODataset:
+    data = cfg.data
+    root = Path(data.root)
+    split = "train" if train else "test"
+    dataset = COCODataset(root / data.coco[f"{split}_annotations"],
+                          root / data.coco[f"{split}_images"],
+                          skip_bad=data.skip_bad, keep_empty=data.keep_empty or not train)
+    if data.class_names is not None and list(data.class_names) != dataset.class_names:
+        raise ConfigError(f"data.class_names does not match the categories of "
+                          f"{dataset.annotation_file}: {dataset.class_names}; set it to null to "
+                          "use the file's categories")
+    return dataset
+
+
+DATASET_BUILDERS: dict[str, Callable[..., DetectionDataset]] = {
+    "voc": _voc,
+    "coco": _coco,
+    "shapes": _shapes,
+}
+
+
+def build_dataset(cfg, train: bool) -> DetectionDataset:
+    """The training (train=True) or test data set of `cfg.data`, without a transform.
+
+    Training sets leave out images without objects unless data.keep_empty; test sets keep
+    them. Raises ConfigError when model.num_classes does not equal the classes + background.
+    """
+    fmt = cfg.data.format
+    if fmt not in DATASET_BUILDERS:
+        raise ConfigError(f"No data format named '{fmt}' (data.format); known: "
+                          f"{', '.join(sorted(DATASET_BUILDERS))}")
+    dataset = DATASET_BUILDERS[fmt](cfg, train)
+    expected = len(dataset.class_names) + 1
+    if cfg.model.num_classes != expected:
+        raise ConfigError(
+            f"Config key 'model.num_classes' is {cfg.model.num_classes} but the {fmt} data set "
+            f"has {len(dataset.class_names)} classes; expected {expected} (classes + background)"
+        )
+    return dataset
+
+
+def build_transform(cfg, train: bool) -> Callable:
+    """SSDAugmentation for training (when data.augment), else BaseTransform; at
+    model.image_size with data.mean."""
+    size, mean = cfg.model.image_size, cfg.data.mean
+    if train and cfg.data.augment:
+        return SSDAugmentation(size, mean)
+    return BaseTransform(size, mean)

@@ -1,0 +1,265 @@
+"""What every detection data set shares: errors that name the file, the load report, image
+reading, box sanitising and the `ds[i]` packing.
+
+A data set here is a `DetectionDataset`: it parses its annotations once on construction (so it
+can count objects, skip bad files and drop empty images) and reads images lazily.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import cv2
+import numpy as np
+import torch
+
+# Image file types the readers look for when the annotation does not name the file.
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
+
+
+class DataError(ValueError):
+    """A data file is missing or malformed. The message names the file.
+
+    A ValueError, so the scripts report it as a user error. Constructible from the message
+    alone, so it survives being re-raised from a DataLoader worker.
+
+    Attributes:
+        reason: short category used to count skips ("missing image", "bad annotation", ...).
+        path: the offending file.
+    """
+
+    def __init__(self, message: str, reason: str = "bad data", path: str | Path = ""):
+        super().__init__(message)
+        self.reason = reason
+        self.path = str(path)
+
+
+@dataclass
+class LoadReport:
+    """Counts gathered while loading a data set; `summary()` is the one line printed."""
+
+    name: str
+    images: int = 0
+    objects: int = 0  # objects kept (difficult and crowd included)
+    difficult: int = 0
+    clipped: int = 0  # boxes partly outside the image, clipped to it
+    degenerate: int = 0  # boxes of zero or negative size, dropped
+    empty_removed: int = 0  # images without (training) objects left out (keep_empty=False)
+    skipped: Counter = field(default_factory=Counter)  # reason -> number of files
+    skipped_files: list = field(default_factory=list)  # (path, message) for each skip
+
+    def skip(self, error: DataError) -> None:
+        self.skipped[error.reason] += 1
+        self.skipped_files.append((error.path, str(error)))
+
+    def summary(self) -> str:
+        """e.g. ``VOC2007/test: 4952 images, 14976 objects (1200 difficult); skipped 0``."""
+        line = f"{self.name}: {self.images} images, {self.objects} objects"
+        if self.difficult:
+            line += f" ({self.difficult} difficult)"
+        total = sum(self.skipped.values())
+        line += f"; skipped {total}"
+        if total:
+            reasons = ", ".join(f"{n} {reason}" for reason, n in sorted(self.skipped.items()))
+            line += f" ({reasons}; first: {self.skipped_files[0][1]})"
+        if self.clipped:
+            line += f"; {self.clipped} boxes clipped to the image"
+        if self.degenerate:
+            line += f"; {self.degenerate} zero-size boxes dropped"
+        if self.empty_removed:
+            line += f"; {self.empty_removed} images without objects left out"
+        return line
+
+
+def read_image(path: str | Path) -> np.ndarray:
+    """Read an image file as uint8 [H, W, 3] BGR (grey and alpha images converted).
+
+    Raises:
+        DataError: the file is missing ("missing image") or cannot be decoded
+            ("unreadable image"); the message names the file.
+    """
+    try:
+        data = np.fromfile(str(path), dtype=np.uint8)  # works for non-ASCII paths too
+    except FileNotFoundError:
+        raise DataError(f"Image file not found: {path}", "missing image", path) from None
+    except OSError as err:
+        raise DataError(f"Cannot read image {path}: {err}", "unreadable image", path) from None
+    image = cv2.imdecode(data, cv2.IMREAD_COLOR) if data.size else None
+    if image is None:
+        raise DataError(f"Cannot decode image {path} (empty, corrupt or not an image file); fix "
+                        "or remove it, or set data.skip_bad=true to skip bad files",
+                        "unreadable image", path)
+    return image
+
+
+def list_images(directory: Path) -> dict[str, str]:
+    """Map file stem -> file name for the image files of `directory` (one listing, no stats)."""
+    if not directory.is_dir():
+        return {}
+    found: dict[str, str] = {}
+    for entry in sorted(p.name for p in directory.iterdir()):
+        stem, ext = Path(entry).stem, Path(entry).suffix.lower()
+        if ext in IMAGE_EXTENSIONS and (stem not in found or ext == ".jpg"):
+            found[stem] = entry
+    return found
+
+
+def sanitize_boxes(
+    boxes: np.ndarray, low: float, width: float, height: float
+) -> tuple[np.ndarray, np.ndarray, int]:
+    """Clip xyxy boxes to the image and flag the ones with no area left.
+
+    Args:
+        boxes: [n, 4] (xmin, ymin, xmax, ymax) in the annotation's pixel frame.
+        low: the smallest valid coordinate (1 for VOC's 1-based pixels, 0 for COCO).
+        width, height: the largest valid x and y.
+
+    Returns:
+        clipped [n, 4] float32; valid [n] bool (positive width and height after clipping);
+        number of valid boxes that clipping changed.
+    """
+    boxes = np.asarray(boxes, dtype=np.float32).reshape(-1, 4)
+    upper = np.array([width, height, width, height], dtype=np.float32)
+    clipped = np.clip(boxes, low, upper)
+    valid = (clipped[:, 2] > clipped[:, 0]) & (clipped[:, 3] > clipped[:, 1])
+    changed = np.any(clipped != boxes, axis=1) & valid
+    return clipped, valid, int(changed.sum())
+
+
+def pack_target(boxes: np.ndarray, labels: np.ndarray) -> np.ndarray:
+    """boxes [n, 4] + labels [n] -> float32 [n, 5] (xmin, ymin, xmax, ymax, label)."""
+    boxes = np.asarray(boxes, dtype=np.float32).reshape(-1, 4)
+    labels = np.asarray(labels, dtype=np.float32).reshape(-1, 1)
+    return np.concatenate([boxes, labels], axis=1)
+
+
+def to_tensors(image: np.ndarray, boxes: np.ndarray, labels: np.ndarray):
+    """A transform's output -> (image Tensor[3, S, S] float32, target Tensor[n, 5] float32)."""
+    chw = np.ascontiguousarray(image.transpose(2, 0, 1), dtype=np.float32)  # (S,S,3) -> (3,S,S)
+    return torch.from_numpy(chw), torch.from_numpy(pack_target(boxes, labels))
+
+
+@dataclass
+class Record:
+    """One image's parsed annotation. Boxes stay in the file's pixel frame, already clipped."""
+
+    image_id: str
+    image_path: Path
+    width: int
+    height: int
+    boxes: np.ndarray  # [n, 4] float32 xyxy pixels
+    labels: np.ndarray  # [n] int64, 0-based
+    difficult: np.ndarray  # [n] bool (VOC difficult, COCO iscrowd)
+    extra: dict = field(default_factory=dict)  # format-specific arrays, e.g. "truncated"
+
+
+class DetectionDataset(torch.utils.data.Dataset):
+    """Base of the VOC and COCO readers.
+
+    Subclasses fill `records` (one `Record` per kept image), `class_names` and `report`, and
+    define `coordinate_origin` (1 for VOC's 1-based pixels, 0 for COCO), which is subtracted
+    before normalising by the image size.
+    """
+
+    coordinate_origin = 0.0
+
+    def __init__(self, transform: Callable | None = None, keep_difficult: bool = False,
+                 skip_bad: bool = False):
+        self.transform = transform
+        self.keep_difficult = keep_difficult
+        self.skip_bad = skip_bad
+        self.records: list[Record] = []
+        self.image_ids: list[str] = []  # records[i].image_id
+        self.class_names: list[str] = []
+        self.report = LoadReport(name=type(self).__name__)
+        self._warned: set[str] = set()
+
+    # --- what the rest of the project uses -------------------------------------------------
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    def get_annotation(self, index: int) -> dict[str, Any]:
+        """The evaluator's view of image `index`, difficult (and crowd) objects included.
+
+        Returns:
+            dict(image_id=str, width=int, height=int, boxes=float32 [n, 4] xyxy in the
+            annotation file's pixel frame (clipped to the image), labels=int64 [n] 0-based,
+            difficult=bool [n], plus format-specific arrays such as truncated=bool [n]).
+        """
+        record = self.records[index]
+        annotation = dict(image_id=record.image_id, width=record.width, height=record.height,
+                          boxes=record.boxes.copy(), labels=record.labels.copy(),
+                          difficult=record.difficult.copy())
+        annotation.update({key: value.copy() for key, value in record.extra.items()})
+        return annotation
+
+    def load_sample(self, index: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """The untransformed training sample of image `index`.
+
+        Returns:
+            image uint8 [H, W, 3] BGR; boxes float32 [n, 4] xyxy normalised to [0, 1]
+            ((value - origin) / width or height); labels int64 [n] 0-based. Difficult (and crowd)
+            objects are left out unless `keep_difficult`.
+        """
+        record = self.records[index]
+        image = self._read_image(record)
+        if image is None:  # unreadable and skip_bad: a black image without objects
+            image = np.zeros((record.height, record.width, 3), dtype=np.uint8)
+            return image, np.zeros((0, 4), np.float32), np.zeros((0,), np.int64)
+        keep = np.ones(len(record.labels), bool) if self.keep_difficult else ~record.difficult
+        scale = np.array([record.width, record.height] * 2, dtype=np.float32)
+        boxes = (record.boxes[keep] - self.coordinate_origin) / scale
+        return image, boxes.astype(np.float32), record.labels[keep].astype(np.int64)
+
+    def __getitem__(self, index: int):
+        """Without a transform: (image uint8 [H, W, 3] BGR, target float32 ndarray [n, 5]).
+
+        With a transform: (image Tensor[3, S, S] float32, target Tensor[n, 5] float32) from
+        ``transform(image, boxes, labels)``; rows are (xmin, ymin, xmax, ymax, label).
+        """
+        image, boxes, labels = self.load_sample(index)
+        if self.transform is None:
+            return image, pack_target(boxes, labels)
+        image, boxes, labels = self.transform(image, boxes, labels)
+        return to_tensors(image, boxes, labels)
+
+    # --- helpers for subclasses -------------------------------------------------------------
+
+    def _read_image(self, record: Record) -> np.ndarray | None:
+        try:
+            return read_image(record.image_path)
+        except DataError as err:
+            if not self.skip_bad:
+                raise
+            if err.path not in self._warned:  # once per file (and per loader worker)
+                self._warned.add(err.path)
+                warnings.warn(f"{err} -- skip_bad: using a black image without objects",
+                              stacklevel=2)
+            return None
+
+    def _add(self, record: Record, keep_empty: bool) -> None:
+        """Keep `record` unless it has no training objects and empty images are not wanted."""
+        training = record.labels if self.keep_difficult else record.labels[~record.difficult]
+        if len(training) == 0 and not keep_empty:
+            self.report.empty_removed += 1
+            return
+        self.records.append(record)
+        self.image_ids.append(record.image_id)
+        self.report.images += 1
+        self.report.objects += len(record.labels)
+        self.report.difficult += int(record.difficult.sum())
+
+    def _handle(self, error: DataError) -> None:
+        """Per-file error: raise it, or count it as a skip when `skip_bad`."""
+        if not self.skip_bad:
+            raise error
+        self.report.skip(error)
+
+    def _print_summary(self, verbose: bool) -> None:
+        if verbose:
+            print(f"[data] {self.report.summary()}", flush=True)

@@ -1,0 +1,212 @@
+"""Batches for iteration-based training and for evaluation.
+
+Training reads an endless, reproducible stream: `InfiniteSampler` shuffles each epoch with
+``seed + epoch`` exactly as `torch.utils.data.DistributedSampler` does (so under DDP each rank
+reads its own shard), and every sample is augmented with the generator
+``np.random.default_rng([seed, position])``, where `position` is the sample's place in the
+global stream. A batch therefore depends only on (seed, iteration): not on the number of
+workers, and a run resumed at iteration k (``start_iter=k``) reads exactly the batches an
+uninterrupted run would have read from iteration k, without loading the skipped images.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Callable, Iterator, Sequence
+
+import cv2
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset, Sampler
+
+from ssd.data.common import to_tensors
+
+
+def detection_collate(batch: Sequence[tuple[torch.Tensor, torch.Tensor, int]]):
+    """Stack a list of (image [3, S, S], target [n_i, 5], index) items.
+
+    Returns:
+        images [B, 3, S, S]; targets: list of B tensors [n_i, 5] (xmin, ymin, xmax, ymax,
+        label); indices LongTensor [B] (data set indices, e.g. for `get_annotation`).
+    """
+    images = torch.stack([item[0] for item in batch])
+    targets = [item[1] for item in batch]
+    indices = torch.tensor([item[2] for item in batch], dtype=torch.long)
+    return images, targets, indices
+
+
+class InfiniteSampler(Sampler[int]):
+    """Endless stream of data set indices for iteration-based training.
+
+    Epoch e is ``torch.randperm(size)`` of a generator seeded with ``seed + e`` (or 0..size-1
+    without shuffling), padded by repetition to a multiple of `world_size`; rank r reads
+    positions r, r + world_size, ... of it: the same indices as DistributedSampler with
+    ``set_epoch(e)`` (drop_last=False), one epoch after another, never stopping.
+
+    Args:
+        size: data set length.
+        shuffle: reshuffle every epoch.
+        seed: base seed of the shuffles.
+        start: samples this rank has already consumed (a resumed run skips them without
+            loading anything).
+        rank, world_size: the shard to read (DDP).
+    """
+
+    def __init__(self, size: int, shuffle: bool = True, seed: int = 0, start: int = 0,
+                 rank: int = 0, world_size: int = 1):
+        super().__init__()
+        if size < 1:
+            raise ValueError(f"InfiniteSampler needs a non-empty data set, got size {size}")
+        if not 0 <= rank < world_size:
+            raise ValueError(f"rank must be in [0, world_size={world_size}), got {rank}")
+        if start < 0:
+            raise ValueError(f"start must be >= 0, got {start}")
+        self.size, self.shuffle, self.seed = int(size), bool(shuffle), int(seed)
+        self.start, self.rank, self.world_size = int(start), int(rank), int(world_size)
+        self.per_rank = math.ceil(self.size / self.world_size)  # samples per rank per epoch
+        self.total = self.per_rank * self.world_size  # padded epoch length
+
+    def epoch_indices(self, epoch: int) -> list[int]:
+        """This rank's indices of epoch `epoch` (length `per_rank`)."""
+        if self.shuffle:
+            generator = torch.Generator()
+            generator.manual_seed(self.seed + epoch)
+            order = torch.randperm(self.size, generator=generator).tolist()
+        else:
+            order = list(range(self.size))
+        padding = self.total - self.size
+        order += (order * math.ceil(padding / self.size))[:padding] if padding else []
+        return order[self.rank:self.total:self.world_size]
+
+    def with_positions(self) -> Iterator[tuple[int, int]]:
+        """Endless (global position, index) pairs from `start` on.
+
+        The global position of this rank's j-th sample of epoch e is
+        ``e * total + j * world_size + rank``: unique across ranks and the same in a resumed run.
+        """
+        epoch, offset = divmod(self.start, self.per_rank)
+        while True:
+            indices = self.epoch_indices(epoch)
+            base = epoch * self.total + self.rank
+            for j in range(offset, self.per_rank):
+                yield base + j * self.world_size, indices[j]
+            epoch, offset = epoch + 1, 0
+
+    def __iter__(self) -> Iterator[int]:
+        return (index for _, index in self.with_positions())
+
+
+class _PositionSampler(Sampler[tuple[int, int]]):
+    """Adapter: `InfiniteSampler.with_positions()` as the keys of a DataLoader."""
+
+    def __init__(self, sampler: InfiniteSampler):
+        super().__init__()
+        self.sampler = sampler
+
+    def __iter__(self) -> Iterator[tuple[int, int]]:
+        return self.sampler.with_positions()
+
+
+def raw_sample(dataset, index: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(image uint8 [H, W, 3] BGR, boxes float32 [n, 4] normalised, labels int64 [n]) of
+    `dataset[index]`, bypassing any transform the data set holds.
+
+    Uses ``dataset.load_sample(index)`` when there is one, else splits the [n, 5] target of an
+    untransformed ``dataset[index]``.
+    """
+    if hasattr(dataset, "load_sample"):
+        return dataset.load_sample(index)
+    image, target = dataset[index]
+    target = np.asarray(target, dtype=np.float32).reshape(-1, 5)
+    return image, target[:, :4], target[:, 4].astype(np.int64)
+
+
+class TransformedDataset(Dataset):
+    """Wraps a data set for a DataLoader: raw sample -> transform -> tensors, plus the index.
+
+    A key is a data set index, or a (global position, index) pair from the training sampler;
+    the transform's generator is ``np.random.default_rng([seed, position])`` (position = index
+    for plain keys).
+
+    Returns (image Tensor[3, S, S] float32, target Tensor[n, 5] float32, index int).
+    """
+
+    def __init__(self, dataset, transform: Callable, seed: int = 0):
+        if transform is None:
+            raise ValueError("a loader needs a transform that makes every image the same size "
+                             "(SSDAugmentation or BaseTransform)")
+        self.dataset, self.transform, self.seed = dataset, transform, int(seed)
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, key):
+        position, index = key if isinstance(key, tuple) else (key, key)
+        image, boxes, labels = raw_sample(self.dataset, index)
+        rng = np.random.default_rng([self.seed, position])
+        image, boxes, labels = self.transform(image, boxes, labels, rng=rng)
+        image, target = to_tensors(image, boxes, labels)
+        return image, target, int(index)
+
+
+def _init_worker(worker_id: int) -> None:
+    """Loader workers: no OpenCV thread pools (the workers already use the cores)."""
+    cv2.setNumThreads(0)
+
+
+def _loader(dataset: Dataset, batch_size: int, num_workers: int, pin_memory: bool, seed: int,
+            sampler: Sampler | None = None) -> DataLoader:
+    generator = torch.Generator()  # workers' base seed: keeps the global torch RNG untouched
+    generator.manual_seed(seed)
+    return DataLoader(
+        dataset, batch_size=batch_size, sampler=sampler, shuffle=False,
+        num_workers=num_workers, collate_fn=detection_collate,
+        pin_memory=pin_memory and torch.cuda.is_available(),
+        worker_init_fn=_init_worker if num_workers > 0 else None,
+        generator=generator, drop_last=False,
+    )
+
+
+def make_train_loader(
+    dataset,
+    transform: Callable,
+    batch_size: int,
+    num_workers: int = 0,
+    pin_memory: bool = False,
+    seed: int = 0,
+    start_iter: int = 0,
+    rank: int = 0,
+    world_size: int = 1,
+) -> DataLoader:
+    """Endless training batches (never StopIteration; no epochs, no len()).
+
+    Args:
+        dataset: a data set with ``load_sample(i)`` (VOCDataset, COCODataset) or returning
+            untransformed (image, target [n, 5]).
+        transform: e.g. SSDAugmentation; called with ``rng=`` per sample.
+        batch_size: images per batch on this process (the global batch / world_size).
+        num_workers, pin_memory: DataLoader settings (pinning only when CUDA is available).
+        seed: shuffling and augmentation seed.
+        start_iter: batches this process has already consumed (resume).
+        rank, world_size: the DDP shard.
+
+    Yields:
+        (images [B, 3, S, S] float32, targets list of B [n_i, 5] float32, indices LongTensor[B]).
+        The same seed gives the same batches for any num_workers.
+    """
+    sampler = InfiniteSampler(len(dataset), shuffle=True, seed=seed,
+                              start=start_iter * batch_size, rank=rank, world_size=world_size)
+    return _loader(TransformedDataset(dataset, transform, seed), batch_size, num_workers,
+                   pin_memory, seed, sampler=_PositionSampler(sampler))
+
+
+def make_test_loader(dataset, transform: Callable, batch_size: int, num_workers: int = 0,
+                     pin_memory: bool = False) -> DataLoader:
+    """One ordered pass over `dataset`.
+
+    Yields:
+        (images [B, 3, S, S] float32, targets list of B [n_i, 5] float32, indices LongTensor[B]);
+        indices run 0, 1, ..., len(dataset) - 1 over the batches.
+    """
+    return _loader(TransformedDataset(dataset, transform), batch_size, num_workers, pin_memory,
+                   seed=0)

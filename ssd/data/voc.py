@@ -1,0 +1,210 @@
+"""PASCAL VOC and any data set in the VOCdevkit layout (including the synthetic shapes).
+
+    root/VOC{year}/ImageSets/Main/{split}.txt   one image id per line
+    root/VOC{year}/Annotations/{id}.xml         VOC XML: size, object/{name, difficult, bndbox}
+    root/VOC{year}/JPEGImages/{id}.jpg          (other image extensions are found too)
+
+XML coordinates are 1-based pixels; the training targets are ``(value - 1) / width`` (or
+height), the convention of the published SSD ports that DESIGN.md fixes.
+"""
+
+from __future__ import annotations
+
+import xml.etree.ElementTree as ET
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Sequence
+
+import numpy as np
+
+from ssd.config import VOC_CLASSES
+from ssd.data.common import DataError, DetectionDataset, Record, list_images, sanitize_boxes
+
+BOX_FIELDS = ("xmin", "ymin", "xmax", "ymax")
+VOC_DOWNLOAD_HINT = (
+    "PASCAL VOC cannot be downloaded by this project: get VOCtrainval_06-Nov-2007.tar, "
+    "VOCtest_06-Nov-2007.tar and VOCtrainval_11-May-2012.tar (host.robots.ox.ac.uk/pascal/VOC) "
+    "and extract them under data/ so that data/VOCdevkit/VOC2007 and data/VOCdevkit/VOC2012 "
+    "exist; see data/README.md"
+)
+
+
+@dataclass
+class VOCAnnotation:
+    """One parsed XML file. Boxes [n, 4] float32 as written (1-based pixels)."""
+
+    width: int
+    height: int
+    boxes: np.ndarray  # [n, 4] float32 (xmin, ymin, xmax, ymax)
+    labels: np.ndarray  # [n] int64
+    difficult: np.ndarray  # [n] bool
+    truncated: np.ndarray  # [n] bool
+
+
+def _text(node: ET.Element, tag: str, path: Path, where: str) -> str:
+    child = node.find(tag)
+    if child is None or child.text is None or not child.text.strip():
+        raise DataError(f"Annotation {path}: {where} is missing the required field <{tag}>",
+                        "bad annotation", path)
+    return child.text.strip()
+
+
+def _number(node: ET.Element, tag: str, path: Path, where: str) -> float:
+    text = _text(node, tag, path, where)
+    try:
+        return float(text)
+    except ValueError:
+        raise DataError(f"Annotation {path}: {where} <{tag}> is not a number: {text!r}",
+                        "bad annotation", path) from None
+
+
+def _flag(node: ET.Element, tag: str) -> bool:
+    """Optional 0/1 field (difficult, truncated); absent means 0."""
+    child = node.find(tag)
+    return child is not None and child.text is not None and child.text.strip() in ("1", "1.0")
+
+
+def parse_voc_xml(path: str | Path, class_to_label: dict[str, int]) -> VOCAnnotation:
+    """Parse one VOC XML annotation.
+
+    Args:
+        path: the .xml file.
+        class_to_label: class name -> 0-based label; any other name is an error.
+
+    Raises:
+        DataError: the file is missing, not XML, lacks a required field (size/width,
+            size/height, object/name, object/bndbox/{xmin,ymin,xmax,ymax}) or names an
+            unknown class. Messages name the file.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"Annotation file not found: {path}", "missing annotation", path)
+    try:
+        root = ET.parse(path).getroot()
+    except ET.ParseError as err:
+        raise DataError(f"Annotation {path} is not valid XML: {err}", "bad annotation",
+                        path) from None
+    size = root.find("size")
+    if size is None:
+        raise DataError(f"Annotation {path}: <annotation> is missing the required field <size>",
+                        "bad annotation", path)
+    width = int(_number(size, "width", path, "<size>"))
+    height = int(_number(size, "height", path, "<size>"))
+    if width <= 0 or height <= 0:
+        raise DataError(f"Annotation {path}: image size {width}x{height} is not positive",
+                        "bad annotation", path)
+    boxes, labels, difficult, truncated = [], [], [], []
+    for number, obj in enumerate(root.iter("object"), start=1):
+        where = f"object {number}"
+        name = _text(obj, "name", path, where)
+        if name not in class_to_label:
+            raise DataError(f"Annotation {path}: {where} has unknown class '{name}'; known "
+                            f"classes: {', '.join(class_to_label)}", "unknown class", path)
+        bndbox = obj.find("bndbox")
+        if bndbox is None:
+            raise DataError(f"Annotation {path}: {where} is missing the required field <bndbox>",
+                            "bad annotation", path)
+        where = f"{where} <bndbox>"
+        boxes.append([_number(bndbox, tag, path, where) for tag in BOX_FIELDS])
+        labels.append(class_to_label[name])
+        difficult.append(_flag(obj, "difficult"))
+        truncated.append(_flag(obj, "truncated"))
+    return VOCAnnotation(
+        width=width,
+        height=height,
+        boxes=np.asarray(boxes, dtype=np.float32).reshape(-1, 4),
+        labels=np.asarray(labels, dtype=np.int64),
+        difficult=np.asarray(difficult, dtype=bool),
+        truncated=np.asarray(truncated, dtype=bool),
+    )
+
+
+def read_split(path: Path) -> list[str]:
+    """Image ids of an ImageSets/Main/{split}.txt file (first token of each non-empty line)."""
+    return [line.split()[0] for line in path.read_text().splitlines() if line.strip()]
+
+
+class VOCDataset(DetectionDataset):
+    """Images and boxes of one or more VOCdevkit splits.
+
+    Args:
+        root: the VOCdevkit directory holding VOC{year}/ folders.
+        image_sets: (year, split) pairs, e.g. [("2007", "trainval"), ("2012", "trainval")];
+            ("shapes", "test") reads root/VOCshapes.
+        class_names: foreground classes in label order (default: the 20 VOC classes).
+        transform: called as ``transform(image, boxes, labels)`` by ``ds[i]``.
+        keep_difficult: return difficult objects from ``ds[i]`` (the evaluator always gets them
+            from `get_annotation`).
+        keep_empty: keep images without (non-difficult) objects.
+        skip_bad: count and skip bad files instead of raising.
+        verbose: print the one-line load summary.
+
+    Attributes:
+        class_names (list[str]); image_ids (list[str], "VOC{year}/{id}"); report (LoadReport);
+        coordinate_origin (1.0): ``ds[i]`` normalises ``(xml - 1) / size``, so
+        ``get_annotation`` boxes minus 1 are in the frame of ``normalised * size``.
+    """
+
+    coordinate_origin = 1.0
+
+    def __init__(
+        self,
+        root: str | Path,
+        image_sets: Sequence[Sequence[str]],
+        class_names: Sequence[str] | None = None,
+        transform: Callable | None = None,
+        keep_difficult: bool = False,
+        keep_empty: bool = True,
+        skip_bad: bool = False,
+        verbose: bool = True,
+    ):
+        super().__init__(transform=transform, keep_difficult=keep_difficult, skip_bad=skip_bad)
+        self.root = Path(root)
+        self.class_names = list(class_names) if class_names is not None else list(VOC_CLASSES)
+        class_to_label = {name: label for label, name in enumerate(self.class_names)}
+        if len(class_to_label) != len(self.class_names):
+            raise ValueError(f"class_names has duplicates: {self.class_names}")
+        sets = [(str(year), str(split)) for year, split in image_sets]
+        self.report.name = "VOC " + " + ".join(f"{year}/{split}" for year, split in sets)
+        for year, split in sets:
+            self._load_split(year, split, class_to_label, keep_empty)
+        self._print_summary(verbose)
+
+    def _load_split(self, year: str, split: str, class_to_label: dict[str, int],
+                    keep_empty: bool) -> None:
+        year_dir = self.root / f"VOC{year}"
+        split_file = year_dir / "ImageSets" / "Main" / f"{split}.txt"
+        if not split_file.is_file():
+            hint = VOC_DOWNLOAD_HINT if year in ("2007", "2012") else "see data/README.md"
+            found = "" if year_dir.is_dir() else f" ({year_dir} does not exist)"
+            raise FileNotFoundError(f"VOC split file not found: {split_file}{found}. {hint}")
+        images = list_images(year_dir / "JPEGImages")
+        for image_id in read_split(split_file):
+            try:
+                record = self._parse(year_dir, year, image_id, images, class_to_label)
+            except DataError as err:
+                self._handle(err)
+                continue
+            self._add(record, keep_empty)
+
+    def _parse(self, year_dir: Path, year: str, image_id: str, images: dict[str, str],
+               class_to_label: dict[str, int]) -> Record:
+        xml_path = year_dir / "Annotations" / f"{image_id}.xml"
+        parsed = parse_voc_xml(xml_path, class_to_label)
+        if image_id not in images:
+            expected = year_dir / "JPEGImages" / f"{image_id}.jpg"
+            raise DataError(f"Image file not found: {expected} (annotated in {xml_path})",
+                            "missing image", expected)
+        boxes, valid, clipped = sanitize_boxes(parsed.boxes, 1.0, parsed.width, parsed.height)
+        self.report.clipped += clipped
+        self.report.degenerate += int((~valid).sum())
+        return Record(
+            image_id=f"VOC{year}/{image_id}",
+            image_path=year_dir / "JPEGImages" / images[image_id],
+            width=parsed.width,
+            height=parsed.height,
+            boxes=boxes[valid],
+            labels=parsed.labels[valid],
+            difficult=parsed.difficult[valid],
+            extra={"truncated": parsed.truncated[valid]},
+        )
