@@ -1,23 +1,32 @@
-"""`predict` section: detection post-processing speed (and, later, end-to-end throughput).
+"""`predict` section: detection post-processing speed and end-to-end prediction throughput.
 
 Post-processing: ``ssd.postprocess.detect`` on SSD300's 8732 priors x 21 classes, with a score
 distribution like a half-trained network (thousands of priors above 0.01 in every class),
 against the classic per-class Python-loop NMS (ssd.pytorch's Detect: for each class, threshold,
 then a greedy NMS ``while`` loop over the 400 best). Both give the same detections; the target
-is a 20x speed-up. ``run`` returns {"postprocess": ...}; an end-to-end throughput part can be
-added next to it.
+is a 20x speed-up.
+
+End to end: ``ssd.predictor.Predictor.predict_batch`` on SSD300 (configs/voc300.yaml, random
+initialisation) for 500x375 BGR images, from uint8 image to pixel detections, at batch 1 and 8,
+in fp32 and in the fast path of the device (bf16 autocast + channels_last on CPUs with native
+bf16, fp16 on CUDA), all in the same run. ``run`` returns {"postprocess": ..., "end_to_end": ...}.
 """
 
 from __future__ import annotations
 
 import contextlib
+import copy
+import functools
 import time
 from typing import Callable
 
+import numpy as np
 import torch
 
 from ssd.box_utils import decode
 from ssd.config import load_config
+from ssd.engine.inference import default_precision
+from ssd.modeling import build_model
 from ssd.postprocess import detect
 from ssd.priors import priors_from_config
 
@@ -154,5 +163,47 @@ def postprocess_benchmark(quick: bool) -> dict:
             "detections": len(fast_result[0]["scores"])}
 
 
+def end_to_end_benchmark(quick: bool, device: str = "cpu") -> dict:
+    """Images/s of ``Predictor.predict_batch`` for SSD300 at batch 1 and 8, fp32 vs fast path.
+
+    Each precision gets its own copy of one randomly initialised model (the fast path makes
+    its copy channels_last). Timed on one thread and on torch's default thread count: on a
+    shared machine, threads that wait for each other make the multi-threaded figures erratic
+    (the best of the repeats counts).
+    """
+    from ssd.predictor import Predictor
+
+    cfg = load_config()
+    torch.manual_seed(0)
+    model = build_model(cfg)
+    fast = default_precision(device)
+    rng = np.random.default_rng(0)
+    images = [rng.integers(0, 256, size=(375, 500, 3), dtype=np.uint8) for _ in range(8)]
+    repeats = {1: 2 if quick else 5, 8: 1 if quick else 3}
+    predictors = {precision: Predictor(copy.deepcopy(model), config=cfg, device=device,
+                                       precision=precision, batch_size=8)
+                  for precision in dict.fromkeys(["fp32", fast])}
+    print(f"end to end (SSD300 {cfg.model.image_size}px from 500x375 images, {device}): fast path "
+          f"= {fast}{' + channels_last' if fast != 'fp32' else ' (no faster precision here)'}")
+    results = {}
+    for threads in sorted({1, torch.get_num_threads()}):
+        per_second: dict[str, dict[int, float]] = {precision: {} for precision in predictors}
+        with _threads(threads):
+            for batch, count in repeats.items():
+                for precision, predictor in predictors.items():
+                    call = functools.partial(predictor.predict_batch, images[:batch])
+                    per_second[precision][batch] = batch / _best_time(call, count)[0]
+        for batch in repeats:
+            base, quick_path = per_second["fp32"][batch], per_second[fast][batch]
+            print(f"  {threads} thread{'s' if threads > 1 else ''}, batch {batch}: fp32 "
+                  f"{base:.2f} images/s, {fast} {quick_path:.2f} images/s, ratio "
+                  f"{quick_path / base:.2f}x")
+        results[f"{threads}_threads"] = {
+            "images_per_second": {p: {str(b): v for b, v in r.items()} for p, r in per_second.items()},
+            "ratio": {str(b): per_second[fast][b] / per_second["fp32"][b] for b in repeats},
+        }
+    return {"fast_precision": fast, **results}
+
+
 def run(quick: bool) -> dict:
-    return {"postprocess": postprocess_benchmark(quick)}
+    return {"postprocess": postprocess_benchmark(quick), "end_to_end": end_to_end_benchmark(quick)}
