@@ -102,13 +102,15 @@ def predict_batches(
 
 
 def ground_truth_pixels(dataset) -> dict[str, dict[str, np.ndarray]]:
-    """VOC ground truth of every image in 0-based pixels: XML value - 1 (the frame of the
-    normalised targets times width/height). Keyed by image id."""
+    """Ground truth of every image in the frame of the normalised targets times width/height:
+    annotation value - dataset.coordinate_origin (VOC XML is 1-based, COCO 0-based).
+    Keyed by image id."""
+    origin = float(getattr(dataset, "coordinate_origin", 1.0))
     gt = {}
     for index in range(len(dataset)):
         ann = dataset.get_annotation(index)
         gt[ann["image_id"]] = {
-            "boxes": np.asarray(ann["boxes"], dtype=np.float64).reshape(-1, 4) - 1.0,
+            "boxes": np.asarray(ann["boxes"], dtype=np.float64).reshape(-1, 4) - origin,
             "labels": np.asarray(ann["labels"], dtype=np.int64),
             "difficult": np.asarray(ann["difficult"], dtype=bool),
         }
