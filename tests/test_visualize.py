@@ -34,14 +34,7 @@ SCRIPT = REPO_ROOT / "scripts" / "visualize.py"
 FEATURE_MAPS, RATIOS = [20, 10, 5, 2], [[2], [2], [2], [2]]  # configs/shapes.yaml
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """One torch thread: on a shared 2-core machine, two threads that wait for each other make
-    these small models up to 10x slower (measured: 65 s instead of 4 s to train the fixture)."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
