@@ -15,6 +15,7 @@ import time
 
 import numpy as np
 
+from benchmarks import best_time
 from ssd.config import VOC_CLASSES
 from ssd.evaluation import voc_evaluate
 
@@ -116,15 +117,6 @@ def _devkit_ap(recall: np.ndarray, precision: np.ndarray, use_07_metric: bool) -
     return float(np.sum((mrec[steps + 1] - mrec[steps]) * mpre[steps + 1]))
 
 
-def _best_of(repeats: int, function):
-    best, value = float("inf"), None
-    for _ in range(repeats):
-        start = time.perf_counter()
-        value = function()
-        best = min(best, time.perf_counter() - start)
-    return best, value
-
-
 def run(quick: bool) -> dict:
     names = list(VOC_CLASSES)
     gt, dets = synthetic_case()
@@ -133,9 +125,9 @@ def run(quick: bool) -> dict:
           f"{sum(len(g['labels']) for g in gt.values())} ground truth, {num_dets} detections")
 
     repeats = 1 if quick else 3
-    fast_07, result_07 = _best_of(repeats, lambda: voc_evaluate(gt, dets, names))
-    fast_10, result_10 = _best_of(repeats, lambda: voc_evaluate(gt, dets, names,
-                                                                use_07_metric=False))
+    fast_07, result_07 = best_time(lambda: voc_evaluate(gt, dets, names), repeats, warmup=False)
+    fast_10, result_10 = best_time(lambda: voc_evaluate(gt, dets, names, use_07_metric=False),
+                                   repeats, warmup=False)
     print(f"voc_evaluate: {fast_07:.3f} s (voc07), {fast_10:.3f} s (voc10); "
           f"mAP {result_07['mAP']:.4f} / {result_10['mAP']:.4f}")
 

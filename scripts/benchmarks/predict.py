@@ -17,12 +17,11 @@ from __future__ import annotations
 import contextlib
 import copy
 import functools
-import time
-from typing import Callable
 
 import numpy as np
 import torch
 
+from benchmarks import best_time
 from ssd.box_utils import decode
 from ssd.config import load_config
 from ssd.engine.inference import default_precision
@@ -97,15 +96,6 @@ def classic_detect(loc: torch.Tensor, conf: torch.Tensor, priors: torch.Tensor,
     return results
 
 
-def _best_time(function: Callable[[], object], repeats: int) -> tuple[float, object]:
-    function()  # warm-up
-    best, value = float("inf"), None
-    for _ in range(repeats):
-        start = time.perf_counter()
-        value = function()
-        best = min(best, time.perf_counter() - start)
-    return best, value
-
 
 def _same_detections(a: list[dict], b: list[dict]) -> bool:
     return all(
@@ -137,12 +127,12 @@ def postprocess_benchmark(quick: bool) -> dict:
     print(f"post-processing: {len(priors)} priors x {conf.shape[-1]} classes; priors above "
           f"{SETTINGS['conf_threshold']} per class: {int(passing.min())}-{int(passing.max())}")
     default_threads = torch.get_num_threads()
-    fast_default, _ = _best_time(lambda: detect(loc, conf, priors, **SETTINGS),
+    fast_default, _ = best_time(lambda: detect(loc, conf, priors, **SETTINGS),
                                  5 if quick else 20)
     with _threads(1):
-        fast, fast_result = _best_time(lambda: detect(loc, conf, priors, **SETTINGS),
+        fast, fast_result = best_time(lambda: detect(loc, conf, priors, **SETTINGS),
                                        5 if quick else 20)
-        slow, slow_result = _best_time(lambda: classic_detect(loc, conf, priors, **SETTINGS),
+        slow, slow_result = best_time(lambda: classic_detect(loc, conf, priors, **SETTINGS),
                                        1 if quick else 3)
     same = _same_detections(fast_result, slow_result)
     ratio = slow / fast
@@ -154,7 +144,7 @@ def postprocess_benchmark(quick: bool) -> dict:
           f"{'yes' if same else 'NO'}")
     loc8, conf8, _ = half_trained_outputs(batch=8, seed=1)
     with _threads(1):
-        batched, _ = _best_time(lambda: detect(loc8, conf8, priors, **SETTINGS),
+        batched, _ = best_time(lambda: detect(loc8, conf8, priors, **SETTINGS),
                                 1 if quick else 5)
     print(f"detect at batch 8: {batched / 8 * 1e3:.1f} ms/image (1 thread)")
     return {"detect_ms": fast * 1e3, "detect_default_threads_ms": fast_default * 1e3,
@@ -192,7 +182,7 @@ def end_to_end_benchmark(quick: bool, device: str = "cpu") -> dict:
             for batch, count in repeats.items():
                 for precision, predictor in predictors.items():
                     call = functools.partial(predictor.predict_batch, images[:batch])
-                    per_second[precision][batch] = batch / _best_time(call, count)[0]
+                    per_second[precision][batch] = batch / best_time(call, count)[0]
         for batch in repeats:
             base, quick_path = per_second["fp32"][batch], per_second[fast][batch]
             print(f"  {threads} thread{'s' if threads > 1 else ''}, batch {batch}: fp32 "
