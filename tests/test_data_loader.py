@@ -186,12 +186,13 @@ def test_build_voc_without_data_says_where_and_how(tmp_path):
 
 
 def test_build_transform():
-    cfg = load_config("configs/shapes.yaml")
+    cfg = load_config("configs/shapes.yaml", overrides=["data.augment=true"])
     train, test = build_transform(cfg, train=True), build_transform(cfg, train=False)
     assert isinstance(train, SSDAugmentation) and train.size == 160
     assert isinstance(test, BaseTransform) and test.mean == (104, 117, 123)
     no_aug = load_config("configs/shapes.yaml", overrides=["data.augment=false"])
     assert isinstance(build_transform(no_aug, train=True), BaseTransform)
+    assert isinstance(build_transform(no_aug, train=False), BaseTransform)
 
 
 def _ensure(root):
