@@ -32,6 +32,7 @@ _DEFAULTS: dict[str, Any] = {
         "image_size": 300,
         "pretrained": None,  # path to a reduced-fc VGG16 state_dict, or null (from scratch)
         "batch_norm": True,  # ssd7 only
+        "channels": None,  # ssd7 only: the 7 block widths (null: the seed's 32-48-64-64-48-48-32)
         "priors": {
             "feature_maps": [38, 19, 10, 5, 3, 1],
             "steps": [8, 16, 32, 64, 100, 300],
@@ -64,7 +65,13 @@ _DEFAULTS: dict[str, Any] = {
             "seed": 0,
         },
         "mean": [104, 117, 123],  # BGR
-        "augment": True,
+        "augment": True,  # training augmentation (SSDAugmentation) on/off; its stages:
+        "augmentation": {
+            "photometric": True,  # brightness, contrast, saturation, hue, channel swap
+            "max_expand": 4.0,  # zoom-out up to this ratio (1: none)
+            "crop": True,  # min-IoU random crop
+            "mirror": True,  # horizontal mirror
+        },
         "num_workers": 4,
         "pin_memory": True,
     },
@@ -79,10 +86,12 @@ _DEFAULTS: dict[str, Any] = {
     },
     "solver": {
         "batch_size": 32,  # global batch (split across processes under DDP)
+        "optimizer": "sgd",  # sgd | adamw
         "lr": 1e-3,
         "momentum": 0.9,
         "weight_decay": 5e-4,
         "max_iter": 120000,
+        "schedule": "step",  # step (x gamma at lr_steps) | cosine (to 0 at max_iter)
         "lr_steps": [80000, 100000],
         "gamma": 0.1,
         "warmup_iters": 500,
@@ -112,12 +121,15 @@ _DEFAULTS: dict[str, Any] = {
 _NULLABLE_TYPES: dict[str, type] = {
     "model.pretrained": str,
     "data.class_names": list,
+    "model.channels": list,
 }
 
 _CHOICES: dict[str, tuple[str, ...]] = {
     "data.format": ("voc", "coco", "shapes"),
     "loss.name": ("multibox", "focal"),
     "loss.loc_loss": ("smooth_l1", "l1"),
+    "solver.optimizer": ("sgd", "adamw"),
+    "solver.schedule": ("step", "cosine"),
     "test.metric": ("voc07", "voc10", "coco"),
 }
 

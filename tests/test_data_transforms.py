@@ -229,3 +229,50 @@ def test_base_transform(size):
     np.testing.assert_array_equal(out, expected)
     assert out.dtype == np.float32 and out_boxes is boxes and out_labels is labels
     assert BaseTransform(size)(image)[1] is None
+
+
+@pytest.mark.parametrize("stage", ["photometric", "max_expand", "crop", "mirror"])
+def test_each_stage_can_be_switched_off(stage):
+    """A stage that is off never changes its parameters; the other stages still do."""
+    off = {"max_expand": 1.0} if stage == "max_expand" else {stage: False}
+    aug = SSDAugmentation(size=40, **off)
+    boxes = random_boxes(np.random.default_rng(8), 3)
+    draws = [aug.sample_params(30, 50, boxes, np.random.default_rng(seed)) for seed in range(200)]
+    untouched = AugmentParams()
+    touched = {
+        "photometric": lambda p: (p.brightness, p.contrast, p.saturation, p.hue, p.channel_order) !=
+        (untouched.brightness, untouched.contrast, untouched.saturation, untouched.hue,
+         untouched.channel_order),
+        "max_expand": lambda p: p.expand is not None,
+        "crop": lambda p: p.crop is not None,
+        "mirror": lambda p: p.flip,
+    }
+    for name, changed in touched.items():
+        count = sum(changed(p) for p in draws)
+        if name == stage:
+            assert count == 0, name
+        else:
+            assert 40 < count < 200, name  # each remaining stage fires on a good share of draws
+
+
+def test_mirror_only_augmentation_is_the_base_transform_or_its_mirror():
+    aug = SSDAugmentation(size=32, mean=MEAN, max_expand=1.0, photometric=False, crop=False)
+    base = BaseTransform(size=32, mean=MEAN)
+    image = np.random.default_rng(9).integers(0, 256, size=(40, 40, 3), dtype=np.uint8)
+    boxes = np.array([[0.1, 0.2, 0.4, 0.9]], np.float32)
+    plain, _, _ = base(image, boxes, np.array([0]))
+    flips = 0
+    for seed in range(20):
+        out, out_boxes, _ = aug(image, boxes, np.array([0]), rng=np.random.default_rng(seed))
+        flipped = not np.allclose(out_boxes, boxes)
+        flips += flipped
+        expected = plain[:, ::-1] if flipped else plain
+        assert np.abs(out - expected).max() <= 1
+        if flipped:
+            np.testing.assert_allclose(out_boxes, [[0.6, 0.2, 0.9, 0.9]], atol=1e-6)
+    assert 3 <= flips <= 17
+
+
+def test_max_expand_below_one_is_rejected():
+    with pytest.raises(ValueError, match="max_expand=0.5"):
+        SSDAugmentation(max_expand=0.5)

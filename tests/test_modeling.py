@@ -73,6 +73,21 @@ def test_ssd7_output_shapes_and_batch_norm():
     assert any(isinstance(m, torch.nn.BatchNorm2d) for m in model.modules())
 
 
+def test_ssd7_block_widths_come_from_the_config():
+    seed = build_model(load_config("configs/shapes.yaml", overrides=["model.channels=null"]))
+    convs = [m for m in seed.base if isinstance(m, torch.nn.Conv2d)]
+    assert [c.out_channels for c in convs] == [32, 48, 64, 64, 48, 48, 32]
+    widths = [16, 24, 32, 40, 56, 72, 88]
+    wide = build_model(load_config("configs/shapes.yaml", overrides=[f"model.channels={widths}"]))
+    convs = [m for m in wide.base if isinstance(m, torch.nn.Conv2d)]
+    assert [c.out_channels for c in convs] == widths
+    assert [head.in_channels for head in wide.loc] == widths[3:]  # the last four blocks feed the heads
+    loc, conf = wide(torch.randn(1, 3, 160, 160))
+    assert loc.shape[1] == conf.shape[1] == wide.priors.shape[0]
+    with pytest.raises(ValueError, match=r"ssd7 channels=\[8, 8\]: expected 7 positive widths"):
+        build_model(load_config("configs/shapes.yaml", overrides=["model.channels=[8,8]"]))
+
+
 def test_loc_conf_ordering_matches_priors():
     """Output row k of the heads belongs to prior k: probe a single conv channel."""
     cfg = load_config("configs/shapes.yaml")

@@ -64,13 +64,19 @@ def test_overfits_a_fixed_batch(data_root, tmp_path):
     assert last < 0.6 * first
 
 
-def test_resume_reproduces_the_uninterrupted_run(data_root, tmp_path):
+@pytest.mark.parametrize("solver", [
+    {"solver.optimizer": "sgd", "solver.schedule": "step"},
+    {"solver.optimizer": "adamw", "solver.schedule": "cosine", "solver.lr": 0.002},
+], ids=["sgd-step", "adamw-cosine"])
+def test_resume_reproduces_the_uninterrupted_run(data_root, tmp_path, solver):
     full_dir, split_dir = tmp_path / "full", tmp_path / "split"
-    Trainer(tiny_cfg(data_root), output_dir=full_dir, device="cpu", progress=False).train()
-    # Same run stopped after 3 iterations, then resumed from its checkpoint up to 6.
-    Trainer(tiny_cfg(data_root, **{"solver.max_iter": 3}), output_dir=split_dir, device="cpu",
-            progress=False).train()
-    resumed = Trainer(tiny_cfg(data_root), output_dir=split_dir, device="cpu", resume="auto",
+    Trainer(tiny_cfg(data_root, **solver), output_dir=full_dir, device="cpu", progress=False).train()
+    # Same run stopped after 3 iterations, then resumed from its checkpoint up to 6 (the cosine
+    # schedule follows max_iter, so the first part runs the full schedule and is cut short).
+    first = Trainer(tiny_cfg(data_root, **solver), output_dir=split_dir, device="cpu", progress=False)
+    first.cfg = tiny_cfg(data_root, **solver, **{"solver.max_iter": 3})
+    first.train()
+    resumed = Trainer(tiny_cfg(data_root, **solver), output_dir=split_dir, device="cpu", resume="auto",
                       progress=False)
     assert resumed.iteration == 3
     assert resumed.optimizer.param_groups[0]["lr"] == pytest.approx(

@@ -132,9 +132,14 @@ def build_dataset(cfg, train: bool) -> DetectionDataset:
 
 
 def build_transform(cfg, train: bool) -> Callable:
-    """SSDAugmentation for training (when data.augment), else BaseTransform; at
-    model.image_size with data.mean."""
+    """SSDAugmentation with the stages of data.augmentation for training (when data.augment),
+    else BaseTransform; at model.image_size with data.mean."""
     size, mean = cfg.model.image_size, cfg.data.mean
     if train and cfg.data.augment:
-        return SSDAugmentation(size, mean)
+        stages = cfg.data.augmentation
+        if stages.max_expand < 1:
+            raise ConfigError(f"Config key 'data.augmentation.max_expand' is {stages.max_expand}; "
+                              "expected a zoom-out ratio >= 1 (1 turns zoom-out off)")
+        return SSDAugmentation(size, mean, max_expand=stages.max_expand, photometric=stages.photometric,
+                               crop=stages.crop, mirror=stages.mirror)
     return BaseTransform(size, mean)

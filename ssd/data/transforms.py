@@ -211,25 +211,56 @@ class SSDAugmentation:
     mean) -> min-IoU random crop -> horizontal mirror (p = 0.5) -> resize to size x size ->
     mean subtraction (and BGR -> RGB).
 
+    Each stage can be switched off (the defaults are the paper's recipe); a short training run
+    learns faster with only the mirror (see configs/shapes.yaml).
+
     Args:
         size: output side S.
         mean: BGR mean pixel, also the zoom-out fill.
-        max_expand: largest zoom-out ratio.
+        max_expand: largest zoom-out ratio (1: no zoom-out).
+        photometric: apply the photometric distortions.
+        crop: apply the min-IoU random crop.
+        mirror: apply the horizontal mirror.
     """
 
     def __init__(self, size: int = 300, mean: Sequence[float] = (104, 117, 123),
-                 max_expand: float = 4.0):
+                 max_expand: float = 4.0, photometric: bool = True, crop: bool = True,
+                 mirror: bool = True):
+        if max_expand < 1:
+            raise ValueError(f"max_expand={max_expand}: expected a zoom-out ratio >= 1")
         self.size = int(size)
         self.mean = tuple(float(m) for m in mean)
         self.max_expand = float(max_expand)
+        self.photometric = bool(photometric)
+        self.crop = bool(crop)
+        self.mirror = bool(mirror)
 
     def __repr__(self) -> str:
-        return f"SSDAugmentation(size={self.size}, mean={self.mean}, max_expand={self.max_expand})"
+        return (f"SSDAugmentation(size={self.size}, mean={self.mean}, max_expand={self.max_expand}, "
+                f"photometric={self.photometric}, crop={self.crop}, mirror={self.mirror})")
 
     def sample_params(self, height: int, width: int, boxes: np.ndarray,
                       rng: np.random.Generator) -> AugmentParams:
         """Draw every random choice for a height x width image with normalised boxes [n, 4]."""
         params = AugmentParams()
+        if self.photometric:
+            self._sample_photometric(params, rng)
+        canvas = np.array([width, height], dtype=np.float64)
+        offset = np.zeros(2)
+        if self.max_expand > 1 and rng.random() < 0.5:
+            ratio = float(rng.uniform(1.0, self.max_expand))
+            offset = rng.uniform(0.0, 1.0, size=2) * canvas * (ratio - 1)
+            params.expand = (ratio, float(offset[0]), float(offset[1]))
+            canvas = canvas * ratio
+        if self.crop:
+            pixels = boxes.reshape(-1, 4) * (width, height, width, height) + np.tile(offset, 2)
+            params.crop = sample_crop(canvas[0], canvas[1], pixels, rng)
+        if self.mirror:
+            params.flip = bool(rng.random() < 0.5)
+        return params
+
+    @staticmethod
+    def _sample_photometric(params: AugmentParams, rng: np.random.Generator) -> None:
         if rng.random() < 0.5:
             params.brightness = float(rng.uniform(-32.0, 32.0))
         params.contrast_last = bool(rng.random() < 0.5)
@@ -241,17 +272,6 @@ class SSDAugmentation:
             params.hue = float(rng.uniform(-18.0, 18.0))
         if rng.random() < 0.5:
             params.channel_order = tuple(int(c) for c in rng.permutation(3))
-        canvas = np.array([width, height], dtype=np.float64)
-        offset = np.zeros(2)
-        if rng.random() < 0.5:
-            ratio = float(rng.uniform(1.0, self.max_expand))
-            offset = rng.uniform(0.0, 1.0, size=2) * canvas * (ratio - 1)
-            params.expand = (ratio, float(offset[0]), float(offset[1]))
-            canvas = canvas * ratio
-        pixels = boxes.reshape(-1, 4) * (width, height, width, height) + np.tile(offset, 2)
-        params.crop = sample_crop(canvas[0], canvas[1], pixels, rng)
-        params.flip = bool(rng.random() < 0.5)
-        return params
 
     def apply(self, image: np.ndarray, boxes: np.ndarray, labels: np.ndarray,
               params: AugmentParams) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

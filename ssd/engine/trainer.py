@@ -23,7 +23,7 @@ from tqdm import tqdm
 
 from ssd.engine import checkpoint as ckpt
 from ssd.engine.distributed import DistInfo, barrier, ranks_agree
-from ssd.engine.inference import evaluate_model
+from ssd.engine.inference import cpu_has_native_bf16, evaluate_model
 from ssd.engine.metrics_log import MetricsLog, plot_metrics
 from ssd.engine.solver import build_optimizer, build_scheduler
 
@@ -76,10 +76,12 @@ class Trainer:
         self.model = self._build_model(init_weights)
         self.criterion = _build_criterion(cfg)
         solver = cfg.solver
-        self.optimizer = build_optimizer(self.model, solver.lr, solver.momentum, solver.weight_decay)
+        self.optimizer = build_optimizer(self.model, solver.lr, solver.momentum, solver.weight_decay,
+                                         name=solver.optimizer)
         self.scheduler = build_scheduler(self.optimizer, solver.lr_steps, solver.gamma,
-                                         solver.warmup_iters, solver.warmup_factor)
-        self.use_amp = bool(cfg.train.amp)
+                                         solver.warmup_iters, solver.warmup_factor,
+                                         schedule=solver.schedule, max_iter=solver.max_iter)
+        self.use_amp = _amp_supported(cfg.train.amp, self.device, announce=self.dist.is_main)
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.use_amp and self.device.type == "cuda")
         self.iteration = 0
         self.best_map = -1.0
@@ -319,16 +321,35 @@ class Trainer:
         except ValueError:  # not in the main thread
             return signal.getsignal(signal.SIGINT)
 
+    def _precision_name(self) -> str:
+        if not self.use_amp:
+            return "float32"
+        return "float16 autocast" if self.device.type == "cuda" else "bfloat16 autocast"
+
     def _summary(self) -> str:
         cfg = self.cfg
         params = sum(p.numel() for p in self.model.parameters())
         return (
             f"Training {cfg.model.backbone} SSD{cfg.model.image_size} ({params:,} parameters, "
             f"{self.model.priors.shape[0]} priors, {cfg.model.num_classes} classes) on "
-            f"{self.device}{f' x{self.dist.world_size} processes' if self.dist.enabled else ''}: "
+            f"{self.device}{f' x{self.dist.world_size} processes' if self.dist.enabled else ''} "
+            f"({self._precision_name()}): "
             f"{len(self.train_set)} training images, batch {cfg.solver.batch_size}, "
             f"iterations {self.iteration} -> {cfg.solver.max_iter}, output {self.output_dir}"
         )
+
+
+def _amp_supported(requested: bool, device: torch.device, announce: bool = True) -> bool:
+    """train.amp as it can run here: CUDA float16, or CPU bfloat16 when the CPU computes bf16 in
+    hardware (AVX-512 BF16 / AMX). Other CPUs emulate bf16 several times slower than float32
+    (measured on an AVX2 EPYC: 5.6 s vs 0.85 s per shapes batch), so they train in float32."""
+    if not requested or device.type == "cuda":
+        return bool(requested)
+    if device.type == "cpu" and cpu_has_native_bf16():
+        return True
+    if announce:
+        print(f"[train] train.amp: this {device.type} has no native bfloat16; training in float32")
+    return False
 
 
 def _build_criterion(cfg) -> nn.Module:

@@ -35,7 +35,7 @@ def build_model(cfg) -> SSD:
         aspect_ratios=priors.aspect_ratios,
         clip=priors.clip,
     )
-    extra = {"batch_norm": model_cfg.batch_norm} if name == "ssd7" else {}
+    extra = {"batch_norm": model_cfg.batch_norm, "channels": model_cfg.channels} if name == "ssd7" else {}
     return BACKBONES[name](model_cfg.num_classes, model_cfg.image_size, **extra, **prior_args)
 
 

@@ -1,10 +1,13 @@
 """SSD7: a small batch-norm network trainable from scratch (seed 003).
 
-Seven 3x3 conv blocks with 32-48-64-64-48-48-32 channels, each followed by a 2x2 max pool
-except the last; predictions from the last four blocks.
+Seven 3x3 conv blocks with 32-48-64-64-48-48-32 channels (the seed's widths; `model.channels`
+sets others), each followed by a 2x2 max pool except the last; predictions from the last four
+blocks.
 """
 
 from __future__ import annotations
+
+from typing import Sequence
 
 import torch
 from torch import nn
@@ -16,14 +19,26 @@ SSD7_NUM_SOURCES = 4  # the last four blocks feed the heads
 
 
 class SSD7(SSD):
-    """SSD with the SSD7 backbone; state_dict keys base.N, loc.N, conf.N."""
+    """SSD with the SSD7 backbone; state_dict keys base.N, loc.N, conf.N.
 
-    def __init__(self, num_classes: int, image_size: int, batch_norm: bool = True, **prior_args):
+    Args:
+        num_classes, image_size, prior_args: as SSD.
+        batch_norm: BatchNorm after every conv.
+        channels: the 7 block widths (default SSD7_CHANNELS).
+    """
+
+    def __init__(self, num_classes: int, image_size: int, batch_norm: bool = True,
+                 channels: Sequence[int] | None = None, **prior_args):
         super().__init__(num_classes, image_size, **prior_args)
+        channels = tuple(channels or SSD7_CHANNELS)
+        if len(channels) != len(SSD7_CHANNELS) or min(channels) < 1:
+            raise ValueError(f"ssd7 channels={list(channels)}: expected {len(SSD7_CHANNELS)} "
+                             f"positive widths, one per block (default {list(SSD7_CHANNELS)})")
+        self.channels = channels
         layers: list[nn.Module] = []
         self.block_ends: list[int] = []  # index one past each block's ReLU
         in_channels = 3
-        for block, out_channels in enumerate(SSD7_CHANNELS):
+        for block, out_channels in enumerate(channels):
             if block > 0:
                 layers.append(nn.MaxPool2d(kernel_size=2, stride=2))
             layers.append(nn.Conv2d(in_channels, out_channels, kernel_size=3, padding=1,
@@ -36,9 +51,9 @@ class SSD7(SSD):
         self.base = nn.ModuleList(layers)
         for layer in self.base:
             xavier_init(layer)
-        self.source_blocks = list(range(len(SSD7_CHANNELS) - SSD7_NUM_SOURCES, len(SSD7_CHANNELS)))
+        self.source_blocks = list(range(len(channels) - SSD7_NUM_SOURCES, len(channels)))
         self.source_names = [f"block{b + 1}" for b in self.source_blocks]
-        self._build_heads([SSD7_CHANNELS[b] for b in self.source_blocks])
+        self._build_heads([channels[b] for b in self.source_blocks])
         self._check_feature_maps()
 
     def extract_features(self, images: torch.Tensor) -> list[torch.Tensor]:
