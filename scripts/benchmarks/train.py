@@ -12,6 +12,7 @@ import time
 import torch
 
 from ssd.config import load_config
+from ssd.engine.inference import cpu_has_native_bf16
 from ssd.engine.solver import build_optimizer
 from ssd.loss import build_loss
 from ssd.modeling import build_model
@@ -72,6 +73,11 @@ def run(quick: bool = False) -> dict:
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     steps = 1 if quick else 3
     amp_name = "fp16 autocast" if device.type == "cuda" else "bf16 autocast"
+    if device.type == "cpu":
+        native = cpu_has_native_bf16()
+        print(f"CPU bfloat16 in hardware (AVX-512 BF16 / AMX): {'yes' if native else 'no'}; the "
+              f"trainer's train.amp {'uses bf16 autocast' if native else 'falls back to fp32'} here",
+              flush=True)
     results = {}
     for mode, label in (("fp32", "fp32"), ("channels_last", "channels_last fp32"),
                         ("amp", f"{amp_name} + channels_last")):

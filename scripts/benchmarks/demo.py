@@ -1,0 +1,89 @@
+"""`demo` section: the shapes demo's training step (configs/shapes.yaml model, its batch size).
+
+Times forward + MultiBoxLoss + backward + optimizer step on random images with 1-6 random boxes:
+fp32 in NCHW (the baseline), fp32 channels_last, and the precision the trainer picks here for
+`train.amp: true` (bf16 autocast only on CPUs with bf16 in hardware). Prints the projected
+training time of the demo's `solver.max_iter` iterations (data loading and evaluation excluded).
+"""
+
+from __future__ import annotations
+
+import torch
+
+from benchmarks import best_time
+from ssd.config import load_config
+from ssd.engine.inference import cpu_has_native_bf16
+from ssd.engine.solver import build_optimizer
+from ssd.loss import build_loss
+from ssd.modeling import build_model
+
+CONFIG = "configs/shapes.yaml"
+
+
+def _random_targets(batch: int, num_classes: int, generator: torch.Generator) -> list[torch.Tensor]:
+    targets = []
+    for _ in range(batch):
+        n = int(torch.randint(1, 7, (1,), generator=generator))
+        low = torch.rand(n, 2, generator=generator) * 0.6
+        size = 0.1 + torch.rand(n, 2, generator=generator) * 0.3
+        labels = torch.randint(0, num_classes - 1, (n, 1), generator=generator).float()
+        targets.append(torch.cat([low, low + size, labels], dim=1))  # [n, 5]
+    return targets
+
+
+def make_step(cfg, device: torch.device, channels_last: bool, amp: bool):
+    """A closure running one training step of the demo model on a fixed random batch."""
+    torch.manual_seed(0)
+    model = build_model(cfg).to(device).train()
+    size, batch = cfg.model.image_size, cfg.solver.batch_size
+    generator = torch.Generator().manual_seed(0)
+    images = torch.randn(batch, 3, size, size, generator=generator).to(device)
+    if channels_last:
+        model = model.to(memory_format=torch.channels_last)
+        images = images.contiguous(memory_format=torch.channels_last)
+    targets = [t.to(device) for t in _random_targets(batch, cfg.model.num_classes, generator)]
+    criterion = build_loss(cfg)
+    optimizer = build_optimizer(model, cfg.solver.lr, cfg.solver.momentum, cfg.solver.weight_decay,
+                                name=cfg.solver.optimizer)
+    amp_dtype = torch.float16 if device.type == "cuda" else torch.bfloat16
+
+    def step():
+        with torch.autocast(device.type, dtype=amp_dtype, enabled=amp):
+            loc, conf = model(images)
+        losses = criterion(loc.float(), conf.float(), model.priors, targets)
+        optimizer.zero_grad(set_to_none=True)
+        (losses["loss_loc"] + losses["loss_conf"]).backward()
+        optimizer.step()
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+
+    return step
+
+
+def run(quick: bool = False) -> dict:
+    cfg = load_config(CONFIG)
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    amp_here = bool(cfg.train.amp) and (device.type == "cuda" or cpu_has_native_bf16())
+    modes = {
+        "fp32": (False, False),
+        "channels_last": (True, False),
+        "as_configured": (bool(cfg.train.channels_last), amp_here),
+    }
+    repeats = 2 if quick else 5
+    seconds = {}
+    for name, (channels_last, amp) in modes.items():
+        seconds[name], _ = best_time(make_step(cfg, device, channels_last, amp), repeats)
+    batch, max_iter = cfg.solver.batch_size, cfg.solver.max_iter
+    precision = ("fp16" if device.type == "cuda" else "bf16") if amp_here else "fp32"
+    labels = {"fp32": "fp32 NCHW (baseline)", "channels_last": "fp32 channels_last",
+              "as_configured": f"as configured ({precision}"
+                               f"{', channels_last' if cfg.train.channels_last else ''})"}
+    print(f"{CONFIG}: {cfg.model.backbone} {cfg.model.image_size} px, batch {batch}, {device.type}")
+    for name, value in seconds.items():
+        print(f"  {labels[name]:<36s}: {value:6.3f} s/step ({batch / value:6.1f} images/s, "
+              f"{seconds['fp32'] / value:.2f}x baseline)", flush=True)
+    minutes = seconds["as_configured"] * max_iter / 60
+    print(f"  projected compute for {max_iter} iterations: {minutes:.1f} min (no data loading or eval)")
+    return {"device": device.type, "batch": batch, "seconds_per_step": seconds,
+            "speedup_vs_fp32": {k: seconds["fp32"] / v for k, v in seconds.items()},
+            "projected_minutes": minutes}
