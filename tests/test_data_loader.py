@@ -188,7 +188,15 @@ def test_build_voc_without_data_says_where_and_how(tmp_path):
 def test_build_transform():
     cfg = load_config("configs/shapes.yaml", overrides=["data.augment=true"])
     train, test = build_transform(cfg, train=True), build_transform(cfg, train=False)
-    assert isinstance(train, SSDAugmentation) and train.size == 160
+    assert isinstance(train, SSDAugmentation) and train.size == cfg.model.image_size
+    stages = cfg.data.augmentation
+    assert (train.photometric, train.max_expand, train.crop, train.mirror) == (
+        stages.photometric, stages.max_expand, stages.crop, stages.mirror)
+    paper = build_transform(load_config("configs/voc300.yaml"), train=True)
+    assert (paper.photometric, paper.max_expand, paper.crop, paper.mirror) == (True, 4.0, True, True)
+    with pytest.raises(ConfigError, match="data.augmentation.max_expand' is 0.5"):
+        build_transform(load_config("configs/voc300.yaml", overrides=["data.augmentation.max_expand=0.5"]),
+                        train=True)
     assert isinstance(test, BaseTransform) and test.mean == (104, 117, 123)
     no_aug = load_config("configs/shapes.yaml", overrides=["data.augment=false"])
     assert isinstance(build_transform(no_aug, train=True), BaseTransform)

@@ -14,6 +14,7 @@ from ssd.modeling import build_model
 REPO_ROOT = Path(__file__).resolve().parents[1]
 EXPORT_SCRIPT = REPO_ROOT / "scripts" / "export_onnx.py"
 TOLERANCE = 1e-4
+SSD7_160_CONFIG = REPO_ROOT / "tests" / "configs" / "ssd7_160.yaml"  # 2116 priors
 
 
 def load_export_script():
@@ -32,8 +33,8 @@ def needs_onnxruntime():
 
 
 def save_checkpoint(path, overrides=(), seed=0):
-    """A randomly initialised SSD7 (configs/shapes.yaml) saved as this project's checkpoint."""
-    cfg = load_config(REPO_ROOT / "configs" / "shapes.yaml", overrides=list(overrides))
+    """A randomly initialised SSD7 (configs/shapes.yaml at 160 px) saved as this project's checkpoint."""
+    cfg = load_config(SSD7_160_CONFIG, overrides=list(overrides))
     torch.manual_seed(seed)
     model = build_model(cfg).eval()
     torch.save({"model": model.state_dict(), "config": cfg.to_dict()}, path)

@@ -78,11 +78,13 @@ def test_ssd7_block_widths_come_from_the_config():
     convs = [m for m in seed.base if isinstance(m, torch.nn.Conv2d)]
     assert [c.out_channels for c in convs] == [32, 48, 64, 64, 48, 48, 32]
     widths = [16, 24, 32, 40, 56, 72, 88]
-    wide = build_model(load_config("configs/shapes.yaml", overrides=[f"model.channels={widths}"]))
+    cfg = load_config("configs/shapes.yaml", overrides=[f"model.channels={widths}"])
+    wide = build_model(cfg)
     convs = [m for m in wide.base if isinstance(m, torch.nn.Conv2d)]
     assert [c.out_channels for c in convs] == widths
     assert [head.in_channels for head in wide.loc] == widths[3:]  # the last four blocks feed the heads
-    loc, conf = wide(torch.randn(1, 3, 160, 160))
+    size = cfg.model.image_size
+    loc, conf = wide(torch.randn(1, 3, size, size))
     assert loc.shape[1] == conf.shape[1] == wide.priors.shape[0]
     with pytest.raises(ValueError, match=r"ssd7 channels=\[8, 8\]: expected 7 positive widths"):
         build_model(load_config("configs/shapes.yaml", overrides=["model.channels=[8,8]"]))

@@ -29,7 +29,7 @@ from ssd.predictor import (
 from ssd.weights import WeightsError
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-SHAPES_CONFIG = REPO_ROOT / "configs" / "shapes.yaml"
+SHAPES_CONFIG = REPO_ROOT / "tests" / "configs" / "ssd7_160.yaml"  # SSD7 at 160 px
 PREDICT_SCRIPT = REPO_ROOT / "scripts" / "predict.py"
 TRAIN_STEPS = 40  # Adam steps on the 4 training images: confident, well-placed detections
 

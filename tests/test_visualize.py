@@ -29,9 +29,9 @@ from ssd.visualize import (
 )
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-SHAPES_CONFIG = REPO_ROOT / "configs" / "shapes.yaml"
+SHAPES_CONFIG = REPO_ROOT / "tests" / "configs" / "ssd7_160.yaml"
 SCRIPT = REPO_ROOT / "scripts" / "visualize.py"
-FEATURE_MAPS, RATIOS = [20, 10, 5, 2], [[2], [2], [2], [2]]  # configs/shapes.yaml
+FEATURE_MAPS, RATIOS = [20, 10, 5, 2], [[2], [2], [2], [2]]  # tests/configs/ssd7_160.yaml
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")

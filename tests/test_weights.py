@@ -289,9 +289,9 @@ def test_missing_weights_say_how_to_get_some(tmp_path):
 
 
 def test_wrong_class_count_is_explained(tmp_path):
-    cfg7 = load_config(REPO_ROOT / "configs" / "shapes.yaml")
-    cfg3 = load_config(REPO_ROOT / "configs" / "shapes.yaml",
-                       overrides=["model.num_classes=3", "data.class_names=[circle, square]"])
+    seed_widths = REPO_ROOT / "tests" / "configs" / "ssd7_160.yaml"  # 64 channels into conf.0
+    cfg7 = load_config(seed_widths)
+    cfg3 = load_config(seed_widths, overrides=["model.num_classes=3", "data.class_names=[circle, square]"])
     state = build_model(cfg7).state_dict()
     with pytest.raises(WeightsError) as err:
         load_model_weights(build_model(cfg3), state, source="shapes.pth")
