@@ -131,6 +131,16 @@ def test_deterministic_for_a_seed(tmp_path, shapes_root):
         assert (tmp_path / "other/VOCshapes" / name).read_bytes() != reference
 
 
+def test_worker_processes_write_the_same_files(tmp_path, shapes_root):
+    make_shapes(tmp_path, 12, 4, SIZE, seed=5, workers=3)
+    reference = shapes_root / "VOCshapes"
+    written = sorted(p.relative_to(tmp_path / "VOCshapes") for p in (tmp_path / "VOCshapes").rglob("*")
+                     if p.is_file())
+    assert written == sorted(p.relative_to(reference) for p in reference.rglob("*") if p.is_file())
+    for name in written:
+        assert (tmp_path / "VOCshapes" / name).read_bytes() == (reference / name).read_bytes(), name
+
+
 def test_regenerating_replaces_the_old_set(tmp_path):
     make_shapes(tmp_path, 6, 2, 64, seed=0)
     make_shapes(tmp_path, 3, 1, 64, seed=0)

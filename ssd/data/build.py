@@ -64,7 +64,7 @@ def ensure_shapes(root: str | Path, num_train: int, num_test: int, image_size: i
         why = "not found" if found is None else f"settings changed (was {found})"
         print(f"[data] shapes data set under {root}: {why}; generating {num_train} train + "
               f"{num_test} test images of {image_size} px (seed {seed})...", flush=True)
-        make_shapes(root, num_train, num_test, image_size, seed)
+        make_shapes(root, num_train, num_test, image_size, seed, progress=True)
     print(f"[data] wrote {Path(root) / 'VOCshapes'}", flush=True)
     return True
 

@@ -21,9 +21,13 @@ are deterministic for a generator, which the tests use to check the files exactl
 from __future__ import annotations
 
 import colorsys
+import contextlib
+import itertools
 import json
+import multiprocessing
 import os
 import shutil
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
@@ -31,6 +35,7 @@ from xml.sax.saxutils import escape
 
 import cv2
 import numpy as np
+from tqdm import tqdm
 
 SHAPES_CLASSES = ("circle", "square", "triangle", "star", "hexagon", "cross")
 SHAPES_FORMAT_VERSION = 1  # bump when the images change for the same settings
@@ -43,6 +48,8 @@ PLACEMENT_TRIES = 30  # per object; an object that finds no place is left out
 ASPECT_JITTER = 0.15  # shapes are stretched by up to +-15% before rotation
 JPEG_QUALITY = 92
 SPLIT_STREAMS = {"trainval": 0, "test": 1}  # seeds the per-image generators of each split
+CHUNK_SIZE = 100  # images per task handed to a worker process
+JOBS_PER_WORKER_MIN = 200  # fewer images than this per worker: not worth another process
 
 
 def _regular(corners: int, radius: float = 1.0, phase: float = -np.pi / 2) -> np.ndarray:
@@ -225,11 +232,14 @@ def shapes_settings(num_train: int, num_test: int, image_size: int, seed: int) -
 
 
 def make_shapes(root: str | Path, num_train: int = 2000, num_test: int = 300,
-                image_size: int = 300, seed: int = 0) -> list[str]:
+                image_size: int = 300, seed: int = 0, workers: int | None = None,
+                progress: bool = False) -> list[str]:
     """Write the shapes data set under root/VOCshapes (replacing an existing one).
 
     The files are written to a temporary folder that is renamed into place at the end, so an
-    interrupted run (or another process reading) never sees a half-written data set.
+    interrupted run (or another process reading) never sees a half-written data set. Images are
+    rendered by `workers` processes (default: one per CPU core); every image is a pure function
+    of (seed, split, index), so the files do not depend on the number of workers.
 
     Returns:
         the class names, in label order.
@@ -243,23 +253,57 @@ def make_shapes(root: str | Path, num_train: int = 2000, num_test: int = 300,
     shutil.rmtree(staging, ignore_errors=True)
     for sub in ("JPEGImages", "Annotations", "ImageSets/Main"):
         (staging / sub).mkdir(parents=True)
+    jobs = []  # (split, index in split, image id)
     start = 0
     for split, count in (("trainval", num_train), ("test", num_test)):
         ids = [f"{start + k:06d}" for k in range(count)]
-        for k, image_id in enumerate(ids):
-            image, objects = render_image(image_generator(seed, split, k), image_size)
-            ok, jpeg = cv2.imencode(".jpg", image, [cv2.IMWRITE_JPEG_QUALITY, JPEG_QUALITY])
-            if not ok:
-                raise RuntimeError(f"OpenCV could not encode shapes image {image_id}")
-            (staging / "JPEGImages" / f"{image_id}.jpg").write_bytes(jpeg.tobytes())
-            (staging / "Annotations" / f"{image_id}.xml").write_text(
-                voc_xml(image_id, image_size, objects))
+        jobs += [(split, k, image_id) for k, image_id in enumerate(ids)]
         (staging / "ImageSets" / "Main" / f"{split}.txt").write_text("".join(f"{i}\n" for i in ids))
         start += count
+    _write_images(staging, jobs, image_size, seed, workers, progress)
     settings = shapes_settings(num_train, num_test, image_size, seed)
     (staging / "shapes.json").write_text(json.dumps(settings, indent=2))
     _replace_dir(staging, target)
     return list(SHAPES_CLASSES)
+
+
+def _write_images(folder: Path, jobs: Sequence[tuple[str, int, str]], image_size: int, seed: int,
+                  workers: int | None, progress: bool) -> None:
+    """Render and write every (split, index, image id) of `jobs` into `folder`."""
+    if workers is None:  # one per core, but not for a few images (a process costs ~0.1 s)
+        workers = min(os.cpu_count() or 1, max(1, len(jobs) // JOBS_PER_WORKER_MIN))
+    workers = max(1, workers)
+    chunk_size = max(1, min(CHUNK_SIZE, -(-len(jobs) // workers)))
+    chunks = [jobs[i:i + chunk_size] for i in range(0, len(jobs), chunk_size)]
+    bar = tqdm(total=len(jobs), desc="shapes", unit="img", disable=not progress)
+    with contextlib.ExitStack() as stack:
+        if workers > 1:
+            pool = stack.enter_context(ProcessPoolExecutor(workers, mp_context=_pool_context()))
+            done = pool.map(_write_chunk, itertools.repeat(folder), chunks,
+                            itertools.repeat(image_size), itertools.repeat(seed))
+        else:
+            done = map(_write_chunk, itertools.repeat(folder), chunks, itertools.repeat(image_size),
+                       itertools.repeat(seed))
+        for written in done:
+            bar.update(written)
+    bar.close()
+
+
+def _pool_context():
+    """fork where it exists (fast start, no re-import), else the platform default."""
+    methods = multiprocessing.get_all_start_methods()
+    return multiprocessing.get_context("fork" if "fork" in methods else None)
+
+
+def _write_chunk(folder: Path, jobs: Sequence[tuple[str, int, str]], image_size: int, seed: int) -> int:
+    for split, k, image_id in jobs:
+        image, objects = render_image(image_generator(seed, split, k), image_size)
+        ok, jpeg = cv2.imencode(".jpg", image, [cv2.IMWRITE_JPEG_QUALITY, JPEG_QUALITY])
+        if not ok:
+            raise RuntimeError(f"OpenCV could not encode shapes image {image_id}")
+        (folder / "JPEGImages" / f"{image_id}.jpg").write_bytes(jpeg.tobytes())
+        (folder / "Annotations" / f"{image_id}.xml").write_text(voc_xml(image_id, image_size, objects))
+    return len(jobs)
 
 
 def _replace_dir(source: Path, target: Path) -> None:
