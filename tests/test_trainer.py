@@ -211,3 +211,16 @@ def test_voc300_without_data_names_the_expected_path(tmp_path):
     assert result.returncode == 2
     assert str(tmp_path / "VOCdevkit" / "VOC2007") in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_amp_runs_on_cpu_only_with_native_bfloat16(monkeypatch, capsys):
+    from ssd.engine import trainer as trainer_module
+
+    cpu = torch.device("cpu")
+    monkeypatch.setattr(trainer_module, "cpu_has_native_bf16", lambda: False)
+    assert trainer_module.amp_supported(True, cpu) is False
+    assert "no native bfloat16; training in float32" in capsys.readouterr().out
+    assert trainer_module.amp_supported(False, cpu) is False
+    monkeypatch.setattr(trainer_module, "cpu_has_native_bf16", lambda: True)
+    assert trainer_module.amp_supported(True, cpu) is True
+    assert trainer_module.amp_supported(True, torch.device("cuda")) is True  # no CUDA needed to decide

@@ -10,25 +10,14 @@ from __future__ import annotations
 
 import torch
 
-from benchmarks import best_time
+from benchmarks import best_time, random_targets
 from ssd.config import load_config
-from ssd.engine.inference import cpu_has_native_bf16
 from ssd.engine.solver import build_optimizer
+from ssd.engine.trainer import amp_supported
 from ssd.loss import build_loss
 from ssd.modeling import build_model
 
 CONFIG = "configs/shapes.yaml"
-
-
-def _random_targets(batch: int, num_classes: int, generator: torch.Generator) -> list[torch.Tensor]:
-    targets = []
-    for _ in range(batch):
-        n = int(torch.randint(1, 7, (1,), generator=generator))
-        low = torch.rand(n, 2, generator=generator) * 0.6
-        size = 0.1 + torch.rand(n, 2, generator=generator) * 0.3
-        labels = torch.randint(0, num_classes - 1, (n, 1), generator=generator).float()
-        targets.append(torch.cat([low, low + size, labels], dim=1))  # [n, 5]
-    return targets
 
 
 def make_step(cfg, device: torch.device, channels_last: bool, amp: bool):
@@ -41,7 +30,7 @@ def make_step(cfg, device: torch.device, channels_last: bool, amp: bool):
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
         images = images.contiguous(memory_format=torch.channels_last)
-    targets = [t.to(device) for t in _random_targets(batch, cfg.model.num_classes, generator)]
+    targets = [t.to(device) for t in random_targets(batch, cfg.model.num_classes, generator, max_objects=6)]
     criterion = build_loss(cfg)
     optimizer = build_optimizer(model, cfg.solver.lr, cfg.solver.momentum, cfg.solver.weight_decay,
                                 name=cfg.solver.optimizer)
@@ -63,7 +52,7 @@ def make_step(cfg, device: torch.device, channels_last: bool, amp: bool):
 def run(quick: bool = False) -> dict:
     cfg = load_config(CONFIG)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    amp_here = bool(cfg.train.amp) and (device.type == "cuda" or cpu_has_native_bf16())
+    amp_here = amp_supported(cfg.train.amp, device, announce=False)
     modes = {
         "fp32": (False, False),
         "channels_last": (True, False),

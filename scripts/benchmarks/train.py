@@ -11,6 +11,7 @@ import time
 
 import torch
 
+from benchmarks import random_targets
 from ssd.config import load_config
 from ssd.engine.inference import cpu_has_native_bf16
 from ssd.engine.solver import build_optimizer
@@ -18,17 +19,6 @@ from ssd.loss import build_loss
 from ssd.modeling import build_model
 
 BATCH = 8
-
-
-def _random_targets(batch: int, num_classes: int, generator: torch.Generator) -> list[torch.Tensor]:
-    targets = []
-    for _ in range(batch):
-        n = int(torch.randint(1, 9, (1,), generator=generator))
-        low = torch.rand(n, 2, generator=generator) * 0.6
-        size = 0.1 + torch.rand(n, 2, generator=generator) * 0.3
-        labels = torch.randint(0, num_classes - 1, (n, 1), generator=generator).float()
-        targets.append(torch.cat([low, low + size, labels], dim=1))
-    return targets
 
 
 def time_steps(mode: str, device: torch.device, steps: int) -> float:
@@ -47,7 +37,7 @@ def time_steps(mode: str, device: torch.device, steps: int) -> float:
     images = torch.randn(BATCH, 3, 300, 300, generator=generator).to(device)
     if channels_last:
         images = images.contiguous(memory_format=torch.channels_last)
-    targets = [t.to(device) for t in _random_targets(BATCH, cfg.model.num_classes, generator)]
+    targets = [t.to(device) for t in random_targets(BATCH, cfg.model.num_classes, generator)]
 
     def step():
         with torch.autocast(device.type, dtype=amp_dtype, enabled=mode == "amp"):
