@@ -12,6 +12,7 @@ import torch
 
 from benchmarks import best_time, random_targets
 from ssd.config import load_config
+from ssd.engine.inference import autocast_context
 from ssd.engine.solver import build_optimizer
 from ssd.engine.trainer import amp_supported
 from ssd.loss import build_loss
@@ -20,7 +21,7 @@ from ssd.modeling import build_model
 CONFIG = "configs/shapes.yaml"
 
 
-def make_step(cfg, device: torch.device, channels_last: bool, amp: bool):
+def make_step(cfg, device: torch.device, channels_last: bool, precision: str):
     """A closure running one training step of the demo model on a fixed random batch."""
     torch.manual_seed(0)
     model = build_model(cfg).to(device).train()
@@ -34,10 +35,9 @@ def make_step(cfg, device: torch.device, channels_last: bool, amp: bool):
     criterion = build_loss(cfg)
     optimizer = build_optimizer(model, cfg.solver.lr, cfg.solver.momentum, cfg.solver.weight_decay,
                                 name=cfg.solver.optimizer)
-    amp_dtype = torch.float16 if device.type == "cuda" else torch.bfloat16
 
     def step():
-        with torch.autocast(device.type, dtype=amp_dtype, enabled=amp):
+        with autocast_context(device, precision):
             loc, conf = model(images)
         losses = criterion(loc.float(), conf.float(), model.priors, targets)
         optimizer.zero_grad(set_to_none=True)
@@ -53,17 +53,17 @@ def run(quick: bool = False) -> dict:
     cfg = load_config(CONFIG)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     amp_here = amp_supported(cfg.train.amp, device, announce=False)
+    precision = ("fp16" if device.type == "cuda" else "bf16") if amp_here else "fp32"
     modes = {
-        "fp32": (False, False),
-        "channels_last": (True, False),
-        "as_configured": (bool(cfg.train.channels_last), amp_here),
+        "fp32": (False, "fp32"),
+        "channels_last": (True, "fp32"),
+        "as_configured": (bool(cfg.train.channels_last), precision),
     }
     repeats = 2 if quick else 5
     seconds = {}
-    for name, (channels_last, amp) in modes.items():
-        seconds[name], _ = best_time(make_step(cfg, device, channels_last, amp), repeats)
+    for name, (channels_last, mode_precision) in modes.items():
+        seconds[name], _ = best_time(make_step(cfg, device, channels_last, mode_precision), repeats)
     batch, max_iter = cfg.solver.batch_size, cfg.solver.max_iter
-    precision = ("fp16" if device.type == "cuda" else "bf16") if amp_here else "fp32"
     labels = {"fp32": "fp32 NCHW (baseline)", "channels_last": "fp32 channels_last",
               "as_configured": f"as configured ({precision}"
                                f"{', channels_last' if cfg.train.channels_last else ''})"}

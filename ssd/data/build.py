@@ -137,9 +137,10 @@ def build_transform(cfg, train: bool) -> Callable:
     size, mean = cfg.model.image_size, cfg.data.mean
     if train and cfg.data.augment:
         stages = cfg.data.augmentation
-        if stages.max_expand < 1:
+        try:
+            return SSDAugmentation(size, mean, max_expand=stages.max_expand,
+                                   photometric=stages.photometric, crop=stages.crop, mirror=stages.mirror)
+        except ValueError as error:  # SSDAugmentation checks its arguments; name the config key
             raise ConfigError(f"Config key 'data.augmentation.max_expand' is {stages.max_expand}; "
-                              "expected a zoom-out ratio >= 1 (1 turns zoom-out off)")
-        return SSDAugmentation(size, mean, max_expand=stages.max_expand, photometric=stages.photometric,
-                               crop=stages.crop, mirror=stages.mirror)
+                              f"{error}") from error
     return BaseTransform(size, mean)

@@ -227,7 +227,8 @@ class SSDAugmentation:
                  max_expand: float = 4.0, photometric: bool = True, crop: bool = True,
                  mirror: bool = True):
         if max_expand < 1:
-            raise ValueError(f"max_expand={max_expand}: expected a zoom-out ratio >= 1")
+            raise ValueError(f"max_expand={max_expand}: expected a zoom-out ratio >= 1 "
+                             "(1 turns zoom-out off)")
         self.size = int(size)
         self.mean = tuple(float(m) for m in mean)
         self.max_expand = float(max_expand)
