@@ -49,4 +49,6 @@ def main(argv: list[str] | None = None) -> list[str]:
 
 
 if __name__ == "__main__":
-    main()
+    from _common import run_cli  # scripts/ is on sys.path when run as a script
+
+    run_cli(lambda: main() and None)  # the class names are for callers; exit status 0

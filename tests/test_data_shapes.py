@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import itertools
+import subprocess
+import sys
 import xml.etree.ElementTree as ET
+from pathlib import Path
 
 import cv2
 import numpy as np
@@ -146,3 +149,18 @@ def test_regenerating_replaces_the_old_set(tmp_path):
     make_shapes(tmp_path, 3, 1, 64, seed=0)
     ds = VOCDataset(tmp_path, [("shapes", "trainval")], class_names=SHAPES_CLASSES, verbose=False)
     assert len(ds) == 3 and not (tmp_path / "VOCshapes/JPEGImages/000005.jpg").exists()
+
+
+def test_make_shapes_script_writes_a_readable_set_and_rejects_bad_sizes(tmp_path):
+    script = Path(__file__).resolve().parents[1] / "scripts" / "make_shapes.py"
+    done = subprocess.run([sys.executable, str(script), "--root", str(tmp_path), "--num-train", "3",
+                           "--num-test", "2", "--image-size", "64"], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert "Wrote 3 + 2 images" in done.stdout
+    ds = VOCDataset(tmp_path, [("shapes", "test")], class_names=SHAPES_CLASSES, keep_difficult=True,
+                    verbose=False)
+    assert len(ds) == 2
+    bad = subprocess.run([sys.executable, str(script), "--root", str(tmp_path / "bad"), "--num-train", "-1"],
+                         capture_output=True, text=True)
+    assert bad.returncode == 2
+    assert "error: make_shapes needs num_train, num_test >= 0" in bad.stderr and "Traceback" not in bad.stderr
