@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import sys
 from pathlib import Path
 
@@ -14,18 +15,16 @@ USER_ERRORS = (FileNotFoundError, ValueError, KeyError, NotADirectoryError, IsAD
 
 
 def pick_device(requested: str | None) -> str:
-    """`requested` if given (error when CUDA is asked for but missing), else cuda when present."""
-    import torch
+    """`--device` as given (error when CUDA is asked for but missing), else cuda when present."""
+    from ssd.precision import resolve_device
 
-    if requested is None:
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    if requested.startswith("cuda") and not torch.cuda.is_available():
-        raise ValueError(f"--device {requested}: CUDA is not available on this machine; use --device cpu")
-    return requested
+    return str(resolve_device(requested))
 
 
 def run_cli(main) -> None:
-    """Call `main()`; user errors become `error: ...` on stderr with exit status 2."""
+    """Call `main()` with the library's log messages shown as plain lines; user errors become
+    `error: ...` on stderr with exit status 2."""
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
     try:
         code = main()
     except USER_ERRORS as err:

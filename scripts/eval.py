@@ -14,13 +14,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import tempfile
 from pathlib import Path
 
 from _common import REPO_ROOT, pick_device, run_cli  # noqa: I001  (sets up the import path)
 
 from ssd.config import load_config, merge_overrides
+from ssd.fileio import atomic_write
 
 DEFAULT_CONFIG = REPO_ROOT / "configs" / "voc300.yaml"
 
@@ -108,7 +107,7 @@ def write_outputs(out_dir: Path, dataset, result: dict, cfg, args) -> None:
                      "image_size": cfg.model.image_size, "num_images": len(dataset)},
         "timing": result["timing"],
     }
-    _atomic_write_text(out_dir / "results.json", json.dumps(summary, indent=2))
+    atomic_write(out_dir / "results.json", json.dumps(summary, indent=2))
     if cfg.test.metric != "coco":
         pixel_dets = detections_to_pixels(dataset, result["detections"])
         write_voc_results(pixel_dets, list(pixel_dets), list(dataset.class_names), out_dir)
@@ -119,12 +118,6 @@ def _finite_or_none(value: float) -> float | None:
     """JSON has no NaN: a class excluded from the mean (no ground truth) is written as null."""
     return None if value != value else float(value)
 
-
-def _atomic_write_text(path: Path, text: str) -> None:
-    handle, temp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    with os.fdopen(handle, "w") as stream:
-        stream.write(text)
-    os.replace(temp, path)
 
 
 if __name__ == "__main__":

@@ -22,12 +22,12 @@ from __future__ import annotations
 import argparse
 import glob
 import json
-import os
 import sys
-import tempfile
 from pathlib import Path
 
 from _common import REPO_ROOT, pick_device, run_cli  # noqa: I001  (sets up the import path)
+
+from ssd.fileio import atomic_write
 
 DEFAULT_WEIGHTS = Path("weights") / "ssd300.pth"
 
@@ -174,7 +174,7 @@ def write_jpeg(path: Path, image) -> None:
     ok, data = cv2.imencode(".jpg", image, [cv2.IMWRITE_JPEG_QUALITY, 92])
     if not ok:
         raise ValueError(f"OpenCV could not encode {path}")
-    _atomic_write(path, data.tobytes())
+    atomic_write(path, data.tobytes())
 
 
 def write_json(path: Path, results: dict, predictor, weights: Path) -> None:
@@ -187,23 +187,13 @@ def write_json(path: Path, results: dict, predictor, weights: Path) -> None:
         "box_format": "x1, y1, x2, y2 in pixels of the original image",
         "images": results,
     }
-    _atomic_write(path, json.dumps(document, indent=2).encode())
+    atomic_write(path, json.dumps(document, indent=2))
     print(f"Wrote {path}")
 
 
 def _count(number: int, noun: str) -> str:
     return f"{number} {noun}{'' if number == 1 else 's'}"
 
-
-def _atomic_write(path: Path, data: bytes) -> None:
-    handle, temp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    try:
-        with os.fdopen(handle, "wb") as stream:
-            stream.write(data)
-        os.replace(temp, path)
-    except BaseException:
-        Path(temp).unlink(missing_ok=True)
-        raise
 
 
 if __name__ == "__main__":

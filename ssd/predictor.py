@@ -16,7 +16,7 @@ image's pixel frame: normalised coordinates times (width, height), clipped to [0
 as `ssd.postprocess.scale_boxes` explains.
 
 Inference runs under ``torch.inference_mode`` in the precision given (default: the fastest safe
-one for the device, `ssd.engine.inference.default_precision`: bf16 autocast + channels_last on
+one for the device, `ssd.precision.default_precision`: bf16 autocast + channels_last on
 CPUs with native bf16, fp16 autocast on CUDA, else fp32).
 """
 
@@ -33,8 +33,9 @@ from torch import nn
 
 from ssd.config import VOC_CLASSES, Config, load_config
 from ssd.data import SHAPES_CLASSES, BaseTransform
-from ssd.engine.inference import autocast_context, default_precision, prepare_for_inference
+from ssd.fileio import decode_image_file
 from ssd.postprocess import build_postprocessor, scale_boxes
+from ssd.precision import autocast_context, default_precision, prepare_for_inference, resolve_device
 
 ImageInput = Union[str, Path, np.ndarray]
 Detection = dict[str, Any]  # {"box": [x1, y1, x2, y2], "score": float, "label": int, "class_name": str}
@@ -74,8 +75,7 @@ def _read_image_file(path: Path) -> np.ndarray:
                                 "accepts folders)")
     if not path.is_file():
         raise FileNotFoundError(f"Image file not found: {path}")
-    data = np.fromfile(str(path), dtype=np.uint8)  # works for non-ASCII paths too
-    image = cv2.imdecode(data, cv2.IMREAD_ANYCOLOR | cv2.IMREAD_ANYDEPTH) if data.size else None
+    image = decode_image_file(path, keep_depth=True)
     if image is None:
         raise ValueError(f"Cannot read {path} as an image: the file is empty, corrupt or not an "
                          "image format OpenCV decodes (jpg, png, bmp, tif, webp, ...)")
@@ -189,7 +189,7 @@ class Predictor:
         batch_size: int = 8,
     ):
         _check_settings(score_threshold, nms_threshold, top_k, batch_size)
-        self.device = _resolve_device(device)
+        self.device = resolve_device(device)
         self.precision = precision or default_precision(self.device)
         autocast_context(self.device, self.precision)  # raises for unknown / unsupported ones
         model, self.cfg = _load_model(weights, config)
@@ -271,17 +271,6 @@ def _check_settings(score_threshold: float, nms_threshold: float | None, top_k: 
         raise ValueError(f"top_k must be >= 1, got {top_k}")
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-
-
-def _resolve_device(device: str | torch.device | None) -> torch.device:
-    """`device`, or CUDA when available else CPU; a clear error when CUDA is asked for but
-    missing."""
-    if device is None:
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(device)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"device {device}: CUDA is not available on this machine; use cpu")
-    return device
 
 
 def _load_model(weights: str | Path | nn.Module, config: str | Path | Config | None):

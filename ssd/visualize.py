@@ -21,8 +21,6 @@ from __future__ import annotations
 
 import copy
 import math
-import os
-import tempfile
 from pathlib import Path
 from typing import NamedTuple, Sequence
 
@@ -34,6 +32,7 @@ import torch.nn.functional as F
 from ssd.box_utils import cxcywh_to_xyxy, match, pairwise_iou
 from ssd.data import BaseTransform, parse_voc_xml
 from ssd.data.common import sanitize_boxes
+from ssd.fileio import atomic_write
 from ssd.loss import MultiBoxLoss, assign_targets, prepare_targets
 from ssd.predictor import class_colour, draw_label, draw_text_box, label_size, network_input
 from ssd.priors import boxes_per_location
@@ -112,11 +111,7 @@ def save_png(path: str | Path, canvas: np.ndarray) -> Path:
     ok, data = cv2.imencode(".png", canvas)
     if not ok:
         raise ValueError(f"OpenCV could not encode a PNG of shape {list(canvas.shape)}")
-    handle, temp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".png")
-    with os.fdopen(handle, "wb") as stream:
-        stream.write(data.tobytes())
-    os.replace(temp, path)
-    return path
+    return atomic_write(path, data.tobytes())
 
 
 # ------------------------------------------------------------------ prior bookkeeping

@@ -15,9 +15,7 @@ Anything else is an error that says what the file holds and what was expected.
 
 from __future__ import annotations
 
-import pickle
 import re
-import zipfile
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -26,6 +24,7 @@ import yaml
 from torch import nn
 
 from ssd.config import Config, load_config, load_config_from_dict
+from ssd.fileio import UnsafeFileError, safe_torch_load
 from ssd.modeling import build_model
 from ssd.modeling.vgg import vgg16_reducedfc_layers
 
@@ -210,40 +209,11 @@ def _read_weights_file(
 
 
 def _torch_load(path: Path) -> Any:
-    """torch.load restricted to tensors, plain containers and numpy data (no code in pickles)."""
+    """torch.load restricted to plain data (see `ssd.fileio.safe_torch_load`)."""
     try:
-        with torch.serialization.safe_globals(_numpy_data_globals()):
-            # mmap only works for the zip format; the classic 2017 files use the legacy one.
-            return torch.load(path, map_location="cpu", weights_only=True,
-                              mmap=zipfile.is_zipfile(path))
-    except pickle.UnpicklingError as err:
-        refused = re.search(r"GLOBAL (\S+)", str(err))
-        if refused is None:
-            detail = re.search(r"WeightsUnpickler error:\s*(.+)", str(err))
-            raise WeightsError(f"{path} is not a PyTorch weights file that torch.load can read "
-                               f"({detail.group(1) if detail else err})") from err
-        raise WeightsError(
-            f"{path} holds a pickled Python object ({refused.group(1)}; e.g. a whole "
-            f"nn.Module), not only tensors, plain containers and numpy data; it is not loaded "
-            f"because unpickling it can run code. Save `model.state_dict()` instead. If you "
-            f"trust the file: torch.save(torch.load(path, weights_only=False).state_dict(), "
-            f"new_path)"
-        ) from err
-    except Exception as err:  # torch.load fails on foreign files in many ways (KeyError, ...)
-        raise WeightsError(f"{path} is not a PyTorch weights file that torch.load can read "
-                           f"({type(err).__name__}: {err})") from err
-
-
-def _numpy_data_globals() -> list[Any]:
-    """numpy array/scalar constructors: data only, safe to allow in weights_only loading."""
-    import numpy as np
-
-    try:
-        from numpy._core import multiarray
-    except ImportError:  # numpy < 2
-        from numpy.core import multiarray
-    dtypes = [type(np.dtype(code)) for code in "?bBhHiIlLqQefdgFDG"]
-    return [np.ndarray, np.dtype, multiarray._reconstruct, multiarray.scalar, *dtypes]
+        return safe_torch_load(path)
+    except UnsafeFileError as err:
+        raise WeightsError(str(err)) from err
 
 
 def _split_checkpoint(obj: Any, path: Path) -> tuple[dict[str, torch.Tensor], dict | None]:

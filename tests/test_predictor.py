@@ -15,9 +15,9 @@ from torch import nn
 
 from ssd.config import VOC_CLASSES, load_config
 from ssd.data import SHAPES_CLASSES, BaseTransform, VOCDataset, make_shapes
-from ssd.engine.inference import default_precision
 from ssd.loss import MultiBoxLoss
 from ssd.modeling import build_model
+from ssd.precision import default_precision
 from ssd.predictor import (
     Predictor,
     class_colour,

@@ -213,14 +213,15 @@ def test_voc300_without_data_names_the_expected_path(tmp_path):
     assert "Traceback" not in result.stderr
 
 
-def test_amp_runs_on_cpu_only_with_native_bfloat16(monkeypatch, capsys):
-    from ssd.engine import trainer as trainer_module
+def test_amp_runs_on_cpu_only_with_native_bfloat16(monkeypatch, caplog):
+    from ssd import precision
 
     cpu = torch.device("cpu")
-    monkeypatch.setattr(trainer_module, "cpu_has_native_bf16", lambda: False)
-    assert trainer_module.amp_supported(True, cpu) is False
-    assert "no native bfloat16; training in float32" in capsys.readouterr().out
-    assert trainer_module.amp_supported(False, cpu) is False
-    monkeypatch.setattr(trainer_module, "cpu_has_native_bf16", lambda: True)
-    assert trainer_module.amp_supported(True, cpu) is True
-    assert trainer_module.amp_supported(True, torch.device("cuda")) is True  # no CUDA needed to decide
+    monkeypatch.setattr(precision, "cpu_has_native_bf16", lambda: False)
+    with caplog.at_level("WARNING", logger="ssd.precision"):
+        assert precision.training_precision(True, cpu) == "fp32"
+    assert "no native bfloat16; training in float32" in caplog.text
+    assert precision.training_precision(False, cpu) == "fp32"
+    monkeypatch.setattr(precision, "cpu_has_native_bf16", lambda: True)
+    assert precision.training_precision(True, cpu) == "bf16"
+    assert precision.training_precision(True, torch.device("cuda")) == "fp16"  # no CUDA needed to decide

@@ -12,11 +12,10 @@ import torch
 
 from benchmarks import best_time, random_targets
 from ssd.config import load_config
-from ssd.engine.inference import autocast_context
 from ssd.engine.solver import build_optimizer
-from ssd.engine.trainer import amp_supported
 from ssd.loss import build_loss
 from ssd.modeling import build_model
+from ssd.precision import autocast_context, training_precision
 
 CONFIG = "configs/shapes.yaml"
 
@@ -52,8 +51,7 @@ def make_step(cfg, device: torch.device, channels_last: bool, precision: str):
 def run(quick: bool = False) -> dict:
     cfg = load_config(CONFIG)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    amp_here = amp_supported(cfg.train.amp, device, announce=False)
-    precision = ("fp16" if device.type == "cuda" else "bf16") if amp_here else "fp32"
+    precision = training_precision(cfg.train.amp, device)
     modes = {
         "fp32": (False, "fp32"),
         "channels_last": (True, "fp32"),

@@ -24,9 +24,9 @@ import torch
 from benchmarks import best_time
 from ssd.box_utils import decode
 from ssd.config import load_config
-from ssd.engine.inference import default_precision
 from ssd.modeling import build_model
 from ssd.postprocess import detect
+from ssd.precision import default_precision
 from ssd.priors import priors_from_config
 
 SETTINGS = dict(conf_threshold=0.01, nms_threshold=0.45, top_k=200, candidates_per_class=400)

@@ -13,10 +13,10 @@ import torch
 
 from benchmarks import random_targets
 from ssd.config import load_config
-from ssd.engine.inference import cpu_has_native_bf16
 from ssd.engine.solver import build_optimizer
 from ssd.loss import build_loss
 from ssd.modeling import build_model
+from ssd.precision import cpu_has_native_bf16
 
 BATCH = 8
 

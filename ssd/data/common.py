@@ -13,9 +13,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-import cv2
 import numpy as np
 import torch
+
+from ssd.fileio import decode_image_file
 
 # Image file types the readers look for when the annotation does not name the file.
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
@@ -83,12 +84,11 @@ def read_image(path: str | Path) -> np.ndarray:
             ("unreadable image"); the message names the file.
     """
     try:
-        data = np.fromfile(str(path), dtype=np.uint8)  # works for non-ASCII paths too
+        image = decode_image_file(path)
     except FileNotFoundError:
         raise DataError(f"Image file not found: {path}", "missing image", path) from None
     except OSError as err:
         raise DataError(f"Cannot read image {path}: {err}", "unreadable image", path) from None
-    image = cv2.imdecode(data, cv2.IMREAD_COLOR) if data.size else None
     if image is None:
         raise DataError(f"Cannot decode image {path} (empty, corrupt or not an image file); fix "
                         "or remove it, or set data.skip_bad=true to skip bad files",

@@ -9,58 +9,19 @@ A checkpoint is a dict saved with torch.save:
 
 from __future__ import annotations
 
-import os
 import re
-import tempfile
 from pathlib import Path
 from typing import Any
 
-import torch
+from ssd.fileio import atomic_torch_save, safe_torch_load
 
 CHECKPOINT_PATTERN = re.compile(r"^model_(\d+)\.pth$")
 BEST_NAME = "best.pth"
 
 
 def atomic_save(obj: Any, path: str | Path) -> Path:
-    """torch.save `obj` to `path` through a temp file in the same folder, fsync, then rename.
-
-    Either the complete new file replaces `path`, or (on any error, e.g. a full disk) `path`
-    is left exactly as it was and the temp file is removed.
-    """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(handle, "wb") as stream:
-            torch.save(obj, stream)
-            stream.flush()
-            os.fsync(stream.fileno())
-        os.chmod(temp_name, 0o666 & ~_current_umask())  # mkstemp makes 0600 files
-        os.replace(temp_name, path)
-    except BaseException:
-        Path(temp_name).unlink(missing_ok=True)
-        raise
-    _fsync_directory(path.parent)
-    return path
-
-
-def _current_umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
-def _fsync_directory(directory: Path) -> None:
-    try:
-        fd = os.open(directory, os.O_RDONLY)
-    except OSError:
-        return  # not supported on this platform
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
+    """torch.save `obj` to `path` atomically (see `ssd.fileio.atomic_write`)."""
+    return atomic_torch_save(obj, path)
 
 
 def checkpoint_path(output_dir: str | Path, iteration: int) -> Path:
@@ -100,8 +61,7 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"Checkpoint not found: {path}")
-    # The training state holds numpy RNG state, so this is not weights_only.
-    state = torch.load(path, map_location="cpu", weights_only=False)
+    state = safe_torch_load(path)
     if not isinstance(state, dict) or "model" not in state or "iteration" not in state:
         raise ValueError(
             f"{path} is not a training checkpoint of this project (expected a dict with "

@@ -2,10 +2,7 @@
 
 from __future__ import annotations
 
-import contextlib
-import functools
 import time
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -14,52 +11,7 @@ from torch import nn
 from tqdm import tqdm
 
 from ssd.postprocess import detect
-
-PRECISIONS = ("fp32", "bf16", "fp16")
-
-
-def default_precision(device: torch.device | str) -> str:
-    """The fastest safe precision: fp16 on CUDA, bf16 on CPUs with native bf16, else fp32
-    (CPUs without it emulate bf16 slower than fp32; other devices are not tuned)."""
-    device = torch.device(device)
-    if device.type == "cuda":
-        return "fp16"
-    if device.type == "cpu" and cpu_has_native_bf16():
-        return "bf16"
-    return "fp32"
-
-
-@functools.cache
-def cpu_has_native_bf16() -> bool:
-    """True when the CPU has AVX-512 BF16 or AMX (bf16 matmuls run in hardware).
-
-    Read once from /proc/cpuinfo (Linux); elsewhere False, so the default stays fp32.
-    """
-    try:
-        flags = set(Path("/proc/cpuinfo").read_text().split())
-    except OSError:
-        return False
-    return bool(flags & {"avx512_bf16", "amx_bf16"})
-
-
-def autocast_context(device: torch.device | str, precision: str):
-    """An autocast context for `precision` (fp32: no autocast)."""
-    if precision not in PRECISIONS:
-        raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
-    device = torch.device(device)
-    if precision == "fp32":
-        return contextlib.nullcontext()
-    if precision == "fp16" and device.type != "cuda":
-        raise ValueError("precision fp16 needs a CUDA device; on CPU use bf16 or fp32")
-    dtype = torch.bfloat16 if precision == "bf16" else torch.float16
-    return torch.autocast(device_type=device.type, dtype=dtype)
-
-
-def prepare_for_inference(model: nn.Module, device, precision: str) -> nn.Module:
-    """eval mode on `device`; channels_last memory format unless fp32 (then the default
-    contiguous format, also for a model an earlier call made channels_last). In place."""
-    memory_format = torch.contiguous_format if precision == "fp32" else torch.channels_last
-    return model.to(device).eval().to(memory_format=memory_format)
+from ssd.precision import autocast_context, uses_channels_last
 
 
 @torch.inference_mode()
@@ -82,7 +34,7 @@ def predict_batches(
                          "labels": int ndarray[K] 0-based}}
     """
     device = torch.device(device)
-    channels_last = precision != "fp32"
+    channels_last = uses_channels_last(precision)
     results: dict[int, dict[str, np.ndarray]] = {}
     for images, _targets, indices in tqdm(loader, desc="inference", unit="batch",
                                           disable=not progress, dynamic_ncols=True):

@@ -23,9 +23,10 @@ from tqdm import tqdm
 
 from ssd.engine import checkpoint as ckpt
 from ssd.engine.distributed import DistInfo, barrier, ranks_agree
-from ssd.engine.inference import cpu_has_native_bf16, evaluate_model
+from ssd.engine.inference import evaluate_model
 from ssd.engine.metrics_log import MetricsLog, plot_metrics
 from ssd.engine.solver import build_optimizer, build_scheduler
+from ssd.precision import autocast_context, precision_label, training_precision
 
 
 class TrainingError(RuntimeError):
@@ -81,8 +82,8 @@ class Trainer:
         self.scheduler = build_scheduler(self.optimizer, solver.lr_steps, solver.gamma,
                                          solver.warmup_iters, solver.warmup_factor,
                                          schedule=solver.schedule, max_iter=solver.max_iter)
-        self.use_amp = amp_supported(cfg.train.amp, self.device, announce=self.dist.is_main)
-        self.scaler = torch.amp.GradScaler("cuda", enabled=self.use_amp and self.device.type == "cuda")
+        self.precision = training_precision(cfg.train.amp, self.device)
+        self.scaler = torch.amp.GradScaler("cuda", enabled=self.precision == "fp16")
         self.iteration = 0
         self.best_map = -1.0
         resume_path = self._resolve_resume(resume)
@@ -191,8 +192,7 @@ class Trainer:
         if self.cfg.train.channels_last:
             images = images.contiguous(memory_format=torch.channels_last)
         targets = [t.to(self.device, non_blocking=True) for t in targets]
-        amp_dtype = torch.float16 if self.device.type == "cuda" else torch.bfloat16
-        with torch.autocast(self.device.type, dtype=amp_dtype, enabled=self.use_amp):
+        with autocast_context(self.device, self.precision):
             loc, conf = self.ddp_model(images)
         losses = self.criterion(loc.float(), conf.float(), self.model.priors, targets)
         loss = losses["loss_loc"] + losses["loss_conf"]
@@ -321,11 +321,6 @@ class Trainer:
         except ValueError:  # not in the main thread
             return signal.getsignal(signal.SIGINT)
 
-    def _precision_name(self) -> str:
-        if not self.use_amp:
-            return "float32"
-        return "float16 autocast" if self.device.type == "cuda" else "bfloat16 autocast"
-
     def _summary(self) -> str:
         cfg = self.cfg
         params = sum(p.numel() for p in self.model.parameters())
@@ -333,23 +328,10 @@ class Trainer:
             f"Training {cfg.model.backbone} SSD{cfg.model.image_size} ({params:,} parameters, "
             f"{self.model.priors.shape[0]} priors, {cfg.model.num_classes} classes) on "
             f"{self.device}{f' x{self.dist.world_size} processes' if self.dist.enabled else ''} "
-            f"({self._precision_name()}): "
+            f"({precision_label(self.precision)}): "
             f"{len(self.train_set)} training images, batch {cfg.solver.batch_size}, "
             f"iterations {self.iteration} -> {cfg.solver.max_iter}, output {self.output_dir}"
         )
-
-
-def amp_supported(requested: bool, device: torch.device, announce: bool = True) -> bool:
-    """train.amp as it can run here: CUDA float16, or CPU bfloat16 when the CPU computes bf16 in
-    hardware (AVX-512 BF16 / AMX). Other CPUs emulate bf16 several times slower than float32
-    (measured on an AVX2 EPYC: 5.6 s vs 0.85 s per shapes batch), so they train in float32."""
-    if not requested or device.type == "cuda":
-        return bool(requested)
-    if device.type == "cpu" and cpu_has_native_bf16():
-        return True
-    if announce:
-        print(f"[train] train.amp: this {device.type} has no native bfloat16; training in float32")
-    return False
 
 
 def _build_criterion(cfg) -> nn.Module:

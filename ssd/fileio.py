@@ -1,0 +1,173 @@
+"""Every file the project reads or writes goes through here.
+
+- `atomic_write`: an output either appears complete, with the permissions of an ordinary file
+  (0666 minus the umask), or not at all; the previous file stays intact on failure.
+- `safe_torch_load`: `torch.load(weights_only=True)` with numpy data allowed; a file that holds
+  pickled code is refused with a message that names it, and nothing in it runs.
+- `decode_image_file`: one image decoder (works for non-ASCII paths).
+- `remove_stale_temporaries`: the temp files a killed process left behind.
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+import re
+import tempfile
+import zipfile
+from pathlib import Path
+from typing import IO, Any, Callable
+
+import cv2
+import numpy as np
+import torch
+
+# Temp files are ".<final name>.<random>.tmp" next to the final file.
+TEMP_SUFFIX = ".tmp"
+_TEMP_PATTERN = re.compile(r"^\..+\.[A-Za-z0-9_]+\.tmp$")
+
+# Default permission bits of a new file before the umask is applied (what open() uses).
+ORDINARY_FILE_MODE = 0o666
+
+
+class UnsafeFileError(ValueError):
+    """A file cannot be read as plain data (tensors, containers, numbers, strings, numpy)."""
+
+
+def current_umask() -> int:
+    """The process umask (read without changing it for longer than one call)."""
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def atomic_write(path: str | Path, content: bytes | str | Callable[[IO[bytes]], None]) -> Path:
+    """Write `content` to `path` atomically; parent folders are created.
+
+    Args:
+        path: the final file.
+        content: bytes, text (written as UTF-8), or a function that writes to a binary stream
+            (e.g. ``lambda stream: torch.save(obj, stream)``).
+
+    The data goes to a temp file in the same folder, is flushed and fsynced, gets the mode of
+    an ordinary new file (0666 minus the umask; mkstemp would leave 0600) and is renamed over
+    `path`. On any error the temp file is removed and `path` is left as it was.
+    Returns `path`.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle, temp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=TEMP_SUFFIX, dir=path.parent)
+    try:
+        with os.fdopen(handle, "wb") as stream:
+            if callable(content):
+                content(stream)
+            else:
+                stream.write(content.encode("utf-8") if isinstance(content, str) else content)
+            stream.flush()
+            os.fsync(stream.fileno())
+        os.chmod(temp_name, ORDINARY_FILE_MODE & ~current_umask())
+        os.replace(temp_name, path)
+    except BaseException:
+        Path(temp_name).unlink(missing_ok=True)
+        raise
+    _fsync_directory(path.parent)
+    return path
+
+
+def atomic_torch_save(obj: Any, path: str | Path) -> Path:
+    """`torch.save(obj)` to `path` through `atomic_write`."""
+    return atomic_write(path, lambda stream: torch.save(obj, stream))
+
+
+def remove_stale_temporaries(folder: str | Path) -> list[Path]:
+    """Delete the temp files `atomic_write` leaves when its process is killed mid-write
+    (".<name>.<random>.tmp" in `folder`). Returns the paths removed."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        return []
+    removed = []
+    for path in folder.iterdir():
+        if path.is_file() and _TEMP_PATTERN.match(path.name):
+            path.unlink(missing_ok=True)
+            removed.append(path)
+    return removed
+
+
+def _fsync_directory(directory: Path) -> None:
+    """Make a rename in `directory` durable (a no-op where directories cannot be opened)."""
+    try:
+        fd = os.open(directory, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+# ----------------------------------------------------------------------------- reading
+def safe_torch_load(path: str | Path) -> Any:
+    """torch.load restricted to tensors, plain containers, numbers, strings and numpy data.
+
+    Raises:
+        FileNotFoundError: `path` does not exist.
+        UnsafeFileError: the file holds a pickled Python object (code would run to rebuild it),
+            is truncated, or is not a file torch.load reads; the message names the file.
+    """
+    path = Path(path)
+    if path.is_dir():
+        raise UnsafeFileError(f"{path} is a folder; expected a .pth file")
+    if not path.is_file():
+        raise FileNotFoundError(f"File not found: {path}")
+    try:
+        with torch.serialization.safe_globals(_numpy_data_globals()):
+            # mmap only works for the zip format; the classic 2017 files use the legacy one.
+            return torch.load(path, map_location="cpu", weights_only=True,
+                              mmap=zipfile.is_zipfile(path))
+    except pickle.UnpicklingError as err:
+        refused = re.search(r"GLOBAL (\S+)", str(err))
+        if refused is None:
+            detail = re.search(r"WeightsUnpickler error:\s*(.+)", str(err))
+            raise UnsafeFileError(f"{path} is not a PyTorch weights file that torch.load can read "
+                                  f"({detail.group(1) if detail else err})") from err
+        raise UnsafeFileError(
+            f"{path} holds a pickled Python object ({refused.group(1)}; e.g. a whole "
+            f"nn.Module or arbitrary code), not only tensors, plain containers and numpy data; "
+            f"it is not loaded because unpickling it can run code. Save `model.state_dict()` "
+            f"instead. If you trust the file: torch.save(torch.load(path, "
+            f"weights_only=False).state_dict(), new_path)"
+        ) from err
+    except Exception as err:  # torch.load fails on foreign or truncated files in many ways
+        raise UnsafeFileError(f"{path} is not a PyTorch weights file that torch.load can read "
+                              f"(truncated or not a .pth file: {type(err).__name__}: {err})") from err
+
+
+def _numpy_data_globals() -> list[Any]:
+    """numpy array/scalar constructors: data only, safe to allow in weights_only loading."""
+    try:
+        from numpy._core import multiarray
+    except ImportError:  # numpy < 2
+        from numpy.core import multiarray
+    dtypes = [type(np.dtype(code)) for code in "?bBhHiIlLqQefdgFDG"]
+    return [np.ndarray, np.dtype, multiarray._reconstruct, multiarray.scalar, *dtypes]
+
+
+def decode_image_file(path: str | Path, keep_depth: bool = False) -> np.ndarray | None:
+    """Decode an image file with OpenCV; None when it is empty or not a decodable image.
+
+    Args:
+        path: the file (non-ASCII paths work: the bytes are read with numpy).
+        keep_depth: False -> uint8 [H, W, 3] BGR (grey and alpha converted);
+            True -> the file's own depth (8/16-bit, float) and channels ([H, W], [H, W, 3] or
+            [H, W, 4]).
+
+    Raises:
+        FileNotFoundError / OSError: the file is missing or cannot be read.
+    """
+    data = np.fromfile(str(path), dtype=np.uint8)
+    if not data.size:
+        return None
+    flags = cv2.IMREAD_ANYCOLOR | cv2.IMREAD_ANYDEPTH if keep_depth else cv2.IMREAD_COLOR
+    return cv2.imdecode(data, flags)
