@@ -1,0 +1,92 @@
+"""Video prediction: frames, size, rate and per-frame detections of videos the tests write."""
+
+import json
+import os
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+import torch
+
+from ssd.config import load_config
+from ssd.modeling import build_model
+from ssd.predictor import Predictor
+from ssd.video import VideoError, fourcc_name, predict_video
+
+SMALL_CONFIG = Path(__file__).resolve().parent / "configs" / "ssd7_160.yaml"
+FRAMES, FPS, SIZE = 12, 10.0, (96, 64)  # width, height
+
+
+@pytest.fixture(scope="module")
+def predictor():
+    """An untrained SSD7 with a low threshold, so that every frame has detections."""
+    cfg = load_config(SMALL_CONFIG)
+    torch.manual_seed(0)
+    return Predictor(build_model(cfg), config=cfg, device="cpu", precision="fp32",
+                     score_threshold=0.05, top_k=5, batch_size=4)
+
+
+def write_video(path: Path, frames: int = FRAMES) -> list[np.ndarray]:
+    """An MJPG AVI of moving squares; returns the frames as a reader decodes them back."""
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"MJPG"), FPS, SIZE)
+    assert writer.isOpened()
+    for index in range(frames):
+        frame = np.full((SIZE[1], SIZE[0], 3), 40, np.uint8)
+        cv2.rectangle(frame, (5 + 4 * index, 10), (35 + 4 * index, 40), (0, 200, 255), -1)
+        writer.write(frame)
+    writer.release()
+    capture = cv2.VideoCapture(str(path))
+    decoded = []
+    while (read := capture.read())[0]:
+        decoded.append(read[1])
+    capture.release()
+    return decoded
+
+
+def test_video_out_and_json_lines_match_the_frames(predictor, tmp_path):
+    decoded = write_video(tmp_path / "clip.avi")
+    assert len(decoded) == FRAMES
+    out_video, out_json = tmp_path / "out" / "clip_det.mp4", tmp_path / "out" / "clip_det.jsonl"
+    old_umask = os.umask(0o022)
+    try:
+        summary = predict_video(predictor, tmp_path / "clip.avi", video_out=out_video,
+                                json_out=out_json, progress=False)
+    finally:
+        os.umask(old_umask)
+    assert (summary.frames, summary.width, summary.height) == (FRAMES, *SIZE)
+    assert summary.fps == pytest.approx(FPS)
+    capture = cv2.VideoCapture(str(out_video))
+    assert int(capture.get(cv2.CAP_PROP_FRAME_COUNT)) == FRAMES
+    assert (capture.get(cv2.CAP_PROP_FRAME_WIDTH), capture.get(cv2.CAP_PROP_FRAME_HEIGHT)) == SIZE
+    assert capture.get(cv2.CAP_PROP_FPS) == pytest.approx(FPS)
+    capture.release()
+    lines = [json.loads(line) for line in out_json.read_text().splitlines()]
+    assert [line["frame"] for line in lines] == list(range(FRAMES))
+    assert all(line["detections"] for line in lines)  # a meaningful comparison below
+    for index in (0, FRAMES - 1):  # the same frame predicted as a still image
+        still = predictor.predict(decoded[index])
+        found = lines[index]["detections"]
+        assert [d["label"] for d in found] == [d["label"] for d in still]
+        # Batched and single forward passes may sum in another order: float32 rounding only.
+        np.testing.assert_allclose([d["score"] for d in found], [d["score"] for d in still],
+                                   rtol=1e-4, atol=1e-5)
+        np.testing.assert_allclose([d["box"] for d in found], [d["box"] for d in still], atol=1e-2)
+    for path in (out_video, out_json):
+        assert path.stat().st_mode & 0o777 == 0o644
+    assert sorted(p.name for p in out_video.parent.iterdir()) == ["clip_det.jsonl", "clip_det.mp4"]
+
+
+def test_corrupt_and_missing_videos_name_the_file(predictor, tmp_path):
+    garbage = tmp_path / "broken.mp4"
+    garbage.write_bytes(b"\x00\x01 not a video" * 100)
+    with pytest.raises(VideoError, match="broken.mp4"):
+        predict_video(predictor, garbage, video_out=tmp_path / "o.mp4", progress=False)
+    with pytest.raises(VideoError, match="Video file not found: .*missing.mp4"):
+        predict_video(predictor, tmp_path / "missing.mp4", progress=False)
+    assert not (tmp_path / "o.mp4").exists()
+
+
+def test_fourcc_names():
+    assert fourcc_name(cv2.VideoWriter_fourcc(*"H264")) == "H264"
+    assert fourcc_name(0) == ""
