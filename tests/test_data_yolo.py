@@ -170,3 +170,59 @@ def test_image_size_of_a_broken_file_is_a_data_error(tmp_path):
     path.write_bytes(b"\xff\xd8\xff")  # a JPEG start without a frame
     with pytest.raises(DataError, match="broken.jpg"):
         read_image_size(path)
+
+
+# --- build_dataset and training --------------------------------------------------------------
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+
+def random_set(root: Path, split: str, count: int, size: int, rng: np.random.Generator) -> None:
+    """`count` noisy images of `size` px with 1-3 boxes of classes 0/1 (normalised cx cy w h)."""
+    images = {}
+    for k in range(count):
+        sizes = rng.uniform(0.2, 0.5, size=(rng.integers(1, 4), 2))
+        centres = rng.uniform(sizes / 2, 1 - sizes / 2)
+        lines = [f"{rng.integers(0, 2)} {cx:.6f} {cy:.6f} {w:.6f} {h:.6f}"
+                 for (cx, cy), (w, h) in zip(centres, sizes)]
+        images[f"{split}{k:02d}"] = (size, size, ".jpg", "\n".join(lines) + "\n")
+    write_set(root, images=images, names=["ring", "blob"], split=split)
+
+
+def yolo_config(root: Path, *extra: str):
+    from ssd.config import load_config
+
+    return load_config(REPO_ROOT / "tests" / "configs" / "ssd7_160.yaml", overrides=[
+        "data.format=yolo", f"data.root={root}", "data.class_names=null", "model.num_classes=3",
+        "data.yolo.train_split=fit", "data.yolo.test_split=check", *extra])
+
+
+def test_config_keys_are_checked():
+    from ssd.config import ConfigError
+
+    with pytest.raises(ConfigError, match=r"data.yolo.names'.*did you mean 'data.yolo.names_file'"):
+        yolo_config(Path("."), "data.yolo.names=x.yaml")
+    with pytest.raises(ConfigError, match=r"'data.yolo.train_split' .* expects str"):
+        yolo_config(Path("."), "data.yolo.train_split=3")
+
+
+def test_build_dataset_and_train_a_few_iterations(tmp_path, one_thread):
+    from ssd.data import YOLODataset, build_dataset
+    from ssd.engine.trainer import Trainer
+
+    rng = np.random.default_rng(0)
+    random_set(tmp_path, "fit", 8, 96, rng)
+    random_set(tmp_path, "check", 2, 96, rng)
+    cfg = yolo_config(tmp_path, "data.num_workers=0", "solver.batch_size=4",
+                      "solver.max_iter=3", "solver.warmup_iters=1", "train.log_period=1",
+                      "train.checkpoint_period=3", "train.eval_period=3", "test.batch_size=2")
+    train_set = build_dataset(cfg, train=True)
+    assert isinstance(train_set, YOLODataset) and train_set.class_names == ["ring", "blob"]
+    assert len(train_set) == 8 and len(build_dataset(cfg, train=False)) == 2
+    with pytest.raises(ValueError, match="num_classes"):
+        build_dataset(yolo_config(tmp_path, "model.num_classes=4"), train=True)
+
+    trainer = Trainer(cfg, output_dir=tmp_path / "run", device="cpu", progress=False)
+    last = trainer.train()
+    assert trainer.iteration == 3 and np.isfinite(last["loss"])
+    assert 0.0 <= last["eval"]["mAP"] <= 1.0 and set(last["eval"]["ap"]) == {"ring", "blob"}
