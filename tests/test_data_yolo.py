@@ -226,3 +226,11 @@ def test_build_dataset_and_train_a_few_iterations(tmp_path, one_thread):
     last = trainer.train()
     assert trainer.iteration == 3 and np.isfinite(last["loss"])
     assert 0.0 <= last["eval"]["mAP"] <= 1.0 and set(last["eval"]["ap"]) == {"ring", "blob"}
+
+
+def test_predictor_does_not_call_a_20_class_yolo_model_by_voc_names():
+    from ssd.config import load_config
+    from ssd.predictor import class_names_for
+
+    cfg = load_config(overrides=["data.format=yolo", "model.num_classes=21"])
+    assert class_names_for(cfg) == [f"class_{label}" for label in range(20)]
