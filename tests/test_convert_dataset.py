@@ -173,3 +173,25 @@ def test_a_failed_write_leaves_the_previous_output(voc, tmp_path, monkeypatch):
         convert_dataset(voc, out, "voc", "coco", overwrite=True, progress=False)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]  # temporary folder removed
     assert [p.name for p in out.iterdir()] == ["keep.txt"]
+
+
+def test_vocdevkit_splits_by_year_and_coco_images_under_images(voc, tmp_path, capsys):
+    devkit = tmp_path / "devkit"
+    for year in ("2007", "2012"):
+        shutil.copytree(voc, devkit / f"VOC{year}")
+    (devkit / "VOC2007" / "ImageSets" / "Main" / "circle_test.txt").write_text("000006 1\n")  # per class
+    collection = convert_dataset(devkit, tmp_path / "coco", "voc", "coco", progress=False)
+    assert sorted(collection.splits) == ["test2007", "test2012", "trainval2007", "trainval2012"]
+    # COCO images may also live in images/<split>/
+    coco = tmp_path / "coco"
+    (coco / "images").mkdir()
+    for split in collection.splits:
+        (coco / split).rename(coco / "images" / split)
+    convert_dataset(coco, tmp_path / "yolo", "coco", "yolo", progress=False)
+    ds = YOLODataset(tmp_path / "yolo", "test2012", verbose=False)
+    assert len(ds) == 3 and ds.class_names == collection.class_names
+
+    plain = tmp_path / "plain"
+    shutil.copytree(voc, plain)
+    err = _cli_error(capsys, "--from", "voc", "--to", "yolo", "--root", plain, "--out", tmp_path / "x")
+    assert "error: " in err and "expect a folder named VOC<name>" in err
