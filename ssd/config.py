@@ -44,11 +44,11 @@ _DEFAULTS: dict[str, Any] = {
         "variances": [0.1, 0.2],
     },
     "data": {
-        "format": "voc",  # voc | coco | shapes
+        "format": "voc",  # voc | coco | yolo | shapes
         "root": "data/VOCdevkit",
         "train_sets": [["2007", "trainval"], ["2012", "trainval"]],
         "test_sets": [["2007", "test"]],
-        "class_names": None,  # null: the 20 PASCAL VOC classes (COCO: from the JSON)
+        "class_names": None,  # null: the 20 PASCAL VOC classes (COCO: from the JSON; YOLO: names_file)
         "keep_difficult": False,
         "keep_empty": False,  # keep training images without objects
         "skip_bad": False,  # skip unreadable files instead of stopping
@@ -57,6 +57,11 @@ _DEFAULTS: dict[str, Any] = {
             "train_images": "train2017",
             "test_annotations": "annotations/instances_val2017.json",
             "test_images": "val2017",
+        },
+        "yolo": {  # root/images/<split>/, root/labels/<split>/, class names in root/<names_file>
+            "train_split": "train",
+            "test_split": "val",
+            "names_file": "data.yaml",
         },
         "shapes": {  # the synthetic data set, generated under `root` on first use
             "num_train": 2000,
@@ -125,7 +130,7 @@ _NULLABLE_TYPES: dict[str, type] = {
 }
 
 _CHOICES: dict[str, tuple[str, ...]] = {
-    "data.format": ("voc", "coco", "shapes"),
+    "data.format": ("voc", "coco", "yolo", "shapes"),
     "loss.name": ("multibox", "focal"),
     "loss.loc_loss": ("smooth_l1", "l1"),
     "solver.optimizer": ("sgd", "adamw"),

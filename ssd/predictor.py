@@ -143,7 +143,7 @@ def class_names_for(cfg: Config) -> list[str]:
         return list(cfg.data.class_names)
     if cfg.data.format == "shapes" and count == len(SHAPES_CLASSES):
         return list(SHAPES_CLASSES)
-    if cfg.data.format != "coco" and count == len(VOC_CLASSES):
+    if cfg.data.format not in ("coco", "yolo") and count == len(VOC_CLASSES):
         return list(VOC_CLASSES)
     return [f"class_{label}" for label in range(count)]
 

@@ -1,7 +1,7 @@
 """Everything between files on disk and batches for the model.
 
     from ssd.data import build_dataset, build_transform, make_train_loader, make_test_loader
-    ds = build_dataset(cfg, train=True)             # VOCDataset / COCODataset
+    ds = build_dataset(cfg, train=True)             # VOCDataset / COCODataset / YOLODataset
     loader = make_train_loader(ds, build_transform(cfg, train=True), batch_size=32, seed=0)
     images, targets, indices = next(iter(loader))   # [B,3,S,S], B x [n_i,5], [B]
 
@@ -9,6 +9,7 @@ Readers: `VOCDataset` (VOCdevkit layout: PASCAL VOC, custom sets, the synthetic 
 `COCODataset` (pycocotools). Synthetic data: `make_shapes`. Transforms: `SSDAugmentation`,
 `BaseTransform` (outputs are mean-subtracted RGB). Loaders: `detection_collate`,
 `InfiniteSampler`, `make_train_loader`, `make_test_loader`.
+`YOLODataset` reads the YOLO layout (images/<split>/, labels/<split>/, data.yaml).
 """
 
 from ssd.data.build import DATASET_BUILDERS, build_dataset, build_transform, ensure_shapes
@@ -24,6 +25,7 @@ from ssd.data.loader import (
 from ssd.data.shapes import SHAPES_CLASSES, make_shapes
 from ssd.data.transforms import AugmentParams, BaseTransform, SSDAugmentation
 from ssd.data.voc import VOCDataset, parse_voc_xml
+from ssd.data.yolo import YOLODataset
 
 __all__ = [
     "AugmentParams",
@@ -38,6 +40,7 @@ __all__ = [
     "SSDAugmentation",
     "TransformedDataset",
     "VOCDataset",
+    "YOLODataset",
     "build_dataset",
     "build_transform",
     "detection_collate",

@@ -1,12 +1,14 @@
 """The one place that reads `cfg.data` to build data sets and transforms.
 
-    ds = build_dataset(cfg, train=True)       # VOCDataset or COCODataset, no transform attached
+    ds = build_dataset(cfg, train=True)       # VOCDataset, COCODataset or YOLODataset, no transform
     transform = build_transform(cfg, train=True)
     loader = make_train_loader(ds, transform, batch_size, ...)
 
 Formats (cfg.data.format):
     voc     cfg.data.root is a VOCdevkit; cfg.data.train_sets / test_sets list (year, split).
     coco    cfg.data.root holds cfg.data.coco.{train,test}_{annotations,images}.
+    yolo    cfg.data.root holds images/<split>/, labels/<split>/ and cfg.data.yolo.names_file;
+            the splits are cfg.data.yolo.{train,test}_split.
     shapes  the synthetic set under cfg.data.root/VOCshapes, generated on first use (or when
             cfg.data.shapes changed) with cfg.data.shapes; always read as the ("shapes",
             "trainval") and ("shapes", "test") splits, whatever train_sets / test_sets say.
@@ -26,6 +28,7 @@ from ssd.data.common import DetectionDataset
 from ssd.data.shapes import SHAPES_CLASSES, make_shapes, read_shapes_settings, shapes_settings
 from ssd.data.transforms import BaseTransform, SSDAugmentation
 from ssd.data.voc import VOCDataset
+from ssd.data.yolo import YOLODataset
 
 try:
     import fcntl
@@ -104,9 +107,18 @@ def _coco(cfg, train: bool) -> COCODataset:
     return dataset
 
 
+def _yolo(cfg, train: bool) -> YOLODataset:
+    data = cfg.data
+    split = data.yolo.train_split if train else data.yolo.test_split
+    return YOLODataset(data.root, split, class_names=data.class_names,
+                       names_file=data.yolo.names_file, keep_empty=data.keep_empty or not train,
+                       skip_bad=data.skip_bad)
+
+
 DATASET_BUILDERS: dict[str, Callable[..., DetectionDataset]] = {
     "voc": _voc,
     "coco": _coco,
+    "yolo": _yolo,
     "shapes": _shapes,
 }
 

@@ -1,0 +1,278 @@
+"""YOLO-format data sets (the Ultralytics / Darknet layout).
+
+    root/images/{split}/{stem}.jpg      (any extension of IMAGE_EXTENSIONS)
+    root/labels/{split}/{stem}.txt      one object per line: ``class cx cy w h``, normalised to
+                                        [0, 1] by the image width / height; no file: no objects
+    root/data.yaml                      ``names: [a, b]`` or ``names: {0: a, 1: b}``
+
+Boxes are kept in 0-based pixels (``normalised * size``, coordinate_origin 0), so the evaluator
+and ``ds[i]`` see them as they see COCO's. The image size comes from the file header (JPEG,
+PNG), so building the data set does not decode every image. YOLO has no difficult flag.
+"""
+
+from __future__ import annotations
+
+import struct
+from pathlib import Path
+from typing import Callable, Sequence
+
+import numpy as np
+import yaml
+
+from ssd.data.common import DataError, DetectionDataset, Record, list_images, read_image, sanitize_boxes
+
+LABEL_FIELDS = 5  # class cx cy w h
+# A corner this far (as a fraction of the image side) outside [0, 1] is rounding or annotation
+# jitter and is clipped; further out is an error (typically pixel coordinates in the file).
+EDGE_TOLERANCE = 0.01
+
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+JPEG_SOI = b"\xff\xd8"
+# Start-of-frame markers (baseline, progressive, lossless, ...); C4, C8 and CC are not frames.
+JPEG_SOF_MARKERS = {0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD, 0xCE, 0xCF}
+JPEG_STANDALONE_MARKERS = {0x01, *range(0xD0, 0xDA)}  # no length field (TEM, RSTn, SOI, EOI)
+JPEG_APP1 = 0xE1  # holds the EXIF block
+EXIF_ORIENTATION_TAG = 0x0112
+EXIF_TRANSPOSED = {5, 6, 7, 8}  # orientations that rotate by 90 degrees: width and height swap
+
+
+# ------------------------------------------------------------------------------ image size
+def _exif_orientation(segment: bytes) -> int:
+    """The orientation (1-8) of a JPEG APP1 segment's EXIF block; 1 when there is none."""
+    if not segment.startswith(b"Exif\0\0"):
+        return 1
+    tiff = segment[6:]
+    order = {b"II": "<", b"MM": ">"}.get(tiff[:2])
+    if order is None or len(tiff) < 8:
+        return 1
+    (ifd,) = struct.unpack(order + "I", tiff[4:8])
+    if ifd + 2 > len(tiff):
+        return 1
+    (count,) = struct.unpack(order + "H", tiff[ifd:ifd + 2])
+    for start in range(ifd + 2, min(ifd + 2 + 12 * count, len(tiff) - 11), 12):  # 12-byte entries
+        tag, _kind, _count, value = struct.unpack(order + "HHI4s", tiff[start:start + 12])
+        if tag == EXIF_ORIENTATION_TAG:
+            return struct.unpack(order + "H", value[:2])[0]
+    return 1
+
+
+def _jpeg_size(stream) -> tuple[int, int] | None:
+    """(width, height) from the first start-of-frame marker, as decoded (EXIF rotation applied)."""
+    orientation = 1
+    while True:
+        byte = stream.read(1)
+        while byte == b"\xff":  # fill bytes before the marker code
+            byte = stream.read(1)
+        if not byte:
+            return None
+        marker = byte[0]
+        if marker in JPEG_STANDALONE_MARKERS:
+            continue
+        length_bytes = stream.read(2)
+        if len(length_bytes) < 2:
+            return None
+        length = struct.unpack(">H", length_bytes)[0] - 2
+        if marker in JPEG_SOF_MARKERS:
+            frame = stream.read(5)  # precision, height, width
+            if len(frame) < 5:
+                return None
+            height, width = struct.unpack(">HH", frame[1:5])
+            return (height, width) if orientation in EXIF_TRANSPOSED else (width, height)
+        segment = stream.read(length)
+        if marker == JPEG_APP1:
+            orientation = _exif_orientation(segment)
+        if stream.read(1) != b"\xff":  # the next marker must follow the segment
+            return None
+
+
+def read_image_size(path: str | Path) -> tuple[int, int]:
+    """(width, height) of an image file as `read_image` decodes it.
+
+    JPEG (start-of-frame marker, EXIF orientation applied) and PNG (IHDR) sizes are read from
+    the header; other formats, and headers this reader does not understand, are decoded.
+
+    Raises:
+        DataError: the file is missing or cannot be decoded (as `read_image`).
+    """
+    try:
+        with open(path, "rb") as stream:
+            head = stream.read(24)
+            size = None
+            if head.startswith(PNG_SIGNATURE) and head[12:16] == b"IHDR":
+                size = struct.unpack(">II", head[16:24])
+            elif head.startswith(JPEG_SOI):
+                stream.seek(len(JPEG_SOI))
+                size = _jpeg_size(stream)
+    except OSError:
+        size = None  # read_image names the problem
+    if size is not None and min(size) > 0:
+        return int(size[0]), int(size[1])
+    height, width = read_image(path).shape[:2]
+    return width, height
+
+
+# ------------------------------------------------------------------------- names, labels
+def read_yolo_names(path: str | Path) -> list[str]:
+    """Class names of a data.yaml file: ``names: [a, b]`` or ``names: {0: a, 1: b}``
+    (keys 0..n-1); an ``nc`` entry, if present, must equal the number of names.
+
+    Raises:
+        DataError: the file is missing, not YAML, or its names are not such a list.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"YOLO names file not found: {path}", "missing annotation", path)
+    try:
+        content = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as err:
+        raise DataError(f"YOLO names file {path} is not valid YAML: {err}", "bad annotation",
+                        path) from None
+    names = content.get("names") if isinstance(content, dict) else None
+    expected = "expected 'names: [a, b, ...]' or 'names: {0: a, 1: b, ...}'"
+    if isinstance(names, dict):
+        if sorted(names) != list(range(len(names))):
+            raise DataError(f"YOLO names file {path}: the keys of 'names' must be 0..{len(names) - 1}, "
+                            f"got {sorted(names, key=str)}; {expected}", "bad annotation", path)
+        names = [names[index] for index in range(len(names))]
+    if not isinstance(names, list) or not names:
+        raise DataError(f"YOLO names file {path} has no class names; {expected}", "bad annotation",
+                        path)
+    names = [str(name) for name in names]
+    count = content.get("nc")
+    if count is not None and count != len(names):
+        raise DataError(f"YOLO names file {path}: nc is {count} but 'names' lists {len(names)} "
+                        "classes", "bad annotation", path)
+    return names
+
+
+def parse_yolo_labels(path: str | Path, num_classes: int) -> tuple[np.ndarray, np.ndarray]:
+    """Parse one YOLO label file; a missing file is an image without objects.
+
+    Args:
+        path: the .txt file, lines ``class cx cy w h`` (blank lines ignored).
+        num_classes: labels must lie in 0..num_classes-1.
+
+    Returns:
+        boxes float64 [n, 4] normalised (xmin, ymin, xmax, ymax), not clipped; labels int64 [n].
+
+    Raises:
+        DataError naming the file and line: wrong field count, not numbers, a class that is not
+        an integer in range, or a corner more than EDGE_TOLERANCE outside [0, 1].
+    """
+    path = Path(path)
+    if not path.is_file():
+        return np.zeros((0, 4)), np.zeros((0,), np.int64)
+    rows, labels = [], []
+    for number, line in enumerate(path.read_text().splitlines(), start=1):
+        fields = line.split()
+        if not fields:
+            continue
+        where = f"Label file {path} line {number}"
+        if len(fields) != LABEL_FIELDS:
+            raise DataError(f"{where}: expected {LABEL_FIELDS} numbers 'class cx cy w h', got "
+                            f"{len(fields)} fields: {line.strip()!r}", "bad annotation", path)
+        try:
+            values = [float(field) for field in fields]
+        except ValueError:
+            raise DataError(f"{where}: expected numbers 'class cx cy w h', got {line.strip()!r}",
+                            "bad annotation", path) from None
+        label = values[0]
+        if not label.is_integer() or not 0 <= label < num_classes:
+            raise DataError(f"{where}: class {fields[0]} is out of range: expected an integer in "
+                            f"0-{num_classes - 1} (the data set has {num_classes} classes)",
+                            "unknown class", path)
+        rows.append(values[1:])
+        labels.append(int(label))
+    centre_size = np.asarray(rows, dtype=np.float64).reshape(-1, 4)  # [n, (cx, cy, w, h)]
+    half = centre_size[:, 2:] / 2
+    boxes = np.concatenate([centre_size[:, :2] - half, centre_size[:, :2] + half], axis=1)  # [n, 4]
+    outside = np.any((boxes < -EDGE_TOLERANCE) | (boxes > 1 + EDGE_TOLERANCE), axis=1)
+    if outside.any():
+        row = int(np.flatnonzero(outside)[0])
+        raise DataError(f"Label file {path}: box {row + 1} {rows[row]} (cx cy w h) lies outside the "
+                        "image; YOLO values are normalised to [0, 1] by the image width and height, "
+                        "not pixels", "bad annotation", path)
+    return boxes, np.asarray(labels, dtype=np.int64)
+
+
+# ---------------------------------------------------------------------------------- dataset
+class YOLODataset(DetectionDataset):
+    """Images and boxes of one split of a YOLO-format data set.
+
+    Args:
+        root: the folder holding images/, labels/ and the names file.
+        split: the sub-folder of images/ and labels/, e.g. "train" or "val".
+        class_names: classes in label order; when the names file exists too, they must agree.
+        names_file: the data.yaml-style file, relative to `root`.
+        transform: called as ``transform(image, boxes, labels)`` by ``ds[i]``.
+        keep_empty: keep images without objects.
+        skip_bad: count and skip bad files instead of raising.
+        verbose: print the one-line load summary.
+
+    Attributes:
+        class_names (list[str]); image_ids (list[str], "{split}/{stem}"); report (LoadReport);
+        coordinate_origin (0.0): `get_annotation` boxes are ``normalised * size`` pixels.
+    """
+
+    coordinate_origin = 0.0
+
+    def __init__(
+        self,
+        root: str | Path,
+        split: str,
+        class_names: Sequence[str] | None = None,
+        names_file: str = "data.yaml",
+        transform: Callable | None = None,
+        keep_empty: bool = True,
+        skip_bad: bool = False,
+        verbose: bool = True,
+    ):
+        super().__init__(transform=transform, keep_difficult=False, skip_bad=skip_bad)
+        self.root = Path(root)
+        self.split = str(split)
+        self.class_names = self._class_names(class_names, self.root / names_file)
+        self.report.name = f"YOLO {self.root.name}/{self.split}"
+        image_dir, label_dir = self.root / "images" / self.split, self.root / "labels" / self.split
+        if not image_dir.is_dir():
+            raise FileNotFoundError(f"YOLO image folder not found: {image_dir} (expected "
+                                    f"{self.root}/images/<split>/ and {self.root}/labels/<split>/)")
+        images = list_images(image_dir)
+        label_stems = sorted(p.stem for p in label_dir.glob("*.txt")) if label_dir.is_dir() else []
+        for stem in label_stems:
+            if stem not in images:
+                self._handle(DataError(
+                    f"Label file {label_dir / stem}.txt has no image: expected {image_dir / stem}.jpg "
+                    "(or another image extension)", "missing image", label_dir / f"{stem}.txt"))
+        for stem in sorted(images):
+            try:
+                record = self._parse(image_dir / images[stem], label_dir / f"{stem}.txt", stem)
+            except DataError as err:
+                self._handle(err)
+                continue
+            self._add(record, keep_empty)
+        self._print_summary(verbose)
+
+    @staticmethod
+    def _class_names(given: Sequence[str] | None, names_path: Path) -> list[str]:
+        if not names_path.is_file():
+            if given is None:
+                raise FileNotFoundError(f"YOLO names file not found: {names_path}; write one "
+                                        "('names: [a, b, ...]') or give the class names "
+                                        "(data.class_names)")
+            return list(given)
+        names = read_yolo_names(names_path)
+        if given is not None and list(given) != names:
+            raise ValueError(f"class names {list(given)} do not agree with {names_path}: {names}; "
+                             "give the same list in the same order (or none, to use the file's)")
+        return names
+
+    def _parse(self, image_path: Path, label_path: Path, stem: str) -> Record:
+        boxes, labels = parse_yolo_labels(label_path, len(self.class_names))
+        width, height = read_image_size(image_path)
+        pixels = boxes * np.array([width, height, width, height])  # [n, 4]
+        pixels, valid, clipped = sanitize_boxes(pixels, 0.0, width, height)
+        self.report.clipped += clipped
+        self.report.degenerate += int((~valid).sum())
+        return Record(image_id=f"{self.split}/{stem}", image_path=image_path, width=width,
+                      height=height, boxes=pixels[valid], labels=labels[valid],
+                      difficult=np.zeros(int(valid.sum()), dtype=bool))
