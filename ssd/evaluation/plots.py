@@ -43,8 +43,9 @@ def plot_pr_curves(result: Mapping[str, Any], path: str | Path, title: str | Non
     axes.set_title(title or f"{result.get('metric', '')} mAP {shown}".strip())
     excluded = result.get("excluded", [])
     legend_title = "class (AP)" + (f"\nnot scored: {', '.join(excluded)}" if excluded else "")
-    axes.legend(loc="upper left", bbox_to_anchor=(1.02, 1.0), fontsize=8, title=legend_title,
-                title_fontsize=8, ncol=1 if len(names) <= 25 else 2)
+    if names:  # a legend without entries only draws an empty box (and warns)
+        axes.legend(loc="upper left", bbox_to_anchor=(1.02, 1.0), fontsize=8, title=legend_title,
+                    title_fontsize=8, ncol=1 if len(names) <= 25 else 2)
     atomic_write(path, lambda stream: figure.savefig(stream, format="png"))
     return path
 
