@@ -1,15 +1,20 @@
 import contextlib
 import io
 import math
+import re
 
 import numpy as np
 import pytest
+import torch
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
 from ssd.evaluation import (
     COCO_STAT_NAMES,
+    check_has_images,
     coco_evaluate,
+    evaluate_detections,
+    ground_truth_pixels,
     load_voc_results,
     plot_pr_curves,
     voc_ap,
@@ -443,3 +448,99 @@ def test_coco_perfect_and_empty_detections():
     assert only_12["AP"] == pytest.approx(1.0) and only_12["APs"] == -1.0
     with pytest.raises(ValueError, match="not in the COCO"):
         coco_evaluate(coco, {99: perfect[12]}, CATEGORY_IDS)
+
+
+# ------------------------------------------------------- data set glue and evaluation loader
+
+
+class _TinySet:
+    """Two-image stand-in for a data set's evaluator view (VOC frame: 1-based pixels)."""
+
+    coordinate_origin = 1.0
+    class_names = ["a"]
+
+    def __init__(self):
+        self.annotations = [
+            dict(image_id="one", width=100, height=50, boxes=np.array([[1, 1, 50, 25]], np.float32),
+                 labels=np.array([0]), difficult=np.array([False])),
+            dict(image_id="two", width=100, height=50, boxes=np.array([[51, 26, 100, 50]], np.float32),
+                 labels=np.array([0]), difficult=np.array([False])),
+        ]
+
+    def __len__(self):
+        return len(self.annotations)
+
+    def get_annotation(self, index):
+        return self.annotations[index]
+
+
+def test_evaluate_detections_scores_only_the_images_given():
+    """Image "two" has no key (e.g. skipped): its ground truth is not counted as missed."""
+    dataset = _TinySet()
+    found = {0: {"boxes": np.array([[0.0, 0.0, 0.49, 0.48]], np.float32),  # (xml - 1) / size
+                 "scores": np.array([0.9], np.float32), "labels": np.array([0])}}
+    result = evaluate_detections(dataset, found, "voc07")
+    assert result["num_gt"] == {"a": 1} and result["mAP"] == pytest.approx(1.0)
+    both = ground_truth_pixels(dataset)
+    assert list(both) == ["one", "two"] and both["one"]["boxes"].tolist() == [[0, 0, 49, 24]]
+    with pytest.raises(ValueError, match="metric must be one of"):
+        evaluate_detections(dataset, found, "voc12")
+
+
+def test_empty_data_set_error_names_the_split_file(tmp_path):
+    from ssd.data import VOCDataset
+
+    split = tmp_path / "VOCx" / "ImageSets" / "Main" / "test.txt"
+    split.parent.mkdir(parents=True)
+    split.write_text("\n")
+    dataset = VOCDataset(tmp_path, [("x", "test")], class_names=["a"], verbose=False)
+    with pytest.raises(ValueError, match=re.escape(str(split))):
+        check_has_images(dataset)
+
+
+@pytest.mark.parametrize("num_workers", [0, 1])
+def test_eval_loader_yields_no_sample_for_an_unreadable_image(tmp_path, num_workers):
+    """skip_bad: the unreadable image comes back as a SkippedImage naming the file (also from a
+    worker process), the others as samples; without skip_bad the read error is raised."""
+    from ssd.data import BaseTransform, DataError, VOCDataset, make_shapes
+    from ssd.engine.inference import SkippedImage, make_eval_loader
+
+    make_shapes(tmp_path, num_train=1, num_test=3, image_size=64, seed=0, progress=False)
+    names = ["circle", "square", "triangle", "star", "hexagon", "cross"]
+    dataset = VOCDataset(tmp_path, [("shapes", "test")], class_names=names, verbose=False,
+                         skip_bad=True)
+    dataset.records[1].image_path.write_bytes(b"garbage")
+    batches = list(make_eval_loader(dataset, BaseTransform(32), batch_size=2,
+                                    num_workers=num_workers))
+    assert [batch.indices.tolist() for batch in batches] == [[0], [2]]
+    assert batches[0].images.shape == (1, 3, 32, 32)
+    assert batches[0].skipped == [SkippedImage(1, str(dataset.records[1].image_path),
+                                               batches[0].skipped[0].message)]
+    assert str(dataset.records[1].image_path) in batches[0].skipped[0].message
+    dataset.skip_bad = False
+    with pytest.raises(DataError, match="Cannot decode"):
+        list(make_eval_loader(dataset, BaseTransform(32), batch_size=2))
+
+
+def test_predict_batches_records_skipped_images_and_evaluated_indices():
+    from ssd.engine.inference import EvalBatch, SkippedImage, predict_batches
+    from ssd.postprocess import PostProcessor
+
+    class Model(torch.nn.Module):  # 2 priors, background + 1 class, prior 1 scores high
+        priors = torch.tensor([[0.25, 0.25, 0.5, 0.5], [0.75, 0.75, 0.5, 0.5]])
+
+        def forward(self, images):
+            batch = images.shape[0]
+            conf = torch.tensor([[4.0, 0.0], [0.0, 4.0]]).expand(batch, 2, 2)
+            return torch.zeros(batch, 2, 4), conf
+
+    skipped = SkippedImage(1, "b.jpg", "Cannot decode image b.jpg")
+    loader = [EvalBatch(torch.zeros(1, 3, 8, 8), torch.tensor([0]), [skipped]),
+              EvalBatch(None, torch.zeros(0, dtype=torch.long), []),
+              (torch.zeros(2, 3, 8, 8), [None, None], torch.tensor([2, 3]))]  # make_test_loader
+    post = PostProcessor(conf_threshold=0.5, nms_threshold=0.45, top_k=10, candidates_per_class=5,
+                         variances=(0.1, 0.2))
+    found = predict_batches(Model(), loader, "cpu", post, progress=False)
+    assert sorted(found.detections) == [0, 2, 3] and found.skipped == [skipped]
+    np.testing.assert_allclose(found.detections[3]["boxes"], [[0.5, 0.5, 1.0, 1.0]])
+    assert found.detections[0]["labels"].tolist() == [0]
