@@ -81,7 +81,6 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     from ssd.data import build_dataset, build_transform
     from ssd.engine.inference import evaluate_model, make_eval_loader
-    from ssd.evaluation import check_has_images
     from ssd.postprocess import build_postprocessor
     from ssd.precision import default_precision, prepare_for_inference
     from ssd.weights import build_model_from_weights
@@ -92,7 +91,6 @@ def main(argv: list[str] | None = None) -> int:
     device = pick_device(args.device)
     precision = default_precision(device) if args.precision == AUTO_PRECISION else args.precision
     dataset = build_dataset(cfg, train=False)
-    check_has_images(dataset)
     loader = make_eval_loader(dataset, build_transform(cfg, train=False),
                               batch_size=cfg.test.batch_size, num_workers=cfg.data.num_workers,
                               pin_memory=device.startswith("cuda"))
