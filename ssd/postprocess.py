@@ -109,17 +109,23 @@ def _nms_top_k(
 
 @dataclass(frozen=True)
 class PostProcessor:
-    """``detect`` with its settings bound: ``PostProcessor(top_k=100)(loc, conf, priors)``."""
+    """``detect`` with its settings bound: ``build_postprocessor(cfg)(loc, conf, priors)``.
 
-    conf_threshold: float = 0.01
-    nms_threshold: float = 0.45
-    top_k: int = 200
-    candidates_per_class: int = 400
-    variances: tuple[float, float] = (0.1, 0.2)
+    The fields have no defaults here: their one default lives in the config (``test.*`` and
+    ``model.variances``), so build it with ``build_postprocessor``.
+    """
+
+    conf_threshold: float
+    nms_threshold: float
+    top_k: int
+    candidates_per_class: int
+    variances: tuple[float, float]
 
     def __call__(
         self, loc: torch.Tensor, conf: torch.Tensor, priors: torch.Tensor
     ) -> list[dict[str, torch.Tensor]]:
+        """``detect(loc [B, P, 4], conf [B, P, C], priors [P, 4])`` with these settings: one
+        dict of "boxes" [K, 4], "scores" [K], "labels" [K] per image."""
         return detect(loc, conf, priors, **asdict(self))
 
 

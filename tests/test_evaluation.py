@@ -1,15 +1,20 @@
 import contextlib
 import io
 import math
+import re
 
 import numpy as np
 import pytest
+import torch
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
 from ssd.evaluation import (
     COCO_STAT_NAMES,
+    check_has_images,
     coco_evaluate,
+    evaluate_detections,
+    ground_truth_pixels,
     load_voc_results,
     plot_pr_curves,
     voc_ap,
@@ -114,8 +119,10 @@ def test_other_class_ground_truth_is_not_matched():
 def test_voc_ap_points():
     recall = np.array([0.3, 0.6, 0.7])
     precision = np.array([1.0, 0.5, 0.4])
-    # 11-point: r = 0..0.3 -> 1 (4 points), 0.4..0.6 -> .5 (3), 0.7 -> .4, 0.8..1 -> 0.
-    assert voc_ap(recall, precision, True) == pytest.approx((4 + 1.5 + 0.4) / 11, abs=1e-12)
+    # 11-point at the published np.arange(0.0, 1.1, 0.1): its "0.3", "0.6" and "0.7" are
+    # 0.30000000000000004 etc., just above the recalls 0.3, 0.6 and 0.7 here. So r = 0..0.2
+    # -> 1 (3 points), "0.3".."0.5" -> .5 (3), "0.6" -> .4, "0.7".."1" -> 0.
+    assert voc_ap(recall, precision, True) == pytest.approx((3 + 1.5 + 0.4) / 11, abs=1e-12)
     assert voc_ap(recall, precision, False) == pytest.approx(0.3 + 0.15 + 0.04, abs=1e-12)
     assert voc_ap(np.zeros(0), np.zeros(0), True) == 0.0
 
@@ -151,45 +158,71 @@ def _reference_iou(a, b):
     return inter / union
 
 
-def _reference_ap(gt, dets, label, iou_threshold, use_07_metric):
-    """One class, one plain Python step per detection, as the devkit reads (NaN: no positives)."""
-    truth = {i: [(list(b), bool(d)) for b, lab, d in zip(g["boxes"], g["labels"], g["difficult"])
-                 if lab == label] for i, g in gt.items()}
-    taken = {i: [False] * len(t) for i, t in truth.items()}
-    num_positive = sum(not d for t in truth.values() for _, d in t)
-    found = [(float(s), i, list(b)) for i in gt if i in dets
-             for b, s, lab in zip(dets[i]["boxes"], dets[i]["scores"], dets[i]["labels"])
-             if lab == label]
-    found = sorted(found, key=lambda row: -row[0])  # stable: ties keep input order
-    tp, fp, recall, precision = 0, 0, [], []
-    for _, image_id, box in found:
-        best, best_j = -1.0, -1
-        for j, (gt_box, _) in enumerate(truth[image_id]):
-            overlap = _reference_iou(box, gt_box)
-            if overlap > best:
-                best, best_j = overlap, j
-        if best > iou_threshold and truth[image_id][best_j][1]:
-            continue  # difficult: ignored
-        if best > iou_threshold and not taken[image_id][best_j]:
-            taken[image_id][best_j] = True
-            tp += 1
+PUBLISHED_RECALL_POINTS = np.arange(0.0, 1.1, 0.1)  # what the published voc_eval uses
+EXACT_TENTHS = np.arange(11) / 10.0
+
+
+def _published_voc_eval(gt, dets, label, iou_threshold, use_07_metric,
+                        recall_points=PUBLISHED_RECALL_POINTS):
+    """One class's AP as the published ``voc_eval`` (py-faster-rcnn, ssd.pytorch's eval.py,
+    mmdetection) computes it, step by step in plain loops; NaN when the class has no
+    non-difficult ground truth (where the original divides by zero).
+
+    The only liberty: detections of equal score keep their input order (a stable sort),
+    where the original's ``np.argsort(-confidence)`` leaves the order of ties unspecified.
+    """
+    class_recs, num_positive = {}, 0
+    for image_id, truth in gt.items():
+        mask = np.asarray(truth["labels"]) == label
+        class_recs[image_id] = {"bbox": np.asarray(truth["boxes"])[mask],
+                                "difficult": np.asarray(truth["difficult"])[mask],
+                                "det": [False] * int(mask.sum())}
+        num_positive += int((~class_recs[image_id]["difficult"]).sum())
+    image_ids, confidence, boxes = [], [], []
+    for image_id in gt:
+        found = dets.get(image_id)
+        if found is None:
+            continue
+        for box, score, found_label in zip(found["boxes"], found["scores"], found["labels"]):
+            if found_label == label:
+                image_ids.append(image_id)
+                confidence.append(float(score))
+                boxes.append(list(box))
+    order = sorted(range(len(confidence)), key=lambda k: -confidence[k])  # stable
+    tp, fp = np.zeros(len(order)), np.zeros(len(order))
+    for d, k in enumerate(order):
+        record = class_recs[image_ids[k]]
+        overlap_max, j_max = -np.inf, -1
+        for j, gt_box in enumerate(record["bbox"]):
+            overlap = _reference_iou(boxes[k], gt_box)
+            if overlap > overlap_max:  # first ground truth wins ties, as np.argmax
+                overlap_max, j_max = overlap, j
+        if overlap_max > iou_threshold:
+            if not record["difficult"][j_max]:
+                if not record["det"][j_max]:
+                    tp[d] = 1.0
+                    record["det"][j_max] = True
+                else:
+                    fp[d] = 1.0
         else:
-            fp += 1
-        recall.append(tp / num_positive if num_positive else 0.0)
-        precision.append(tp / (tp + fp))
+            fp[d] = 1.0
     if num_positive == 0:
         return float("nan")
+    fp, tp = np.cumsum(fp), np.cumsum(tp)
+    rec = tp / float(num_positive)
+    prec = tp / np.maximum(tp + fp, np.finfo(np.float64).eps)
     if use_07_metric:
-        total = 0.0
-        for k in range(11):
-            above = [p for r, p in zip(recall, precision) if r >= k / 10]
-            total += max(above) if above else 0.0
-        return total / 11
-    recall = [0.0] + recall + [1.0]
-    precision = [0.0] + precision + [0.0]
-    for i in range(len(precision) - 2, -1, -1):
-        precision[i] = max(precision[i], precision[i + 1])
-    return sum((recall[i + 1] - recall[i]) * precision[i + 1] for i in range(len(recall) - 1))
+        ap = 0.0
+        for t in recall_points:
+            p = 0.0 if np.sum(rec >= t) == 0 else np.max(prec[rec >= t])
+            ap = ap + p / 11.0
+        return float(ap)
+    mrec = np.concatenate(([0.0], rec, [1.0]))
+    mpre = np.concatenate(([0.0], prec, [0.0]))
+    for i in range(mpre.size - 1, 0, -1):
+        mpre[i - 1] = max(mpre[i - 1], mpre[i])
+    i = np.where(mrec[1:] != mrec[:-1])[0]
+    return float(np.sum((mrec[i + 1] - mrec[i]) * mpre[i + 1]))
 
 
 def _random_case(seed, num_images=40, num_classes=4):
@@ -227,15 +260,77 @@ def test_agrees_with_straightforward_implementation(seed, use_07_metric):
     gt, dets = _random_case(seed)
     threshold = 0.5 if seed < 6 else 0.3
     result = voc_evaluate(gt, dets, names, threshold, use_07_metric)
-    expected = {n: _reference_ap(gt, dets, k, threshold, use_07_metric)
+    expected = {n: _published_voc_eval(gt, dets, k, threshold, use_07_metric)
                 for k, n in enumerate(names)}
     for name in names:
         if math.isnan(expected[name]):
             assert math.isnan(result["ap"][name]) and name in result["excluded"]
         else:
-            assert abs(result["ap"][name] - expected[name]) < 1e-9, name
+            assert abs(result["ap"][name] - expected[name]) <= 1e-12, name
     kept = [v for v in expected.values() if not math.isnan(v)]
-    assert abs(result["mAP"] - sum(kept) / len(kept)) < 1e-9
+    assert abs(result["mAP"] - sum(kept) / len(kept)) <= 1e-12
+
+
+def _tenths_case(seed):
+    """Class "a" with 10 * m ground truth objects (one per image) whose recall, in score
+    order, stops exactly at 3/10, 6/10 and 7/10 before false positives; class "b" is noise.
+
+    Detections of "a" in decreasing score: 3m hits, k1 >= 1 misses, 3m hits, k2 misses,
+    m hits, k3 misses, then up to 3m further hits and a few misses. Hits are copies of a
+    ground-truth box (IoU 1), misses lie on an image corner without ground truth (IoU 0).
+    Precision is 1 exactly at recall 0.3 and below 1 at every later recall, so the published
+    point "0.3" (0.30000000000000004) and an exact 0.3 give different 11-point APs.
+    """
+    rng = np.random.default_rng(seed)
+    m = int(rng.integers(1, 4))
+    num_gt = 10 * m
+    corners = rng.integers(20, 60, (num_gt, 2))
+    gt_boxes = np.concatenate([corners, corners + rng.integers(10, 30, (num_gt, 2))], 1)
+    gt = {f"im{i}": _gt(gt_boxes[i:i + 1], [0]) for i in range(num_gt)}
+    hits_per_run = [3 * m, 3 * m, m, int(rng.integers(0, 3 * m + 1))]
+    misses_per_run = [int(rng.integers(1, 4)) for _ in hits_per_run]
+    flags = [flag for hits, misses in zip(hits_per_run, misses_per_run)
+             for flag in [True] * hits + [False] * misses]
+    hit_images = iter(rng.permutation(num_gt))
+    per_image = {image_id: ([], []) for image_id in gt}  # image -> (boxes, labels)
+    scores = {image_id: [] for image_id in gt}
+    for flag, score in zip(flags, np.linspace(0.99, 0.05, len(flags))):
+        image = int(next(hit_images)) if flag else int(rng.integers(0, num_gt))
+        box = gt_boxes[image] if flag else np.array([0, 0, 5, 5])
+        per_image[f"im{image}"][0].append(box)
+        per_image[f"im{image}"][1].append(0)
+        scores[f"im{image}"].append(score)
+    for image_id in gt:  # class "b": random boxes, no ground truth of its own on most images
+        for _ in range(int(rng.integers(0, 3))):
+            corner = rng.uniform(0, 80, 2)
+            per_image[image_id][0].append(np.concatenate([corner, corner + rng.uniform(5, 30, 2)]))
+            per_image[image_id][1].append(1)
+            scores[image_id].append(float(rng.random()))
+        if rng.random() < 0.3:
+            gt[image_id] = _gt(np.concatenate([gt[image_id]["boxes"], [[60, 60, 90, 90]]]), [0, 1])
+    dets = {image_id: _dets(np.array(boxes, dtype=float).reshape(-1, 4), scores[image_id], labels)
+            for image_id, (boxes, labels) in per_image.items() if labels}
+    return gt, dets
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_recall_exactly_on_published_points_matches_voc_eval(seed):
+    """Recalls of exactly 3/10, 6/10 and 7/10: the published voc_eval's 11 points (0.3, 0.6 and
+    0.7 are not exact tenths there) decide the AP, and voc_evaluate agrees to 1e-12."""
+    gt, dets = _tenths_case(seed)
+    names = ["a", "b"]
+    recall = voc_evaluate(gt, dets, names)["recall"]["a"]
+    assert {0.3, 0.6, 0.7} <= set(recall.tolist())  # the case does hit the points exactly
+    for use_07_metric in (True, False):
+        result = voc_evaluate(gt, dets, names, use_07_metric=use_07_metric)
+        for label, name in enumerate(names):
+            expected = _published_voc_eval(gt, dets, label, 0.5, use_07_metric)
+            if math.isnan(expected):
+                assert math.isnan(result["ap"][name])
+            else:
+                assert abs(result["ap"][name] - expected) <= 1e-12, (name, use_07_metric)
+    exact_tenths = _published_voc_eval(gt, dets, 0, 0.5, True, recall_points=EXACT_TENTHS)
+    assert abs(voc_evaluate(gt, dets, names)["ap"]["a"] - exact_tenths) > 1e-3
 
 
 # ------------------------------------------------------------------ results files and plot
@@ -353,3 +448,99 @@ def test_coco_perfect_and_empty_detections():
     assert only_12["AP"] == pytest.approx(1.0) and only_12["APs"] == -1.0
     with pytest.raises(ValueError, match="not in the COCO"):
         coco_evaluate(coco, {99: perfect[12]}, CATEGORY_IDS)
+
+
+# ------------------------------------------------------- data set glue and evaluation loader
+
+
+class _TinySet:
+    """Two-image stand-in for a data set's evaluator view (VOC frame: 1-based pixels)."""
+
+    coordinate_origin = 1.0
+    class_names = ["a"]
+
+    def __init__(self):
+        self.annotations = [
+            dict(image_id="one", width=100, height=50, boxes=np.array([[1, 1, 50, 25]], np.float32),
+                 labels=np.array([0]), difficult=np.array([False])),
+            dict(image_id="two", width=100, height=50, boxes=np.array([[51, 26, 100, 50]], np.float32),
+                 labels=np.array([0]), difficult=np.array([False])),
+        ]
+
+    def __len__(self):
+        return len(self.annotations)
+
+    def get_annotation(self, index):
+        return self.annotations[index]
+
+
+def test_evaluate_detections_scores_only_the_images_given():
+    """Image "two" has no key (e.g. skipped): its ground truth is not counted as missed."""
+    dataset = _TinySet()
+    found = {0: {"boxes": np.array([[0.0, 0.0, 0.49, 0.48]], np.float32),  # (xml - 1) / size
+                 "scores": np.array([0.9], np.float32), "labels": np.array([0])}}
+    result = evaluate_detections(dataset, found, "voc07")
+    assert result["num_gt"] == {"a": 1} and result["mAP"] == pytest.approx(1.0)
+    both = ground_truth_pixels(dataset)
+    assert list(both) == ["one", "two"] and both["one"]["boxes"].tolist() == [[0, 0, 49, 24]]
+    with pytest.raises(ValueError, match="metric must be one of"):
+        evaluate_detections(dataset, found, "voc12")
+
+
+def test_empty_data_set_error_names_the_split_file(tmp_path):
+    from ssd.data import VOCDataset
+
+    split = tmp_path / "VOCx" / "ImageSets" / "Main" / "test.txt"
+    split.parent.mkdir(parents=True)
+    split.write_text("\n")
+    dataset = VOCDataset(tmp_path, [("x", "test")], class_names=["a"], verbose=False)
+    with pytest.raises(ValueError, match=re.escape(str(split))):
+        check_has_images(dataset)
+
+
+@pytest.mark.parametrize("num_workers", [0, 1])
+def test_eval_loader_yields_no_sample_for_an_unreadable_image(tmp_path, num_workers):
+    """skip_bad: the unreadable image comes back as a SkippedImage naming the file (also from a
+    worker process), the others as samples; without skip_bad the read error is raised."""
+    from ssd.data import BaseTransform, DataError, VOCDataset, make_shapes
+    from ssd.engine.inference import SkippedImage, make_eval_loader
+
+    make_shapes(tmp_path, num_train=1, num_test=3, image_size=64, seed=0, progress=False)
+    names = ["circle", "square", "triangle", "star", "hexagon", "cross"]
+    dataset = VOCDataset(tmp_path, [("shapes", "test")], class_names=names, verbose=False,
+                         skip_bad=True)
+    dataset.records[1].image_path.write_bytes(b"garbage")
+    batches = list(make_eval_loader(dataset, BaseTransform(32), batch_size=2,
+                                    num_workers=num_workers))
+    assert [batch.indices.tolist() for batch in batches] == [[0], [2]]
+    assert batches[0].images.shape == (1, 3, 32, 32)
+    assert batches[0].skipped == [SkippedImage(1, str(dataset.records[1].image_path),
+                                               batches[0].skipped[0].message)]
+    assert str(dataset.records[1].image_path) in batches[0].skipped[0].message
+    dataset.skip_bad = False
+    with pytest.raises(DataError, match="Cannot decode"):
+        list(make_eval_loader(dataset, BaseTransform(32), batch_size=2))
+
+
+def test_predict_batches_records_skipped_images_and_evaluated_indices():
+    from ssd.engine.inference import EvalBatch, SkippedImage, predict_batches
+    from ssd.postprocess import PostProcessor
+
+    class Model(torch.nn.Module):  # 2 priors, background + 1 class, prior 1 scores high
+        priors = torch.tensor([[0.25, 0.25, 0.5, 0.5], [0.75, 0.75, 0.5, 0.5]])
+
+        def forward(self, images):
+            batch = images.shape[0]
+            conf = torch.tensor([[4.0, 0.0], [0.0, 4.0]]).expand(batch, 2, 2)
+            return torch.zeros(batch, 2, 4), conf
+
+    skipped = SkippedImage(1, "b.jpg", "Cannot decode image b.jpg")
+    loader = [EvalBatch(torch.zeros(1, 3, 8, 8), torch.tensor([0]), [skipped]),
+              EvalBatch(None, torch.zeros(0, dtype=torch.long), []),
+              (torch.zeros(2, 3, 8, 8), [None, None], torch.tensor([2, 3]))]  # make_test_loader
+    post = PostProcessor(conf_threshold=0.5, nms_threshold=0.45, top_k=10, candidates_per_class=5,
+                         variances=(0.1, 0.2))
+    found = predict_batches(Model(), loader, "cpu", post, progress=False)
+    assert sorted(found.detections) == [0, 2, 3] and found.skipped == [skipped]
+    np.testing.assert_allclose(found.detections[3]["boxes"], [[0.5, 0.5, 1.0, 1.0]])
+    assert found.detections[0]["labels"].tolist() == [0]

@@ -105,7 +105,7 @@ def devkit_voc_eval(gt: dict, dets: dict, label: int, iou_threshold: float = 0.5
 def _devkit_ap(recall: np.ndarray, precision: np.ndarray, use_07_metric: bool) -> float:
     if use_07_metric:
         ap = 0.0
-        for threshold in np.arange(11) / 10.0:
+        for threshold in np.arange(0.0, 1.1, 0.1):  # the published voc_eval's points
             above = precision[recall >= threshold]
             ap += (above.max() if above.size else 0.0) / 11.0
         return float(ap)

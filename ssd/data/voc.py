@@ -141,6 +141,7 @@ class VOCDataset(DetectionDataset):
 
     Attributes:
         class_names (list[str]); image_ids (list[str], "VOC{year}/{id}"); report (LoadReport);
+        split_files (list[Path]): the ImageSets/Main/{split}.txt files read;
         coordinate_origin (1.0): ``ds[i]`` normalises ``(xml - 1) / size``, so
         ``get_annotation`` boxes minus 1 are in the frame of ``normalised * size``.
     """
@@ -160,6 +161,7 @@ class VOCDataset(DetectionDataset):
     ):
         super().__init__(transform=transform, keep_difficult=keep_difficult, skip_bad=skip_bad)
         self.root = Path(root)
+        self.split_files: list[Path] = []
         self.class_names = list(class_names) if class_names is not None else list(VOC_CLASSES)
         class_to_label = {name: label for label, name in enumerate(self.class_names)}
         if len(class_to_label) != len(self.class_names):
@@ -178,6 +180,7 @@ class VOCDataset(DetectionDataset):
             hint = VOC_DOWNLOAD_HINT if year in ("2007", "2012") else "see data/README.md"
             found = "" if year_dir.is_dir() else f" ({year_dir} does not exist)"
             raise FileNotFoundError(f"VOC split file not found: {split_file}{found}. {hint}")
+        self.split_files.append(split_file)
         images = list_images(year_dir / "JPEGImages")
         for image_id in read_split(split_file):
             try:

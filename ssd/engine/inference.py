@@ -1,17 +1,121 @@
-"""Batched inference over a data set and its evaluation (VOC07 / VOC10 / COCO metrics)."""
+"""A model scored on a data set: the evaluation loader, batched inference, then the metric.
+
+    from ssd.engine.inference import evaluate_model, make_eval_loader
+    loader = make_eval_loader(dataset, build_transform(cfg, train=False), batch_size=32)
+    result = evaluate_model(model, dataset, loader, device, build_postprocessor(cfg), "voc07")
+    result["mAP"], result["ap"], result["skipped"], result["timing"]["images_per_second"]
+
+Work is split where it runs fastest: loader workers decode, resize and normalise the images;
+the model and the post-processing (decode, softmax, NMS) run batched on the device; one copy
+per batch brings the detections back; the metric runs on the CPU over the whole data set.
+
+Skipped images: a data set read with ``data.skip_bad`` would hand an unreadable image to
+training as a black image without objects. Evaluation instead leaves it out entirely: the
+loader yields no sample for it but a ``SkippedImage`` naming the file, and ground truth is
+built only for the images that were evaluated, so a skipped image counts neither as missed
+objects nor as an image without detections.
+"""
 
 from __future__ import annotations
 
+import copy
 import time
-from typing import Any
+from typing import Any, Callable, NamedTuple, Sequence
 
 import numpy as np
 import torch
 from torch import nn
+from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
-from ssd.postprocess import detect
+from ssd.data.common import DataError
+from ssd.data.loader import TransformedDataset, _init_worker
+from ssd.evaluation.dataset_eval import check_has_images, evaluate_detections
+from ssd.postprocess import PostProcessor
 from ssd.precision import autocast_context, uses_channels_last
+
+
+class SkippedImage(NamedTuple):
+    """An image left out of the evaluation because it could not be read (data.skip_bad)."""
+
+    index: int  # data set index
+    path: str  # the image file
+    message: str  # the reader's error, which names the file
+
+
+class EvalBatch(NamedTuple):
+    """One batch of the evaluation loader.
+
+    images: Tensor[B, 3, S, S] float32 (None when every image of the batch was skipped);
+    indices: LongTensor[B] data set index of each image; skipped: the images of this batch
+    that could not be read.
+    """
+
+    images: torch.Tensor | None
+    indices: torch.Tensor
+    skipped: list[SkippedImage]
+
+
+class Predictions(NamedTuple):
+    """Output of ``predict_batches``.
+
+    detections: ``{data set index: {"boxes": float32 ndarray[K, 4] xyxy normalised,
+    "scores": [K], "labels": int64 [K] 0-based}}`` for every evaluated image;
+    skipped: the images left out, in data set order.
+    """
+
+    detections: dict[int, dict[str, np.ndarray]]
+    skipped: list[SkippedImage]
+
+
+class _EvaluationSamples(Dataset):
+    """``TransformedDataset`` samples, or a ``SkippedImage`` where the image cannot be read and
+    the data set skips bad files (a strict copy of the data set reads, so the error surfaces
+    here instead of becoming a black image)."""
+
+    def __init__(self, dataset, transform: Callable):
+        self.skip_bad = bool(getattr(dataset, "skip_bad", False))
+        strict = copy.copy(dataset)  # shallow: shares the parsed records
+        if self.skip_bad:
+            strict.skip_bad = False
+        self.samples = TransformedDataset(strict, transform)
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def __getitem__(self, index: int):
+        try:
+            return self.samples[index]
+        except DataError as error:
+            if not self.skip_bad:
+                raise
+            return SkippedImage(int(index), error.path, str(error))
+
+
+def _collate(items: Sequence) -> EvalBatch:
+    """(image [3, S, S], target, index) samples and SkippedImage markers -> one EvalBatch."""
+    samples = [item for item in items if not isinstance(item, SkippedImage)]
+    skipped = [item for item in items if isinstance(item, SkippedImage)]
+    images = torch.stack([sample[0] for sample in samples]) if samples else None  # [B, 3, S, S]
+    indices = torch.tensor([sample[2] for sample in samples], dtype=torch.long)
+    return EvalBatch(images, indices, skipped)
+
+
+def make_eval_loader(dataset, transform: Callable, batch_size: int, num_workers: int = 0,
+                     pin_memory: bool = False) -> DataLoader:
+    """One ordered pass over `dataset` for evaluation; images are read, resized and normalised
+    in the `num_workers` worker processes.
+
+    Yields:
+        EvalBatch(images [B, 3, S, S] float32 or None, indices LongTensor[B], skipped list):
+        every index 0 .. len(dataset) - 1 appears once, in ``indices`` or in ``skipped``.
+    """
+    return DataLoader(
+        _EvaluationSamples(dataset, transform), batch_size=batch_size, shuffle=False,
+        num_workers=num_workers, collate_fn=_collate,
+        pin_memory=pin_memory and torch.cuda.is_available(),
+        worker_init_fn=_init_worker if num_workers > 0 else None, drop_last=False,
+    )
 
 
 @torch.inference_mode()
@@ -19,105 +123,92 @@ def predict_batches(
     model: nn.Module,
     loader,
     device,
+    postprocess: PostProcessor,
     precision: str = "fp32",
-    conf_threshold: float = 0.01,
-    nms_threshold: float = 0.45,
-    top_k: int = 200,
-    candidates_per_class: int = 400,
-    variances=(0.1, 0.2),
     progress: bool = True,
-) -> dict[int, dict[str, np.ndarray]]:
-    """Detections for every sample of `loader` (batches of (images, targets, indices)).
+) -> Predictions:
+    """Detections for every image `loader` yields, post-processed on `device`.
+
+    Args:
+        model: an SSD in eval mode on `device` (returns loc [B, P, 4], conf [B, P, C]; has
+            ``priors`` [P, 4]).
+        loader: ``make_eval_loader`` batches; (images, targets, indices) batches of
+            ``ssd.data.make_test_loader`` work too (they skip nothing).
+        postprocess: the detection settings, e.g. ``build_postprocessor(cfg)``.
+        precision: "fp32" (default, the reference numbers), "bf16" or "fp16" autocast.
 
     Returns:
-        {dataset index: {"boxes": float ndarray[K, 4] xyxy normalised, "scores": [K],
-                         "labels": int ndarray[K] 0-based}}
+        Predictions(detections keyed by data set index, boxes normalised; skipped images).
     """
     device = torch.device(device)
     channels_last = uses_channels_last(precision)
-    results: dict[int, dict[str, np.ndarray]] = {}
-    for images, _targets, indices in tqdm(loader, desc="inference", unit="batch",
-                                          disable=not progress, dynamic_ncols=True):
+    detections: dict[int, dict[str, np.ndarray]] = {}
+    skipped: list[SkippedImage] = []
+    for batch in tqdm(loader, desc="inference", unit="batch", disable=not progress,
+                      dynamic_ncols=True):
+        images, indices, batch_skipped = _as_eval_batch(batch)
+        skipped.extend(batch_skipped)
+        if images is None:
+            continue
         images = images.to(device, non_blocking=True)
         if channels_last:
             images = images.contiguous(memory_format=torch.channels_last)
         with autocast_context(device, precision):
             loc, conf = model(images)
-        detections = detect(
-            loc.float(), conf.float(), model.priors, conf_threshold=conf_threshold,
-            nms_threshold=nms_threshold, top_k=top_k, candidates_per_class=candidates_per_class,
-            variances=variances,
-        )
-        for index, found in zip(indices.tolist(), detections):
-            results[index] = {key: value.cpu().numpy() for key, value in found.items()}
-    return results
+        found = postprocess(loc, conf, model.priors)  # on the device, in float32
+        detections.update(zip(indices.tolist(), _to_numpy(found)))
+    return Predictions(detections, sorted(skipped))
 
 
-def ground_truth_pixels(dataset) -> dict[str, dict[str, np.ndarray]]:
-    """Ground truth of every image in the frame of the normalised targets times width/height:
-    annotation value - dataset.coordinate_origin (VOC XML is 1-based, COCO 0-based).
-    Keyed by image id."""
-    origin = float(getattr(dataset, "coordinate_origin", 1.0))
-    gt = {}
-    for index in range(len(dataset)):
-        ann = dataset.get_annotation(index)
-        gt[ann["image_id"]] = {
-            "boxes": np.asarray(ann["boxes"], dtype=np.float64).reshape(-1, 4) - origin,
-            "labels": np.asarray(ann["labels"], dtype=np.int64),
-            "difficult": np.asarray(ann["difficult"], dtype=bool),
-        }
-    return gt
+def _as_eval_batch(batch) -> EvalBatch:
+    """An EvalBatch, or a make_test_loader batch (images, targets, indices) as one."""
+    if isinstance(batch, EvalBatch):
+        return batch
+    images, _targets, indices = batch
+    return EvalBatch(images, indices, [])
 
 
-def detections_to_pixels(dataset, detections: dict[int, dict[str, np.ndarray]]):
-    """Normalised detections keyed by dataset index -> 0-based pixel boxes keyed by image id."""
-    out = {}
-    for index, found in detections.items():
-        ann = dataset.get_annotation(index)
-        scale = np.array([ann["width"], ann["height"]] * 2, dtype=np.float64)
-        out[ann["image_id"]] = {
-            "boxes": found["boxes"].astype(np.float64) * scale,
-            "scores": found["scores"].astype(np.float64),
-            "labels": found["labels"].astype(np.int64),
-        }
-    return out
+def _to_numpy(found: list[dict[str, torch.Tensor]]) -> list[dict[str, np.ndarray]]:
+    """Per-image detection tensors -> ndarrays, with one device-to-host copy per field for the
+    whole batch (not one per image)."""
+    counts = [len(image["scores"]) for image in found]
+    split_at = np.cumsum(counts)[:-1]
+    fields = {key: np.split(torch.cat([image[key] for image in found]).cpu().numpy(), split_at)
+              for key in ("boxes", "scores", "labels")}
+    return [{key: fields[key][i] for key in fields} for i in range(len(found))]
 
 
-def evaluate_detections(dataset, detections, metric: str = "voc07") -> dict[str, Any]:
-    """Score detections (keyed by dataset index, normalised) with the VOC or COCO metric.
+def evaluate_model(
+    model: nn.Module,
+    dataset,
+    loader,
+    device,
+    postprocess: PostProcessor,
+    metric: str = "voc07",
+    precision: str = "fp32",
+    progress: bool = True,
+) -> dict[str, Any]:
+    """``predict_batches`` over `loader` (of `dataset`), then ``evaluate_detections``.
 
-    Returns a dict with at least "mAP" (COCO: AP@[.5:.95]) and "ap" (per class for VOC).
+    Raises ValueError naming the split file when `dataset` has no images.
+
+    Returns:
+        The metric's result plus "detections" (keyed by data set index), "skipped" (list of
+        SkippedImage) and "timing" (inference and metric seconds, images, images per second).
     """
-    from ssd.evaluation import coco_evaluate, voc_evaluate
-
-    pixel_dets = detections_to_pixels(dataset, detections)
-    if metric == "coco":
-        coco_dets = {dataset.get_annotation(i)["image_id"]: pixel_dets[
-            dataset.get_annotation(i)["image_id"]] for i in detections}
-        stats = coco_evaluate(dataset.coco, coco_dets, dataset.label_to_category_id)
-        return {"mAP": stats["AP"], "coco": stats, "ap": {}}
-    gt = ground_truth_pixels(dataset)
-    return voc_evaluate(gt, pixel_dets, list(dataset.class_names), iou_threshold=0.5,
-                        use_07_metric=(metric == "voc07"))
-
-
-def evaluate_model(model, dataset, loader, device, test_cfg, variances, precision="fp32",
-                   progress=True) -> dict[str, Any]:
-    """Inference over `loader` then `evaluate_detections`; adds timing to the result."""
+    check_has_images(dataset)
     start = time.perf_counter()
-    detections = predict_batches(
-        model, loader, device, precision=precision, conf_threshold=test_cfg.conf_threshold,
-        nms_threshold=test_cfg.nms_threshold, top_k=test_cfg.top_k,
-        candidates_per_class=test_cfg.candidates_per_class, variances=variances,
-        progress=progress,
-    )
+    predictions = predict_batches(model, loader, device, postprocess, precision=precision,
+                                  progress=progress)
     inference_seconds = time.perf_counter() - start
-    result = evaluate_detections(dataset, detections, metric=test_cfg.metric)
-    result["detections"] = detections
+    result = evaluate_detections(dataset, predictions.detections, metric=metric)
+    result["detections"] = predictions.detections
+    result["skipped"] = predictions.skipped
+    images = len(predictions.detections)
     result["timing"] = {
         "inference_seconds": inference_seconds,
         "metric_seconds": time.perf_counter() - start - inference_seconds,
-        "images": len(detections),
-        "images_per_second": len(detections) / max(inference_seconds, 1e-9),
+        "images": images,
+        "images_per_second": images / inference_seconds if inference_seconds > 0 else float("nan"),
     }
     return result

@@ -23,9 +23,10 @@ from tqdm import tqdm
 
 from ssd.engine import checkpoint as ckpt
 from ssd.engine.distributed import DistInfo, barrier, ranks_agree
-from ssd.engine.inference import evaluate_model
+from ssd.engine.inference import evaluate_model, make_eval_loader
 from ssd.engine.metrics_log import MetricsLog, plot_metrics
 from ssd.engine.solver import build_optimizer, build_scheduler
+from ssd.postprocess import build_postprocessor
 from ssd.precision import autocast_context, precision_label, training_precision
 
 
@@ -286,17 +287,18 @@ class Trainer:
     def evaluate(self) -> dict[str, Any] | None:
         """VOC07 (or the configured metric) on the test split; rank 0 only. Logs the mAP and
         keeps best.pth."""
-        from ssd.data import build_transform, make_test_loader
+        from ssd.data import build_transform
 
         if not self.dist.is_main or self.test_set is None:
             barrier(self.dist)
             return None
-        loader = make_test_loader(self.test_set, build_transform(self.cfg, train=False),
+        loader = make_eval_loader(self.test_set, build_transform(self.cfg, train=False),
                                   batch_size=self.cfg.test.batch_size,
                                   num_workers=self.cfg.data.num_workers)
         self.model.eval()
-        result = evaluate_model(self.model, self.test_set, loader, self.device, self.cfg.test,
-                                self.cfg.model.variances, precision="fp32", progress=self.progress)
+        result = evaluate_model(self.model, self.test_set, loader, self.device,
+                                build_postprocessor(self.cfg), self.cfg.test.metric,
+                                precision="fp32", progress=self.progress)
         self.model.train()
         record = {"kind": "eval", "iteration": self.iteration, "mAP": result["mAP"],
                   "metric": self.cfg.test.metric, "ap": result.get("ap", {})}

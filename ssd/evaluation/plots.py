@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Any, Mapping
+
+from ssd.fileio import atomic_write
 
 
 def plot_pr_curves(result: Mapping[str, Any], path: str | Path, title: str | None = None) -> Path:
@@ -12,7 +15,8 @@ def plot_pr_curves(result: Mapping[str, Any], path: str | Path, title: str | Non
     Args:
         result: a ``voc_evaluate`` result (uses "precision", "recall", "ap", "mAP",
             "excluded" and "metric").
-        path: output file (parent directories are created).
+        path: output file (parent directories are created; written atomically, with the
+            permissions of an ordinary file).
         title: figure title; default "<metric> mAP <value>".
 
     Returns:
@@ -24,7 +28,6 @@ def plot_pr_curves(result: Mapping[str, Any], path: str | Path, title: str | Non
     from matplotlib.figure import Figure
 
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     figure = Figure(figsize=(9, 6), dpi=100)
     FigureCanvasAgg(figure)
     axes = figure.add_axes((0.08, 0.1, 0.62, 0.8))
@@ -35,14 +38,15 @@ def plot_pr_curves(result: Mapping[str, Any], path: str | Path, title: str | Non
                   linewidth=1.3, label=f"{name} ({result['ap'][name]:.3f})")
     axes.set(xlim=(0, 1), ylim=(0, 1.02), xlabel="recall", ylabel="precision")
     axes.grid(alpha=0.3)
-    mean = result.get("mAP", float("nan"))
-    metric = result.get("metric", "")
-    axes.set_title(title or f"{metric} mAP {mean:.4f}".strip())
+    mean = result.get("mAP", math.nan)
+    shown = f"{mean:.4f}" if math.isfinite(mean) else "n/a (no ground truth)"
+    axes.set_title(title or f"{result.get('metric', '')} mAP {shown}".strip())
     excluded = result.get("excluded", [])
     legend_title = "class (AP)" + (f"\nnot scored: {', '.join(excluded)}" if excluded else "")
-    axes.legend(loc="upper left", bbox_to_anchor=(1.02, 1.0), fontsize=8, title=legend_title,
-                title_fontsize=8, ncol=1 if len(names) <= 25 else 2)
-    figure.savefig(path, format="png")
+    if names:  # a legend without entries only draws an empty box (and warns)
+        axes.legend(loc="upper left", bbox_to_anchor=(1.02, 1.0), fontsize=8, title=legend_title,
+                    title_fontsize=8, ncol=1 if len(names) <= 25 else 2)
+    atomic_write(path, lambda stream: figure.savefig(stream, format="png"))
     return path
 
 

@@ -32,7 +32,10 @@ from typing import Any, Mapping, NamedTuple, Sequence
 
 import numpy as np
 
-RECALL_POINTS_07 = np.arange(11) / 10.0  # 0, 0.1, ..., 1 (exact tenths, see voc_ap)
+# The 11 recall points of the VOC2007 AP exactly as the published voc_eval (py-faster-rcnn,
+# ssd.pytorch, mmdetection) makes them: 0.3, 0.6 and 0.7 come out a little above the tenths
+# (0.30000000000000004, ...), so a recall of exactly 3/10 does not reach the point "0.3".
+RECALL_POINTS_07 = np.arange(0.0, 1.1, 0.1)
 
 
 class _Flat(NamedTuple):
@@ -116,11 +119,12 @@ def voc_ap(recall: np.ndarray, precision: np.ndarray, use_07_metric: bool = True
     Args:
         recall: [m] cumulative recall after each detection in score order.
         precision: [m] cumulative precision after each detection.
-        use_07_metric: True: mean over r in {0, 0.1, ..., 1} of the highest precision at
-            recall >= r (0 where none); the tenths are exact (``np.arange(11) / 10``; the
-            Python port's ``np.arange(0., 1.1, 0.1)`` differs only when a recall equals 0.3,
-            0.6 or 0.7 exactly). False: area under the monotone (non-increasing) envelope
-            of precision, summed where recall changes (VOC2010+).
+        use_07_metric: True: mean over r in ``RECALL_POINTS_07`` of the highest precision
+            at recall >= r (0 where none); the points are the published voc_eval's
+            ``np.arange(0.0, 1.1, 0.1)``, whose 0.3, 0.6 and 0.7 lie just above the exact
+            tenths, so published numbers are reproduced to the last bit. False: area under
+            the monotone (non-increasing) envelope of precision, summed where recall changes
+            (VOC2010+).
     """
     recall = np.asarray(recall, dtype=np.float64)
     precision = np.asarray(precision, dtype=np.float64)

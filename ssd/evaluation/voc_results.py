@@ -17,6 +17,8 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
+from ssd.fileio import atomic_write
+
 DEFAULT_PREFIX = "comp4_det_test_"
 
 
@@ -36,7 +38,8 @@ def write_voc_results(
         image_ids: for a dict, the images to write and their order (None: all keys in
             order); for a list, the id of each entry (written with ``str``, e.g. "000001").
         class_names: foreground class names in label order (they name the files).
-        out_dir: directory to write into (created if missing).
+        out_dir: directory to write into (created if missing); each file is written
+            atomically, with the permissions of an ordinary file.
         prefix: file name prefix.
 
     Returns:
@@ -59,7 +62,7 @@ def write_voc_results(
     paths = []
     for name, class_lines in zip(class_names, lines):
         path = out_dir / f"{prefix}{name}.txt"
-        path.write_text("".join(class_lines))
+        atomic_write(path, "".join(class_lines))
         paths.append(path)
     return paths
 
