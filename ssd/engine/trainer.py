@@ -10,6 +10,7 @@ with DistributedDataParallel; only rank 0 logs, evaluates and writes checkpoints
 
 from __future__ import annotations
 
+import logging
 import random
 import signal
 import time
@@ -26,11 +27,21 @@ from ssd.engine.distributed import DistInfo, barrier, ranks_agree
 from ssd.engine.inference import evaluate_model
 from ssd.engine.metrics_log import MetricsLog, plot_metrics
 from ssd.engine.solver import build_optimizer, build_scheduler
+from ssd.fileio import remove_stale_temporaries
 from ssd.precision import autocast_context, precision_label, training_precision
+
+logger = logging.getLogger(__name__)
+
+# Signals that stop training cleanly: finish the iteration, write a checkpoint, exit.
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
 
 class TrainingError(RuntimeError):
     """Training cannot go on (e.g. a non-finite loss); the message says where and why."""
+
+
+class OutputFolderError(ValueError):
+    """A new run would mix with (and prune) another run's files in its output folder."""
 
 
 class Trainer:
@@ -45,6 +56,8 @@ class Trainer:
         init_weights: a weights file (checkpoint or classic state_dict) to start the whole
             model from; model.pretrained initialises only the VGG backbone.
         progress: show the tqdm bar.
+        overwrite: start a new run in an output folder that holds another run's checkpoints,
+            deleting them (and its metrics) first; without it such a folder is refused.
     """
 
     def __init__(
@@ -56,6 +69,7 @@ class Trainer:
         resume: str | Path | None = None,
         init_weights: str | Path | None = None,
         progress: bool = True,
+        overwrite: bool = False,
     ):
         from ssd.data import build_dataset, build_transform
 
@@ -66,7 +80,8 @@ class Trainer:
             self.device = torch.device("cuda", self.dist.local_rank)
         self.output_dir = Path(output_dir or cfg.train.output_dir)
         self.progress = progress and self.dist.is_main
-        self._stop_requested = False
+        self._stop_requested: str | bool = False  # the stop signal's name once requested
+        self._prepare_output_dir(resume, overwrite)
 
         _seed_everything(cfg.train.seed)
         # Data first: a missing data set stops the run before any heavy work.
@@ -86,11 +101,9 @@ class Trainer:
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.precision == "fp16")
         self.iteration = 0
         self.best_map = -1.0
-        resume_path = self._resolve_resume(resume)
-        if resume_path is not None:
-            self._load_training_state(resume_path)
+        self.resumed_from = self._resume(resume)
         self.log = MetricsLog(self.output_dir, enabled=self.dist.is_main)
-        if resume_path is not None:
+        if resume is not None:
             self.log.truncate_after(self.iteration)
         self.ddp_model = self._wrap_distributed(self.model)
 
@@ -139,29 +152,97 @@ class Trainer:
         ))
 
     # ----------------------------------------------------------------------------- resume
-    def _resolve_resume(self, resume) -> Path | None:
+    def _prepare_output_dir(self, resume, overwrite: bool) -> None:
+        """Refuse to start a new run over another run's files (or delete them with `overwrite`);
+        remove the temp files a killed write left behind."""
+        if overwrite and resume is not None:
+            raise OutputFolderError("overwrite starts a new run; it cannot be combined with resume")
+        resumes_here = resume is not None and (
+            str(resume) == "auto" or Path(resume).resolve().parent == self.output_dir.resolve())
+        if not resumes_here and not overwrite:
+            existing = ckpt.run_files(self.output_dir)
+            if existing:
+                raise OutputFolderError(
+                    f"{self.output_dir} holds another run ({', '.join(p.name for p in existing[:3])}"
+                    f"{', ...' if len(existing) > 3 else ''}); a new run there would mix with and "
+                    f"prune its files. Continue it with --resume auto, choose a new folder with "
+                    f"--output, or delete it and start over with --overwrite"
+                )
+        if not self.dist.is_main:
+            return
+        if overwrite:
+            removed = ckpt.remove_run_files(self.output_dir)
+            if removed:
+                logger.info("--overwrite: deleted the previous run in %s: %s", self.output_dir,
+                            ", ".join(p.name for p in removed))
+        stale = remove_stale_temporaries(self.output_dir)
+        if stale:
+            logger.info("Removed %d temporary file(s) left by an interrupted write in %s: %s",
+                        len(stale), self.output_dir, ", ".join(p.name for p in stale))
+
+    def _resume(self, resume) -> Path | None:
+        """Load the checkpoint to continue from; returns its path, or None for a fresh start.
+
+        "auto" takes the newest intact checkpoint of the output folder: a damaged one (truncated,
+        unreadable, another model) is skipped with a warning.
+        """
         if resume is None:
             return None
-        if str(resume) == "auto":
-            found = ckpt.newest_checkpoint(self.output_dir)
-            if found is None and self.dist.is_main:
-                print(f"--resume auto: no checkpoint in {self.output_dir}, starting from scratch")
-            return found
-        return Path(resume)
+        if str(resume) != "auto":
+            self._load_training_state(Path(resume))
+            return Path(resume)
+        candidates = [path for _, path in reversed(ckpt.list_checkpoints(self.output_dir))]
+        errors = []
+        for path in candidates:
+            try:
+                self._load_training_state(path)
+                return path
+            except ckpt.CheckpointError as err:
+                errors.append(err)
+                if self.dist.is_main:
+                    logger.warning("--resume auto: skipping a damaged checkpoint: %s", err)
+        if errors:
+            raise ckpt.CheckpointError(
+                f"--resume auto: none of the {len(errors)} checkpoint(s) in {self.output_dir} can be "
+                f"resumed from; the newest: {errors[0]}. Start a new run with --overwrite or in "
+                f"another folder"
+            )
+        if self.dist.is_main:
+            logger.info("--resume auto: no checkpoint in %s, starting from scratch", self.output_dir)
+        return None
 
     def _load_training_state(self, path: Path) -> None:
+        """Restore model, optimizer, schedule, scaler, RNG and iteration from `path`.
+
+        Raises:
+            CheckpointError: unreadable file, or a model / optimizer that does not fit this run
+                (one line naming the file and the difference).
+        """
         state = ckpt.load_checkpoint(path)
-        self.model.load_state_dict(state["model"])
-        self.optimizer.load_state_dict(state["optimizer"])
-        self.scheduler.load_state_dict(state["scheduler"])
-        if state.get("scaler"):
-            self.scaler.load_state_dict(state["scaler"])
-        self.iteration = int(state["iteration"])
-        self.best_map = float(state.get("best_map", -1.0))
-        _set_rng_state(state.get("rng"))
+        problem = ckpt.architecture_mismatch(self.model, state["model"])
+        if problem:
+            raise ckpt.CheckpointError(
+                f"cannot resume from {path}: it holds a {ckpt.describe_model_config(state.get('config'))} "
+                f"model, this run's config builds {ckpt.describe_model_config(self.cfg.to_dict())} "
+                f"({problem}); resume with the config it was trained with, or start a new run"
+            )
+        try:
+            self.model.load_state_dict(state["model"])
+            self.optimizer.load_state_dict(state["optimizer"])
+            self.scheduler.load_state_dict(state["scheduler"])
+            if state.get("scaler"):
+                self.scaler.load_state_dict(state["scaler"])
+            _set_rng_state(state.get("rng"))
+            self.iteration = int(state["iteration"])
+            self.best_map = float(state.get("best_map", -1.0))
+        except (KeyError, ValueError, TypeError, RuntimeError) as err:
+            raise ckpt.CheckpointError(
+                f"cannot resume from {path}: its training state does not fit this run "
+                f"({type(err).__name__}: {' '.join(str(err).split())})"
+            ) from err
         if self.dist.is_main:
-            print(f"Resumed from {path} at iteration {self.iteration} "
-                  f"(lr {self.optimizer.param_groups[0]['lr']:.6g})")
+            logger.info("Resumed from %s at iteration %d (lr %.6g)", path, self.iteration,
+                        self.optimizer.param_groups[0]["lr"])
 
     def training_state(self) -> dict[str, Any]:
         """Everything needed to continue this run exactly where it is."""
@@ -215,10 +296,10 @@ class Trainer:
                    disable=not self.progress, dynamic_ncols=True)
         last: dict[str, Any] = {}
         window_start, window_images = time.perf_counter(), 0
-        previous_handler = self._install_sigint_handler()
+        previous_handlers = self._install_stop_handlers()
         try:
             while self.iteration < max_iter and not self._stop_requested:
-                images, targets, indices = next(batches)
+                images, targets, indices = self._next_batch(batches)
                 losses = self.train_step(images, targets)
                 self._check_finite(losses, indices)
                 self.iteration += 1
@@ -234,12 +315,12 @@ class Trainer:
                     last["eval"] = self.evaluate()
         finally:
             bar.close()
-            signal.signal(signal.SIGINT, previous_handler)
+            _restore_handlers(previous_handlers)
         if self._stop_requested:
             path = self.save_checkpoint()
             raise KeyboardInterrupt(
-                f"Interrupted at iteration {self.iteration}; checkpoint written to {path}. "
-                f"Continue with --resume auto (or --resume {path})."
+                f"Interrupted ({self._stop_requested}) at iteration {self.iteration}; checkpoint "
+                f"written to {path}. Continue with --resume auto (or --resume {path})."
             )
         return self._finish(last)
 
@@ -262,15 +343,32 @@ class Trainer:
         self.log.close()
         return last
 
+    def _next_batch(self, batches):
+        """The next training batch; a bad image (read here or in a loader worker) saves the last
+        finished iteration and stops with a DataError naming the file."""
+        from ssd.data import DataError
+
+        try:
+            return next(batches)
+        except DataError as err:
+            saved = self.save_checkpoint() if self.iteration > 0 else None
+            state = (f"iteration {self.iteration} is saved in {saved}; continue with --resume auto"
+                     if saved else "no iteration had finished, nothing was saved")
+            raise DataError(f"{_worker_error_message(err)} (training stopped: {state})",
+                            err.reason, err.path) from None
+
     def _check_finite(self, losses: dict[str, torch.Tensor], indices: torch.Tensor) -> None:
         if bool(torch.isfinite(losses["loss"])):
             return
         ids = [self.train_set.image_ids[i] for i in indices.tolist()]
         values = ", ".join(f"{k}={v.item():.4g}" for k, v in losses.items())
+        newest = ckpt.newest_checkpoint(self.output_dir) if self.dist.is_main else None
+        saved = (f"The newest checkpoint, {newest}, is unchanged" if newest is not None
+                 else f"No checkpoint was written to {self.output_dir} yet")
         raise TrainingError(
             f"Non-finite loss at iteration {self.iteration + 1} ({values}); batch images: "
-            f"{', '.join(map(str, ids))}. The last good checkpoint in {self.output_dir} is "
-            f"intact; try a lower solver.lr or check these images' annotations."
+            f"{', '.join(map(str, ids))}. {saved}; try a lower solver.lr or "
+            f"solver.clip_grad_norm, or check these images' annotations."
         )
 
     def _log_step(self, losses, images_per_second: float, bar) -> dict[str, Any]:
@@ -308,18 +406,24 @@ class Trainer:
         barrier(self.dist)
         return record
 
-    def _install_sigint_handler(self):
+    def _install_stop_handlers(self) -> dict:
+        """Ctrl-C and SIGTERM: finish the iteration and write a checkpoint (a second Ctrl-C
+        aborts without saving). Returns the previous handlers."""
         def request_stop(signum, frame):
-            if self._stop_requested:  # second Ctrl-C: stop now
-                raise KeyboardInterrupt
-            self._stop_requested = True
-            tqdm.write("Ctrl-C: finishing this iteration and writing a checkpoint "
-                       "(press again to abort without saving)")
+            name = signal.Signals(signum).name
+            if self._stop_requested:  # second signal: stop now
+                raise KeyboardInterrupt(f"{name} again: stopped without saving")
+            self._stop_requested = name
+            tqdm.write(f"{name}: finishing this iteration and writing a checkpoint "
+                       "(press Ctrl-C again to abort without saving)")
 
-        try:
-            return signal.signal(signal.SIGINT, request_stop)
-        except ValueError:  # not in the main thread
-            return signal.getsignal(signal.SIGINT)
+        previous = {}
+        for stop_signal in STOP_SIGNALS:
+            try:
+                previous[stop_signal] = signal.signal(stop_signal, request_stop)
+            except ValueError:  # not in the main thread: signals stay as they are
+                pass
+        return previous
 
     def _summary(self) -> str:
         cfg = self.cfg
@@ -332,6 +436,26 @@ class Trainer:
             f"{len(self.train_set)} training images, batch {cfg.solver.batch_size}, "
             f"iterations {self.iteration} -> {cfg.solver.max_iter}, output {self.output_dir}"
         )
+
+
+def _restore_handlers(previous: dict) -> None:
+    for stop_signal, handler in previous.items():
+        signal.signal(stop_signal, handler)
+
+
+def _worker_error_message(error: Exception) -> str:
+    """The original message of an error re-raised from a DataLoader worker.
+
+    torch re-raises a worker's exception as the same class with the message "Caught DataError
+    in DataLoader worker process 0. Original Traceback ...: ssd.data.common.DataError: <message>";
+    the last line carries the original message.
+    """
+    text = str(error)
+    if "DataLoader worker" not in text:
+        return text
+    last_line = text.strip().splitlines()[-1]
+    prefix = f"{type(error).__module__}.{type(error).__name__}: "
+    return last_line[len(prefix):] if last_line.startswith(prefix) else last_line
 
 
 def _build_criterion(cfg) -> nn.Module:
@@ -347,18 +471,38 @@ def _seed_everything(seed: int) -> None:
 
 
 def _get_rng_state() -> dict[str, Any]:
-    state = {"python": random.getstate(), "numpy": np.random.get_state(),
-             "torch": torch.get_rng_state()}
+    """The python, numpy, torch (and CUDA) generator states as plain data: tensors, ints, floats
+    and tuples, so a checkpoint loads without unpickling objects."""
+    kind, keys, position, has_gauss, cached_gaussian = np.random.get_state()
+    state = {
+        "python": random.getstate(),  # (version, tuple of ints, float | None)
+        "numpy": {"kind": str(kind), "keys": torch.from_numpy(keys.astype(np.int64)),  # [624]
+                  "position": int(position), "has_gauss": int(has_gauss),
+                  "cached_gaussian": float(cached_gaussian)},
+        "torch": torch.get_rng_state(),
+    }
     if torch.cuda.is_available():
         state["cuda"] = torch.cuda.get_rng_state_all()
     return state
 
 
 def _set_rng_state(state: dict[str, Any] | None) -> None:
+    """Restore `_get_rng_state()`'s result; older checkpoints hold numpy's own state tuple."""
     if not state:
         return
-    random.setstate(state["python"])
-    np.random.set_state(state["numpy"])
+    random.setstate(_as_python_state(state["python"]))
+    numpy_state = state["numpy"]
+    if isinstance(numpy_state, dict):
+        numpy_state = (numpy_state["kind"], numpy_state["keys"].numpy().astype(np.uint32),
+                       numpy_state["position"], numpy_state["has_gauss"],
+                       numpy_state["cached_gaussian"])
+    np.random.set_state(numpy_state)
     torch.set_rng_state(state["torch"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def _as_python_state(state) -> tuple:
+    """random.setstate wants tuples; a state that went through lists becomes tuples again."""
+    version, internal, gauss_next = state
+    return version, tuple(internal), gauss_next
