@@ -26,7 +26,7 @@ from ssd.engine import checkpoint as ckpt
 from ssd.engine.distributed import DistInfo, barrier, ranks_agree
 from ssd.engine.inference import evaluate_model
 from ssd.engine.metrics_log import MetricsLog, plot_metrics
-from ssd.engine.solver import build_optimizer, build_scheduler
+from ssd.engine.solver import advance_schedule, build_optimizer, build_scheduler
 from ssd.fileio import remove_stale_temporaries
 from ssd.precision import autocast_context, precision_label, training_precision
 
@@ -35,6 +35,12 @@ logger = logging.getLogger(__name__)
 # Signals that stop training cleanly: finish the iteration, write a checkpoint, exit.
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
+# Loss spike warning: a loss above LOSS_SPIKE_FACTOR x its exponential moving average (weight
+# LOSS_EMA_DECAY on the past) after LOSS_SPIKE_WARMUP_ITERS iterations is logged.
+LOSS_SPIKE_FACTOR = 3.0
+LOSS_EMA_DECAY = 0.9
+LOSS_SPIKE_WARMUP_ITERS = 20
+
 
 class TrainingError(RuntimeError):
     """Training cannot go on (e.g. a non-finite loss); the message says where and why."""
@@ -42,6 +48,81 @@ class TrainingError(RuntimeError):
 
 class OutputFolderError(ValueError):
     """A new run would mix with (and prune) another run's files in its output folder."""
+
+
+def train_step(
+    model: nn.Module,
+    criterion: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    scaler: torch.amp.GradScaler,
+    images: torch.Tensor,
+    targets: list[torch.Tensor],
+    precision: str,
+    channels_last: bool,
+    clip_grad_norm: float | None = None,
+) -> dict[str, torch.Tensor]:
+    """One forward / loss / backward / optimizer step.
+
+    Args:
+        model: the detector (bare or DistributedDataParallel-wrapped), in train mode.
+        criterion: MultiBoxLoss-like: (loc [B,P,4], conf [B,P,C], priors [P,4], targets) ->
+            {"loss_loc", "loss_conf"}.
+        scaler: a GradScaler (disabled: plain backward and step).
+        images: [B, 3, S, S]; moved to the model's device.
+        targets: B tensors [n_i, 5] (xmin, ymin, xmax, ymax, label).
+        precision: "fp32", "bf16" or "fp16" (autocast of the forward pass).
+        channels_last: feed the images in channels_last memory format.
+        clip_grad_norm: clip the global gradient norm to this (after unscaling); None/0: off.
+
+    Returns:
+        {"loss", "loss_loc", "loss_conf"}: detached scalar tensors.
+    """
+    bare = getattr(model, "module", model)
+    device = next(bare.parameters()).device
+    images = images.to(device, non_blocking=True)
+    if channels_last:
+        images = images.contiguous(memory_format=torch.channels_last)
+    targets = [t.to(device, non_blocking=True) for t in targets]
+    with autocast_context(device, precision):
+        loc, conf = model(images)
+    losses = criterion(loc.float(), conf.float(), bare.priors, targets)
+    loss = losses["loss_loc"] + losses["loss_conf"]
+    optimizer.zero_grad(set_to_none=True)
+    scaler.scale(loss).backward()
+    if clip_grad_norm:
+        scaler.unscale_(optimizer)  # clip the true gradients, not the scaled ones
+        params = [p for group in optimizer.param_groups for p in group["params"]]
+        nn.utils.clip_grad_norm_(params, clip_grad_norm)
+    scaler.step(optimizer)
+    scaler.update()
+    return {"loss": loss.detach(), **{k: v.detach() for k, v in losses.items()}}
+
+
+class LossSpikeMonitor:
+    """Warns (logging) when the loss rises far above its exponential moving average.
+
+    Args:
+        factor: a loss above factor x EMA is a spike.
+        decay: EMA weight of the past (ema = decay * ema + (1 - decay) * loss).
+        warmup: iterations observed before spikes are reported (the early loss falls fast).
+    """
+
+    def __init__(self, factor: float = LOSS_SPIKE_FACTOR, decay: float = LOSS_EMA_DECAY,
+                 warmup: int = LOSS_SPIKE_WARMUP_ITERS):
+        self.factor, self.decay, self.warmup = factor, decay, warmup
+        self.ema: float | None = None
+        self.seen = 0
+
+    def update(self, iteration: int, loss: float) -> bool:
+        """Add the loss of `iteration`; True (and a warning) when it is a spike."""
+        spike = self.seen >= self.warmup and self.ema is not None and loss > self.factor * self.ema
+        if spike:
+            logger.warning("Loss spike at iteration %d: %.4g is %.1fx its running mean %.4g; if it "
+                           "keeps happening, lower solver.lr or set solver.clip_grad_norm",
+                           iteration, loss, loss / self.ema, self.ema)
+        self.ema = loss if self.ema is None else self.decay * self.ema + (1 - self.decay) * loss
+        self.seen += 1
+        return spike
 
 
 class Trainer:
@@ -101,6 +182,7 @@ class Trainer:
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.precision == "fp16")
         self.iteration = 0
         self.best_map = -1.0
+        self.loss_monitor = LossSpikeMonitor()
         self.resumed_from = self._resume(resume)
         self.log = MetricsLog(self.output_dir, enabled=self.dist.is_main)
         if resume is not None:
@@ -268,22 +350,16 @@ class Trainer:
 
     # ----------------------------------------------------------------------------- loop
     def train_step(self, images: torch.Tensor, targets: list[torch.Tensor]) -> dict[str, torch.Tensor]:
-        """One forward / backward / optimizer step. images [B,3,S,S]; targets B x [n_i, 5]."""
-        images = images.to(self.device, non_blocking=True)
-        if self.cfg.train.channels_last:
-            images = images.contiguous(memory_format=torch.channels_last)
-        targets = [t.to(self.device, non_blocking=True) for t in targets]
-        with autocast_context(self.device, self.precision):
-            loc, conf = self.ddp_model(images)
-        losses = self.criterion(loc.float(), conf.float(), self.model.priors, targets)
-        loss = losses["loss_loc"] + losses["loss_conf"]
+        """One iteration's step (see `train_step`); then the lr of the next iteration is set.
+        images [B,3,S,S]; targets B x [n_i, 5]."""
         self.last_lr = self.optimizer.param_groups[0]["lr"]  # the LR this step uses
-        self.optimizer.zero_grad(set_to_none=True)
-        self.scaler.scale(loss).backward()
-        self.scaler.step(self.optimizer)
-        self.scaler.update()
-        self.scheduler.step()
-        return {"loss": loss.detach(), **{k: v.detach() for k, v in losses.items()}}
+        scale_before = self.scaler.get_scale() if self.scaler.is_enabled() else None
+        losses = train_step(self.ddp_model, self.criterion, self.optimizer, self.scaler, images, targets,
+                            self.precision, self.cfg.train.channels_last, self.cfg.solver.clip_grad_norm)
+        # GradScaler skips the step (and lowers its scale) when gradients overflowed.
+        stepped = scale_before is None or self.scaler.get_scale() >= scale_before
+        advance_schedule(self.scheduler, self.iteration + 1, stepped)
+        return losses
 
     def train(self) -> dict[str, Any]:
         """Run until solver.max_iter; returns the last logged losses and evaluation."""
@@ -303,6 +379,7 @@ class Trainer:
                 losses = self.train_step(images, targets)
                 self._check_finite(losses, indices)
                 self.iteration += 1
+                self.loss_monitor.update(self.iteration, losses["loss"].item())
                 window_images += images.shape[0] * self.dist.world_size
                 bar.update(1)
                 if self.iteration % cfg.train.log_period == 0 or self.iteration == max_iter:
