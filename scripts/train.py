@@ -48,9 +48,9 @@ def main(argv: list[str] | None = None) -> int:
     device = pick_device(args.device)
     dist_info = init_distributed(device.split(":")[0])
     try:
-        trainer = Trainer(cfg, output_dir=args.output, device=device, dist_info=dist_info,
-                          resume=args.resume, init_weights=args.weights,
-                          progress=not args.no_progress, overwrite=args.overwrite)
+        trainer = Trainer.from_config(cfg, output_dir=args.output, device=device, dist_info=dist_info,
+                                      resume=args.resume, init_weights=args.weights,
+                                      progress=not args.no_progress, overwrite=args.overwrite)
         result = trainer.train()
     except (CheckpointError, OutputFolderError, DataError) as err:  # the input is wrong
         print(f"error: {err}", file=sys.stderr)

@@ -33,8 +33,8 @@ def data_root(tmp_path_factory):
 def finished_run(data_root, tmp_path_factory):
     """A 3-iteration run: model_0000003.pth and metrics.jsonl."""
     folder = tmp_path_factory.mktemp("run")
-    Trainer(tiny_cfg(data_root, **{"solver.max_iter": 3}), output_dir=folder, device="cpu",
-            progress=False).train()
+    Trainer.from_config(tiny_cfg(data_root, **{"solver.max_iter": 3}), output_dir=folder, device="cpu",
+                        progress=False).train()
     return folder
 
 
@@ -55,7 +55,8 @@ def test_resume_auto_refuses_pickled_code_and_names_the_file(data_root, tmp_path
     torch.save({"model": {}, "iteration": 10, "payload": WritesAFile(marker)}, evil)
 
     with pytest.raises(ckpt.CheckpointError, match="model_0000010.pth.*pickled"):
-        Trainer(tiny_cfg(data_root), output_dir=folder, device="cpu", resume="auto", progress=False)
+        Trainer.from_config(tiny_cfg(data_root), output_dir=folder, device="cpu", resume="auto",
+                            progress=False)
     assert not marker.exists()
 
     code = train_main()(train_argv(data_root, folder, "--resume", "auto"))
@@ -108,8 +109,8 @@ def test_resume_auto_skips_a_damaged_newest_checkpoint(data_root, finished_run, 
     damaged = ckpt.checkpoint_path(folder, 6)
     damaged.write_bytes(good[: len(good) // 3])  # killed while copying, say
     with caplog.at_level(logging.WARNING, logger="ssd.engine.trainer"):
-        trainer = Trainer(tiny_cfg(data_root), output_dir=folder, device="cpu", resume="auto",
-                          progress=False)
+        trainer = Trainer.from_config(tiny_cfg(data_root), output_dir=folder, device="cpu",
+                                      resume="auto", progress=False)
     assert trainer.iteration == 3 and trainer.resumed_from == ckpt.checkpoint_path(folder, 3)
     assert "skipping a damaged checkpoint" in caplog.text and str(damaged) in caplog.text
 
@@ -129,8 +130,8 @@ def test_new_run_never_touches_another_runs_files(data_root, finished_run, tmp_p
     elsewhere = tmp_path / "elsewhere.pth"
     shutil.copy(ckpt.checkpoint_path(folder, 3), elsewhere)
     with pytest.raises(OutputFolderError, match="holds another run"):
-        Trainer(tiny_cfg(data_root, **pruning), output_dir=folder, device="cpu", resume=elsewhere,
-                progress=False)
+        Trainer.from_config(tiny_cfg(data_root, **pruning), output_dir=folder, device="cpu",
+                            resume=elsewhere, progress=False)
     assert snapshot(folder) == before
 
 
@@ -139,8 +140,8 @@ def test_overwrite_deletes_the_old_run_first_and_says_so(data_root, finished_run
     old_only = ckpt.checkpoint_path(folder, 99)
     shutil.copy(ckpt.checkpoint_path(folder, 3), old_only)
     with caplog.at_level(logging.INFO, logger="ssd.engine.trainer"):
-        trainer = Trainer(tiny_cfg(data_root, **{"solver.max_iter": 1}), output_dir=folder,
-                          device="cpu", overwrite=True, progress=False)
+        trainer = Trainer.from_config(tiny_cfg(data_root, **{"solver.max_iter": 1}), output_dir=folder,
+                                      device="cpu", overwrite=True, progress=False)
     assert "deleted the previous run" in caplog.text and old_only.name in caplog.text
     assert not old_only.exists() and not (folder / "metrics.jsonl").exists()
     trainer.train()
@@ -154,7 +155,8 @@ def test_stale_temporaries_are_removed_on_start(data_root, finished_run, tmp_pat
     unrelated = folder / "notes.tmp"
     unrelated.write_text("not ours")
     with caplog.at_level(logging.INFO, logger="ssd.engine.trainer"):
-        Trainer(tiny_cfg(data_root), output_dir=folder, device="cpu", resume="auto", progress=False)
+        Trainer.from_config(tiny_cfg(data_root), output_dir=folder, device="cpu", resume="auto",
+                            progress=False)
     assert not stale.exists() and unrelated.exists()
     assert "temporary file" in caplog.text and stale.name in caplog.text
 
@@ -168,5 +170,5 @@ def test_checkpoints_are_plain_data_and_old_numpy_states_still_resume(data_root,
     expected = np.random.random()
     folder.mkdir()
     torch.save(state, ckpt.checkpoint_path(folder, 3))
-    Trainer(tiny_cfg(data_root), output_dir=folder, device="cpu", resume="auto", progress=False)
+    Trainer.from_config(tiny_cfg(data_root), output_dir=folder, device="cpu", resume="auto", progress=False)
     assert np.random.random() == expected

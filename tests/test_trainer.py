@@ -30,9 +30,9 @@ def train_losses(output_dir):
 
 
 def test_overfits_a_fixed_batch(data_root, tmp_path):
-    trainer = Trainer(tiny_cfg(data_root, **{"solver.lr": 0.01}), output_dir=tmp_path, device="cpu",
-                      progress=False)
-    images, targets, _ = next(trainer._make_batches())
+    trainer = Trainer.from_config(tiny_cfg(data_root, **{"solver.lr": 0.01}), output_dir=tmp_path,
+                                  device="cpu", progress=False)
+    images, targets, _ = next(trainer.make_batches(0))
     first = trainer.train_step(images, targets)["loss"].item()
     for _ in range(25):
         last = trainer.train_step(images, targets)["loss"].item()
@@ -45,14 +45,15 @@ def test_overfits_a_fixed_batch(data_root, tmp_path):
 ], ids=["sgd-step", "adamw-cosine"])
 def test_resume_reproduces_the_uninterrupted_run(data_root, tmp_path, solver):
     full_dir, split_dir = tmp_path / "full", tmp_path / "split"
-    Trainer(tiny_cfg(data_root, **solver), output_dir=full_dir, device="cpu", progress=False).train()
+    Trainer.from_config(tiny_cfg(data_root, **solver), output_dir=full_dir, device="cpu",
+                        progress=False).train()
     # Same run stopped after 3 iterations, then resumed from its checkpoint up to 6 (the cosine
     # schedule follows max_iter, so the first part runs the full schedule and is cut short).
-    first = Trainer(tiny_cfg(data_root, **solver), output_dir=split_dir, device="cpu", progress=False)
-    first.cfg = tiny_cfg(data_root, **solver, **{"solver.max_iter": 3})
-    first.train()
-    resumed = Trainer(tiny_cfg(data_root, **solver), output_dir=split_dir, device="cpu", resume="auto",
-                      progress=False)
+    first = Trainer.from_config(tiny_cfg(data_root, **solver), output_dir=split_dir, device="cpu",
+                                progress=False)
+    first.train(max_iter=3)
+    resumed = Trainer.from_config(tiny_cfg(data_root, **solver), output_dir=split_dir, device="cpu",
+                                  resume="auto", progress=False)
     assert resumed.iteration == 3
     assert resumed.optimizer.param_groups[0]["lr"] == pytest.approx(
         _lr_after(full_dir, 3))
@@ -73,7 +74,7 @@ def _lr_after(output_dir, iteration):
 
 
 def test_checkpoint_holds_full_training_state(data_root, tmp_path):
-    Trainer(tiny_cfg(data_root), output_dir=tmp_path, device="cpu", progress=False).train()
+    Trainer.from_config(tiny_cfg(data_root), output_dir=tmp_path, device="cpu", progress=False).train()
     state = ckpt.load_checkpoint(ckpt.checkpoint_path(tmp_path, 6))
     assert state["iteration"] == 6
     assert {"model", "optimizer", "scheduler", "rng", "config"} <= set(state)
@@ -85,7 +86,7 @@ def test_checkpoint_holds_full_training_state(data_root, tmp_path):
 
 def test_keeps_only_the_newest_checkpoints(data_root, tmp_path):
     cfg = tiny_cfg(data_root, **{"train.checkpoint_period": 1, "train.keep_checkpoints": 2})
-    Trainer(cfg, output_dir=tmp_path, device="cpu", progress=False).train()
+    Trainer.from_config(cfg, output_dir=tmp_path, device="cpu", progress=False).train()
     assert [it for it, _ in ckpt.list_checkpoints(tmp_path)] == [5, 6]
 
 
@@ -109,7 +110,7 @@ def test_failed_save_leaves_previous_checkpoint_intact(tmp_path, monkeypatch):
 
 @pytest.mark.parametrize("saved_before", [True, False], ids=["with-checkpoint", "no-checkpoint"])
 def test_non_finite_loss_stops_with_iteration_and_image_ids(data_root, tmp_path, saved_before):
-    trainer = Trainer(tiny_cfg(data_root), output_dir=tmp_path, device="cpu", progress=False)
+    trainer = Trainer.from_config(tiny_cfg(data_root), output_dir=tmp_path, device="cpu", progress=False)
     if saved_before:
         trainer.save_checkpoint()
         good = ckpt.checkpoint_path(tmp_path, 0).read_bytes()
@@ -136,7 +137,7 @@ def test_non_finite_loss_stops_with_iteration_and_image_ids(data_root, tmp_path,
 
 def test_sigterm_finishes_the_iteration_and_writes_a_checkpoint(data_root, tmp_path):
     cfg = tiny_cfg(data_root, **{"solver.max_iter": 1000, "train.checkpoint_period": 1000})
-    trainer = Trainer(cfg, output_dir=tmp_path, device="cpu", progress=False)
+    trainer = Trainer.from_config(cfg, output_dir=tmp_path, device="cpu", progress=False)
     real, calls = trainer.criterion.forward, []
 
     def terminated_during_second_iteration(*args):
@@ -210,7 +211,7 @@ def test_ddp_two_cpu_processes_end_with_identical_weights(data_root, tmp_path):
     result = subprocess.run(args, cwd=REPO_ROOT, env=_env(), capture_output=True, text=True,
                             timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
-    assert "DDP: weights identical across 2 ranks" in result.stdout
+    assert "DDP: weights identical across 2 ranks" in result.stderr  # a log line
     assert [it for it, _ in ckpt.list_checkpoints(tmp_path)] == [3]  # rank 0 only, no clash
     records = read_metrics(tmp_path / "metrics.jsonl")
     assert [r["iteration"] for r in records if r["kind"] == "train"] == [1, 2, 3]

@@ -42,7 +42,7 @@ def nan_gradients_on_first_call(criterion):
 
 def test_skipped_scaler_step_keeps_the_schedule_and_does_not_warn(data_root, tmp_path):
     cfg = tiny_cfg(data_root, **{"solver.max_iter": 5, "solver.warmup_iters": 3, "solver.schedule": "step"})
-    trainer = Trainer(cfg, output_dir=tmp_path, device="cpu", progress=False)
+    trainer = Trainer.from_config(cfg, output_dir=tmp_path, device="cpu", progress=False)
     initial_scale = 2.0 ** 8
     trainer.scaler = torch.amp.GradScaler("cpu", init_scale=initial_scale)
     nan_gradients_on_first_call(trainer.criterion)
@@ -66,8 +66,8 @@ def _global_grad_norm(model):
 
 def test_gradient_clipping_applies_to_unscaled_gradients(data_root, tmp_path):
     cfg = tiny_cfg(data_root)
-    trainer = Trainer(cfg, output_dir=tmp_path, device="cpu", progress=False)
-    images, targets, _ = next(trainer._make_batches())
+    trainer = Trainer.from_config(cfg, output_dir=tmp_path, device="cpu", progress=False)
+    images, targets, _ = next(trainer.make_batches(0))
     scaler = torch.amp.GradScaler("cpu", init_scale=2.0 ** 10)
     parts = (trainer.model, trainer.criterion, trainer.optimizer, scaler, images, targets, "fp32", False)
     train_step(*parts)

@@ -1,11 +1,13 @@
 """The training loop: forward / backward / step, with checkpoints, evaluation and logs around it.
 
-    trainer = Trainer(cfg, output_dir="runs/shapes", device="cpu")
+    trainer = Trainer.from_config(cfg, output_dir="runs/shapes", device="cpu")
     trainer.train()
 
-Everything is read from the config; `Trainer` only wires the pieces built by the `build_*`
-functions together. Under torchrun each process trains on its shard of every global batch
-with DistributedDataParallel; only rank 0 logs, evaluates and writes checkpoints.
+`train_step` is one forward / backward / optimizer step (also used by the benchmarks).
+`Trainer` runs it over ready-made parts (model, criterion, optimizer, scheduler, batches, test
+set); `Trainer.from_config` builds the defaults from a config. Under torchrun each process trains
+on its shard of every global batch with DistributedDataParallel; only rank 0 logs, evaluates and
+writes checkpoints.
 """
 
 from __future__ import annotations
@@ -15,20 +17,24 @@ import random
 import signal
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable, Iterator
 
 import numpy as np
 import torch
 from torch import nn
 from tqdm import tqdm
 
+from ssd.data import DataError, build_dataset, build_transform, make_test_loader, make_train_loader
 from ssd.engine import checkpoint as ckpt
 from ssd.engine.distributed import DistInfo, barrier, ranks_agree
 from ssd.engine.inference import evaluate_model
 from ssd.engine.metrics_log import MetricsLog, plot_metrics
 from ssd.engine.solver import advance_schedule, build_optimizer, build_scheduler
 from ssd.fileio import remove_stale_temporaries
+from ssd.loss import build_loss
+from ssd.modeling import build_model
 from ssd.precision import autocast_context, precision_label, training_precision
+from ssd.weights import load_model_weights, load_vgg_backbone, read_checkpoint
 
 logger = logging.getLogger(__name__)
 
@@ -125,17 +131,30 @@ class LossSpikeMonitor:
         return spike
 
 
+# Makes the training batches from a start iteration: (images [B,3,S,S], targets B x [n_i, 5],
+# data set indices [B]) forever.
+BatchSource = Callable[[int], Iterator[tuple[torch.Tensor, list[torch.Tensor], torch.Tensor]]]
+
+
 class Trainer:
-    """Iteration-based SSD training driven by a config.
+    """Iteration-based SSD training over ready-made parts (see `Trainer.from_config`).
 
     Args:
-        cfg: the full config (ssd.config.Config).
-        output_dir: where checkpoints, metrics.jsonl and plots go (default cfg.train.output_dir).
-        device: "cpu", "cuda", "cuda:1", ... (default: cuda when available).
+        cfg: the full config (ssd.config.Config): periods, max_iter, clip_grad_norm, and the
+            snapshot stored in every checkpoint.
+        model: the bare detector on `device` (wrapped in DistributedDataParallel here when
+            `dist_info` has several processes).
+        criterion, optimizer: the loss and the optimizer over the model's parameters.
+        scheduler: a LambdaLR keyed on the iteration.
+        batches: start iteration -> endless training batches (see `BatchSource`).
+        output_dir: where checkpoints, metrics.jsonl and plots go.
+        device: the model's device.
+        precision: "fp32", "bf16" or "fp16" (fp16 uses a GradScaler).
+        train_set: the training data set (its image_ids name the images of a bad batch).
+        test_set: evaluated every train.eval_period iterations (None: no evaluation).
+        scaler: default: enabled for fp16 only.
         dist_info: rank / world size when launched by torchrun.
-        resume: a checkpoint path, "auto" (newest in output_dir, if any), or None.
-        init_weights: a weights file (checkpoint or classic state_dict) to start the whole
-            model from; model.pretrained initialises only the VGG backbone.
+        resume: a checkpoint path, "auto" (newest intact in output_dir, if any), or None.
         progress: show the tqdm bar.
         overwrite: start a new run in an output folder that holds another run's checkpoints,
             deleting them (and its metrics) first; without it such a folder is refused.
@@ -144,6 +163,51 @@ class Trainer:
     def __init__(
         self,
         cfg,
+        model: nn.Module,
+        criterion: nn.Module,
+        optimizer: torch.optim.Optimizer,
+        scheduler,
+        batches: BatchSource,
+        output_dir: str | Path,
+        device: torch.device | str,
+        precision: str = "fp32",
+        train_set=None,
+        test_set=None,
+        scaler: torch.amp.GradScaler | None = None,
+        dist_info: DistInfo | None = None,
+        resume: str | Path | None = None,
+        progress: bool = True,
+        overwrite: bool = False,
+    ):
+        self.cfg = cfg
+        self.model, self.criterion = model, criterion
+        self.optimizer, self.scheduler = optimizer, scheduler
+        self.make_batches = batches
+        self.output_dir = Path(output_dir)
+        self.device = torch.device(device)
+        self.precision = precision
+        self.train_set, self.test_set = train_set, test_set
+        self.scaler = scaler or torch.amp.GradScaler(self.device.type, enabled=precision == "fp16")
+        self.dist = dist_info or DistInfo()
+        self.progress = progress and self.dist.is_main
+        self._stop_requested: str | bool = False  # the stop signal's name once requested
+        self.iteration = 0
+        self.best_map = -1.0
+        self.last_lr = optimizer.param_groups[0]["lr"]
+        self.loss_monitor = LossSpikeMonitor()
+        self._losses: dict[str, torch.Tensor] | None = None  # of the latest iteration
+        self._result: dict[str, Any] = {}  # the latest log record and evaluation
+        self._prepare_output_dir(resume, overwrite)
+        self.resumed_from = self._resume(resume)
+        self.log = MetricsLog(self.output_dir, enabled=self.dist.is_main)
+        if resume is not None:
+            self.log.truncate_after(self.iteration)
+        self.ddp_model = self._wrap_distributed(self.model)
+
+    @classmethod
+    def from_config(
+        cls,
+        cfg,
         output_dir: str | Path | None = None,
         device: str | None = None,
         dist_info: DistInfo | None = None,
@@ -151,64 +215,54 @@ class Trainer:
         init_weights: str | Path | None = None,
         progress: bool = True,
         overwrite: bool = False,
-    ):
-        from ssd.data import build_dataset, build_transform
+    ) -> Trainer:
+        """The config's training run: its data sets, model, loss, optimizer and schedule.
 
-        self.cfg = cfg
-        self.dist = dist_info or DistInfo()
-        self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-        if self.device.type == "cuda" and self.dist.enabled:
-            self.device = torch.device("cuda", self.dist.local_rank)
-        self.output_dir = Path(output_dir or cfg.train.output_dir)
-        self.progress = progress and self.dist.is_main
-        self._stop_requested: str | bool = False  # the stop signal's name once requested
-        self._prepare_output_dir(resume, overwrite)
-
+        Args:
+            output_dir: default cfg.train.output_dir.
+            device: "cpu", "cuda", "cuda:1", ... (default: cuda when available).
+            init_weights: a weights file (checkpoint or classic state_dict) to start the whole
+                model from; model.pretrained initialises only the VGG backbone.
+            the rest: as for `Trainer`.
+        """
+        dist = dist_info or DistInfo()
+        device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        if device.type == "cuda" and dist.enabled:
+            device = torch.device("cuda", dist.local_rank)
+        output_dir = Path(output_dir or cfg.train.output_dir)
+        _refuse_another_run(output_dir, resume, overwrite)  # before any heavy work
+        batch_size = cfg.solver.batch_size
+        if batch_size % dist.world_size:
+            raise TrainingError(
+                f"solver.batch_size={batch_size} is the global batch and must be divisible by "
+                f"the number of processes ({dist.world_size})"
+            )
         _seed_everything(cfg.train.seed)
         # Data first: a missing data set stops the run before any heavy work.
-        self.train_set = build_dataset(cfg, train=True)
-        self.test_set = build_dataset(cfg, train=False) if cfg.train.eval_period > 0 else None
-        self.train_transform = build_transform(cfg, train=True)
+        train_set = build_dataset(cfg, train=True)
+        test_set = build_dataset(cfg, train=False) if cfg.train.eval_period > 0 else None
+        train_transform = build_transform(cfg, train=True)
 
-        self.model = self._build_model(init_weights)
-        self.criterion = _build_criterion(cfg)
+        def batches(start_iter: int):
+            return iter(make_train_loader(
+                train_set, train_transform, batch_size=batch_size // dist.world_size,
+                num_workers=cfg.data.num_workers,
+                pin_memory=cfg.data.pin_memory and device.type == "cuda",
+                seed=cfg.train.seed, start_iter=start_iter, rank=dist.rank,
+                world_size=dist.world_size,
+            ))
+
+        model = _build_model(cfg, device, init_weights)
         solver = cfg.solver
-        self.optimizer = build_optimizer(self.model, solver.lr, solver.momentum, solver.weight_decay,
-                                         name=solver.optimizer)
-        self.scheduler = build_scheduler(self.optimizer, solver.lr_steps, solver.gamma,
-                                         solver.warmup_iters, solver.warmup_factor,
-                                         schedule=solver.schedule, max_iter=solver.max_iter)
-        self.precision = training_precision(cfg.train.amp, self.device)
-        self.scaler = torch.amp.GradScaler("cuda", enabled=self.precision == "fp16")
-        self.iteration = 0
-        self.best_map = -1.0
-        self.loss_monitor = LossSpikeMonitor()
-        self.resumed_from = self._resume(resume)
-        self.log = MetricsLog(self.output_dir, enabled=self.dist.is_main)
-        if resume is not None:
-            self.log.truncate_after(self.iteration)
-        self.ddp_model = self._wrap_distributed(self.model)
-
-    # ----------------------------------------------------------------------------- building
-    def _build_model(self, init_weights) -> nn.Module:
-        from ssd.modeling import build_model
-        from ssd.weights import load_model_weights, load_vgg_backbone, read_checkpoint
-
-        model = build_model(self.cfg)
-        if init_weights is not None:
-            state_dict, _ = read_checkpoint(init_weights)
-            load_model_weights(model, state_dict, source=str(init_weights))
-        elif self.cfg.model.pretrained:
-            if not hasattr(model, "vgg"):
-                raise TrainingError(
-                    f"model.pretrained={self.cfg.model.pretrained!r} loads VGG16 weights, but "
-                    f"model.backbone is '{self.cfg.model.backbone}'; set model.pretrained=null"
-                )
-            load_vgg_backbone(model, self.cfg.model.pretrained)
-        model.to(self.device)
-        if self.cfg.train.channels_last:
-            model.to(memory_format=torch.channels_last)
-        return model
+        optimizer = build_optimizer(model, solver.lr, solver.momentum, solver.weight_decay,
+                                    name=solver.optimizer)
+        scheduler = build_scheduler(optimizer, solver.lr_steps, solver.gamma, solver.warmup_iters,
+                                    solver.warmup_factor, schedule=solver.schedule,
+                                    max_iter=solver.max_iter)
+        return cls(cfg, model, build_loss(cfg), optimizer, scheduler, batches, output_dir, device,
+                   precision=training_precision(cfg.train.amp, device), train_set=train_set,
+                   test_set=test_set, dist_info=dist, resume=resume, progress=progress,
+                   overwrite=overwrite)
 
     def _wrap_distributed(self, model: nn.Module) -> nn.Module:
         if not self.dist.enabled:
@@ -216,40 +270,11 @@ class Trainer:
         device_ids = [self.device.index] if self.device.type == "cuda" else None
         return nn.parallel.DistributedDataParallel(model, device_ids=device_ids)
 
-    def _make_batches(self):
-        from ssd.data import make_train_loader
-
-        batch_size = self.cfg.solver.batch_size
-        if batch_size % self.dist.world_size:
-            raise TrainingError(
-                f"solver.batch_size={batch_size} is the global batch and must be divisible by "
-                f"the number of processes ({self.dist.world_size})"
-            )
-        return iter(make_train_loader(
-            self.train_set, self.train_transform, batch_size=batch_size // self.dist.world_size,
-            num_workers=self.cfg.data.num_workers,
-            pin_memory=self.cfg.data.pin_memory and self.device.type == "cuda",
-            seed=self.cfg.train.seed, start_iter=self.iteration, rank=self.dist.rank,
-            world_size=self.dist.world_size,
-        ))
-
     # ----------------------------------------------------------------------------- resume
     def _prepare_output_dir(self, resume, overwrite: bool) -> None:
         """Refuse to start a new run over another run's files (or delete them with `overwrite`);
         remove the temp files a killed write left behind."""
-        if overwrite and resume is not None:
-            raise OutputFolderError("overwrite starts a new run; it cannot be combined with resume")
-        resumes_here = resume is not None and (
-            str(resume) == "auto" or Path(resume).resolve().parent == self.output_dir.resolve())
-        if not resumes_here and not overwrite:
-            existing = ckpt.run_files(self.output_dir)
-            if existing:
-                raise OutputFolderError(
-                    f"{self.output_dir} holds another run ({', '.join(p.name for p in existing[:3])}"
-                    f"{', ...' if len(existing) > 3 else ''}); a new run there would mix with and "
-                    f"prune its files. Continue it with --resume auto, choose a new folder with "
-                    f"--output, or delete it and start over with --overwrite"
-                )
+        _refuse_another_run(self.output_dir, resume, overwrite)
         if not self.dist.is_main:
             return
         if overwrite:
@@ -361,37 +386,40 @@ class Trainer:
         advance_schedule(self.scheduler, self.iteration + 1, stepped)
         return losses
 
-    def train(self) -> dict[str, Any]:
-        """Run until solver.max_iter; returns the last logged losses and evaluation."""
-        cfg = self.cfg
-        max_iter = cfg.solver.max_iter
+    def periodic_actions(self) -> list[tuple[int, Callable[[], Any]]]:
+        """(period, action), in the order they run after every iteration that is a multiple of
+        the period (0: never); at the end of training each one that did not just run runs once."""
+        train = self.cfg.train
+        return [(train.log_period, self._log_step),
+                (train.checkpoint_period, self.save_checkpoint),
+                (train.eval_period, self.evaluate)]
+
+    def train(self, max_iter: int | None = None) -> dict[str, Any]:
+        """Run until `max_iter` (default solver.max_iter); returns the last logged losses and
+        evaluation. Ctrl-C / SIGTERM write a checkpoint and raise KeyboardInterrupt."""
+        max_iter = self.cfg.solver.max_iter if max_iter is None else max_iter
         if self.dist.is_main:
-            print(self._summary())
-        batches = self._make_batches()
-        bar = tqdm(total=max_iter, initial=self.iteration, desc="train", unit="it",
-                   disable=not self.progress, dynamic_ncols=True)
-        last: dict[str, Any] = {}
-        window_start, window_images = time.perf_counter(), 0
+            logger.info(self._summary(max_iter))
+        batches = self.make_batches(self.iteration)
+        self._bar = tqdm(total=max_iter, initial=self.iteration, desc="train", unit="it",
+                         disable=not self.progress, dynamic_ncols=True)
+        self._window_start, self._window_images = time.perf_counter(), 0
+        actions = self.periodic_actions()
         previous_handlers = self._install_stop_handlers()
         try:
             while self.iteration < max_iter and not self._stop_requested:
                 images, targets, indices = self._next_batch(batches)
-                losses = self.train_step(images, targets)
-                self._check_finite(losses, indices)
+                self._losses = self.train_step(images, targets)
+                self._check_finite(self._losses, indices)
                 self.iteration += 1
-                self.loss_monitor.update(self.iteration, losses["loss"].item())
-                window_images += images.shape[0] * self.dist.world_size
-                bar.update(1)
-                if self.iteration % cfg.train.log_period == 0 or self.iteration == max_iter:
-                    elapsed = time.perf_counter() - window_start
-                    last = self._log_step(losses, window_images / max(elapsed, 1e-9), bar)
-                    window_start, window_images = time.perf_counter(), 0
-                if self.iteration % cfg.train.checkpoint_period == 0:
-                    self.save_checkpoint()
-                if cfg.train.eval_period and self.iteration % cfg.train.eval_period == 0:
-                    last["eval"] = self.evaluate()
+                self.loss_monitor.update(self.iteration, self._losses["loss"].item())
+                self._window_images += images.shape[0] * self.dist.world_size
+                self._bar.update(1)
+                for period, action in actions:
+                    if period and self.iteration % period == 0:
+                        action()
         finally:
-            bar.close()
+            self._bar.close()
             _restore_handlers(previous_handlers)
         if self._stop_requested:
             path = self.save_checkpoint()
@@ -399,32 +427,30 @@ class Trainer:
                 f"Interrupted ({self._stop_requested}) at iteration {self.iteration}; checkpoint "
                 f"written to {path}. Continue with --resume auto (or --resume {path})."
             )
-        return self._finish(last)
+        return self._finish(actions)
 
-    def _finish(self, last: dict[str, Any]) -> dict[str, Any]:
-        cfg = self.cfg
-        if self.iteration % cfg.train.checkpoint_period != 0:
-            self.save_checkpoint()
-        needs_eval = cfg.train.eval_period and self.iteration % cfg.train.eval_period != 0
-        if needs_eval and self.iteration > 0:
-            last["eval"] = self.evaluate()
+    def _finish(self, actions) -> dict[str, Any]:
+        """The actions whose period did not end at the last iteration, the DDP weight check,
+        the metrics plot."""
+        if self.iteration > 0 and self._losses is not None:
+            for period, action in actions:
+                if period and self.iteration % period != 0:
+                    action()
         if self.dist.enabled:
             agree, sums = ranks_agree(self.model, self.dist)
             if self.dist.is_main:
-                verdict = "identical" if agree else "DIFFERENT"
-                print(f"DDP: weights {verdict} across {self.dist.world_size} ranks "
-                      f"(checksums {', '.join(f'{s:.10e}' for s in sums)})")
-            last["ranks_agree"] = agree
+                logger.info("DDP: weights %s across %d ranks (checksums %s)",
+                            "identical" if agree else "DIFFERENT", self.dist.world_size,
+                            ", ".join(f"{s:.10e}" for s in sums))
+            self._result["ranks_agree"] = agree
         if self.dist.is_main and self.log.path.is_file():
             plot_metrics(self.log.path, self.output_dir / "metrics.png")
         self.log.close()
-        return last
+        return self._result
 
     def _next_batch(self, batches):
         """The next training batch; a bad image (read here or in a loader worker) saves the last
         finished iteration and stops with a DataError naming the file."""
-        from ssd.data import DataError
-
         try:
             return next(batches)
         except DataError as err:
@@ -437,7 +463,8 @@ class Trainer:
     def _check_finite(self, losses: dict[str, torch.Tensor], indices: torch.Tensor) -> None:
         if bool(torch.isfinite(losses["loss"])):
             return
-        ids = [self.train_set.image_ids[i] for i in indices.tolist()]
+        ids = [self.train_set.image_ids[i] if self.train_set is not None else f"#{i}"
+               for i in indices.tolist()]
         values = ", ".join(f"{k}={v.item():.4g}" for k, v in losses.items())
         newest = ckpt.newest_checkpoint(self.output_dir) if self.dist.is_main else None
         saved = (f"The newest checkpoint, {newest}, is unchanged" if newest is not None
@@ -448,21 +475,22 @@ class Trainer:
             f"solver.clip_grad_norm, or check these images' annotations."
         )
 
-    def _log_step(self, losses, images_per_second: float, bar) -> dict[str, Any]:
+    def _log_step(self) -> None:
+        """Write the latest losses, the lr and the images/s since the previous log line."""
+        images_per_second = self._window_images / max(time.perf_counter() - self._window_start, 1e-9)
         record = {"kind": "train", "iteration": self.iteration,
-                  **{k: round(v.item(), 6) for k, v in losses.items()},
+                  **{k: round(v.item(), 6) for k, v in self._losses.items()},
                   "lr": self.last_lr,
                   "images_per_second": round(images_per_second, 2)}
-        bar.set_postfix(loss_loc=f"{record['loss_loc']:.3f}", loss_conf=f"{record['loss_conf']:.3f}",
-                        lr=f"{record['lr']:.2e}", img_s=f"{images_per_second:.1f}")
+        self._bar.set_postfix(loss_loc=f"{record['loss_loc']:.3f}", loss_conf=f"{record['loss_conf']:.3f}",
+                              lr=f"{record['lr']:.2e}", img_s=f"{images_per_second:.1f}")
         self.log.write(record)
-        return record
+        self._result.update(record)
+        self._window_start, self._window_images = time.perf_counter(), 0
 
     def evaluate(self) -> dict[str, Any] | None:
         """VOC07 (or the configured metric) on the test split; rank 0 only. Logs the mAP and
         keeps best.pth."""
-        from ssd.data import build_transform, make_test_loader
-
         if not self.dist.is_main or self.test_set is None:
             barrier(self.dist)
             return None
@@ -480,6 +508,7 @@ class Trainer:
         if result["mAP"] > self.best_map:
             self.best_map = result["mAP"]
             ckpt.atomic_save(self.training_state(), self.output_dir / ckpt.BEST_NAME)
+        self._result["eval"] = record
         barrier(self.dist)
         return record
 
@@ -502,7 +531,7 @@ class Trainer:
                 pass
         return previous
 
-    def _summary(self) -> str:
+    def _summary(self, max_iter: int) -> str:
         cfg = self.cfg
         params = sum(p.numel() for p in self.model.parameters())
         return (
@@ -510,9 +539,47 @@ class Trainer:
             f"{self.model.priors.shape[0]} priors, {cfg.model.num_classes} classes) on "
             f"{self.device}{f' x{self.dist.world_size} processes' if self.dist.enabled else ''} "
             f"({precision_label(self.precision)}): "
-            f"{len(self.train_set)} training images, batch {cfg.solver.batch_size}, "
-            f"iterations {self.iteration} -> {cfg.solver.max_iter}, output {self.output_dir}"
+            f"{len(self.train_set) if self.train_set is not None else '?'} training images, "
+            f"batch {cfg.solver.batch_size}, "
+            f"iterations {self.iteration} -> {max_iter}, output {self.output_dir}"
         )
+
+
+def _refuse_another_run(output_dir: Path, resume, overwrite: bool) -> None:
+    """OutputFolderError when a new run (not resuming from this folder, no `overwrite`) would
+    share `output_dir` with another run's checkpoints or metrics."""
+    if overwrite and resume is not None:
+        raise OutputFolderError("overwrite starts a new run; it cannot be combined with resume")
+    resumes_here = resume is not None and (
+        str(resume) == "auto" or Path(resume).resolve().parent == output_dir.resolve())
+    existing = [] if resumes_here or overwrite else ckpt.run_files(output_dir)
+    if existing:
+        raise OutputFolderError(
+            f"{output_dir} holds another run ({', '.join(p.name for p in existing[:3])}"
+            f"{', ...' if len(existing) > 3 else ''}); a new run there would mix with and "
+            f"prune its files. Continue it with --resume auto, choose a new folder with "
+            f"--output, or delete it and start over with --overwrite"
+        )
+
+
+def _build_model(cfg, device: torch.device, init_weights) -> nn.Module:
+    """The config's detector on `device`, from `init_weights`, the VGG backbone of
+    model.pretrained, or from scratch."""
+    model = build_model(cfg)
+    if init_weights is not None:
+        state_dict, _ = read_checkpoint(init_weights)
+        load_model_weights(model, state_dict, source=str(init_weights))
+    elif cfg.model.pretrained:
+        if not hasattr(model, "vgg"):
+            raise TrainingError(
+                f"model.pretrained={cfg.model.pretrained!r} loads VGG16 weights, but "
+                f"model.backbone is '{cfg.model.backbone}'; set model.pretrained=null"
+            )
+        load_vgg_backbone(model, cfg.model.pretrained)
+    model.to(device)
+    if cfg.train.channels_last:
+        model.to(memory_format=torch.channels_last)
+    return model
 
 
 def _restore_handlers(previous: dict) -> None:
@@ -533,12 +600,6 @@ def _worker_error_message(error: Exception) -> str:
     last_line = text.strip().splitlines()[-1]
     prefix = f"{type(error).__module__}.{type(error).__name__}: "
     return last_line[len(prefix):] if last_line.startswith(prefix) else last_line
-
-
-def _build_criterion(cfg) -> nn.Module:
-    from ssd.loss import build_loss
-
-    return build_loss(cfg)
 
 
 def _seed_everything(seed: int) -> None:
