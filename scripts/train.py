@@ -30,23 +30,31 @@ def parse_args(argv=None):
                                           "(a checkpoint or a classic state_dict)")
     parser.add_argument("--device", help="cpu, cuda or cuda:N (default: cuda when available)")
     parser.add_argument("--output", help="output folder (default: train.output_dir of the config)")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="start a new run in an output folder that holds another run, deleting "
+                             "its checkpoints and metrics first")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     return parser.parse_args(argv)
 
 
-def main(argv=None) -> int:
+def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    from ssd.data import DataError
+    from ssd.engine.checkpoint import CheckpointError
     from ssd.engine.distributed import cleanup, init_distributed
-    from ssd.engine.trainer import Trainer, TrainingError
+    from ssd.engine.trainer import OutputFolderError, Trainer, TrainingError
 
     cfg = load_config(args.config, overrides=args.opts)
     device = pick_device(args.device)
     dist_info = init_distributed(device.split(":")[0])
     try:
-        trainer = Trainer(cfg, output_dir=args.output, device=device, dist_info=dist_info,
-                          resume=args.resume, init_weights=args.weights,
-                          progress=not args.no_progress)
+        trainer = Trainer.from_config(cfg, output_dir=args.output, device=device, dist_info=dist_info,
+                                      resume=args.resume, init_weights=args.weights,
+                                      progress=not args.no_progress, overwrite=args.overwrite)
         result = trainer.train()
+    except (CheckpointError, OutputFolderError, DataError) as err:  # the input is wrong
+        print(f"error: {err}", file=sys.stderr)
+        return 2
     except TrainingError as err:
         print(f"error: {err}", file=sys.stderr)
         return 3

@@ -101,6 +101,7 @@ _DEFAULTS: dict[str, Any] = {
         "gamma": 0.1,
         "warmup_iters": 500,
         "warmup_factor": 1.0 / 3,
+        "clip_grad_norm": None,  # max global gradient norm (null or 0: no clipping)
     },
     "train": {
         "seed": 0,
@@ -127,6 +128,7 @@ _NULLABLE_TYPES: dict[str, type] = {
     "model.pretrained": str,
     "data.class_names": list,
     "model.channels": list,
+    "solver.clip_grad_norm": float,
 }
 
 _CHOICES: dict[str, tuple[str, ...]] = {
@@ -340,6 +342,9 @@ def _validate(config: dict[str, Any]) -> None:
             f"data.class_names lists {len(names)} classes; expected num_classes = "
             f"{len(names) + 1} (classes + background)"
         )
+    clip = config["solver"]["clip_grad_norm"]
+    if clip is not None and clip < 0:
+        raise ConfigError(f"Config key 'solver.clip_grad_norm' must be >= 0 (0 or null: off), got {clip}")
     if config["solver"]["batch_size"] < 1:
         raise ConfigError(f"Config key 'solver.batch_size' must be >= 1, got "
                           f"{config['solver']['batch_size']}")

@@ -1,6 +1,5 @@
 """Trainer: learning, exact resume, atomic checkpoints, non-finite loss, SIGINT, DDP, CLI errors."""
 
-import json
 import os
 import signal
 import subprocess
@@ -10,38 +9,14 @@ from pathlib import Path
 
 import pytest
 import torch
+from trainer_helpers import REPO_ROOT, tiny_cfg, tiny_overrides, train_argv, train_main
+from trainer_helpers import TRAIN_SCRIPT as TRAIN_SCRIPT_PATH
 
-from ssd.config import load_config
 from ssd.engine import checkpoint as ckpt
 from ssd.engine.metrics_log import read_metrics
 from ssd.engine.trainer import Trainer, TrainingError
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
-TRAIN_SCRIPT = str(REPO_ROOT / "scripts" / "train.py")
-
-
-def tiny_overrides(data_root, **extra):
-    """A seconds-long shapes run: 16 training images of 96 px, batch 4, no evaluation."""
-    values = {
-        "data.root": str(data_root),
-        "data.shapes.num_train": 16,
-        "data.shapes.num_test": 4,
-        "data.shapes.image_size": 96,
-        "data.num_workers": 0,
-        "solver.batch_size": 4,
-        "solver.max_iter": 6,
-        "solver.warmup_iters": 2,
-        "solver.lr_steps": [4],
-        "train.log_period": 1,
-        "train.checkpoint_period": 3,
-        "train.eval_period": 0,
-    }
-    values.update(extra)
-    return [f"{key}={json.dumps(value)}" for key, value in values.items()]
-
-
-def tiny_cfg(data_root, **extra):
-    return load_config(REPO_ROOT / "configs" / "shapes.yaml", overrides=tiny_overrides(data_root, **extra))
+TRAIN_SCRIPT = str(TRAIN_SCRIPT_PATH)
 
 
 @pytest.fixture(scope="module")
@@ -55,9 +30,9 @@ def train_losses(output_dir):
 
 
 def test_overfits_a_fixed_batch(data_root, tmp_path):
-    trainer = Trainer(tiny_cfg(data_root, **{"solver.lr": 0.01}), output_dir=tmp_path, device="cpu",
-                      progress=False)
-    images, targets, _ = next(trainer._make_batches())
+    trainer = Trainer.from_config(tiny_cfg(data_root, **{"solver.lr": 0.01}), output_dir=tmp_path,
+                                  device="cpu", progress=False)
+    images, targets, _ = next(trainer.make_batches(0))
     first = trainer.train_step(images, targets)["loss"].item()
     for _ in range(25):
         last = trainer.train_step(images, targets)["loss"].item()
@@ -70,14 +45,15 @@ def test_overfits_a_fixed_batch(data_root, tmp_path):
 ], ids=["sgd-step", "adamw-cosine"])
 def test_resume_reproduces_the_uninterrupted_run(data_root, tmp_path, solver):
     full_dir, split_dir = tmp_path / "full", tmp_path / "split"
-    Trainer(tiny_cfg(data_root, **solver), output_dir=full_dir, device="cpu", progress=False).train()
+    Trainer.from_config(tiny_cfg(data_root, **solver), output_dir=full_dir, device="cpu",
+                        progress=False).train()
     # Same run stopped after 3 iterations, then resumed from its checkpoint up to 6 (the cosine
     # schedule follows max_iter, so the first part runs the full schedule and is cut short).
-    first = Trainer(tiny_cfg(data_root, **solver), output_dir=split_dir, device="cpu", progress=False)
-    first.cfg = tiny_cfg(data_root, **solver, **{"solver.max_iter": 3})
-    first.train()
-    resumed = Trainer(tiny_cfg(data_root, **solver), output_dir=split_dir, device="cpu", resume="auto",
-                      progress=False)
+    first = Trainer.from_config(tiny_cfg(data_root, **solver), output_dir=split_dir, device="cpu",
+                                progress=False)
+    first.train(max_iter=3)
+    resumed = Trainer.from_config(tiny_cfg(data_root, **solver), output_dir=split_dir, device="cpu",
+                                  resume="auto", progress=False)
     assert resumed.iteration == 3
     assert resumed.optimizer.param_groups[0]["lr"] == pytest.approx(
         _lr_after(full_dir, 3))
@@ -98,7 +74,7 @@ def _lr_after(output_dir, iteration):
 
 
 def test_checkpoint_holds_full_training_state(data_root, tmp_path):
-    Trainer(tiny_cfg(data_root), output_dir=tmp_path, device="cpu", progress=False).train()
+    Trainer.from_config(tiny_cfg(data_root), output_dir=tmp_path, device="cpu", progress=False).train()
     state = ckpt.load_checkpoint(ckpt.checkpoint_path(tmp_path, 6))
     assert state["iteration"] == 6
     assert {"model", "optimizer", "scheduler", "rng", "config"} <= set(state)
@@ -110,7 +86,7 @@ def test_checkpoint_holds_full_training_state(data_root, tmp_path):
 
 def test_keeps_only_the_newest_checkpoints(data_root, tmp_path):
     cfg = tiny_cfg(data_root, **{"train.checkpoint_period": 1, "train.keep_checkpoints": 2})
-    Trainer(cfg, output_dir=tmp_path, device="cpu", progress=False).train()
+    Trainer.from_config(cfg, output_dir=tmp_path, device="cpu", progress=False).train()
     assert [it for it, _ in ckpt.list_checkpoints(tmp_path)] == [5, 6]
 
 
@@ -132,10 +108,12 @@ def test_failed_save_leaves_previous_checkpoint_intact(tmp_path, monkeypatch):
     assert ckpt.load_checkpoint(path)["iteration"] == 1
 
 
-def test_non_finite_loss_stops_with_iteration_and_image_ids(data_root, tmp_path):
-    trainer = Trainer(tiny_cfg(data_root), output_dir=tmp_path, device="cpu", progress=False)
-    trainer.save_checkpoint()
-    good = ckpt.checkpoint_path(tmp_path, 0).read_bytes()
+@pytest.mark.parametrize("saved_before", [True, False], ids=["with-checkpoint", "no-checkpoint"])
+def test_non_finite_loss_stops_with_iteration_and_image_ids(data_root, tmp_path, saved_before):
+    trainer = Trainer.from_config(tiny_cfg(data_root), output_dir=tmp_path, device="cpu", progress=False)
+    if saved_before:
+        trainer.save_checkpoint()
+        good = ckpt.checkpoint_path(tmp_path, 0).read_bytes()
     real = trainer.criterion.forward
 
     def poisoned(loc, conf, priors, targets):
@@ -148,8 +126,53 @@ def test_non_finite_loss_stops_with_iteration_and_image_ids(data_root, tmp_path)
     message = str(err.value)
     assert "Non-finite loss at iteration 1" in message
     assert any(image_id in message for image_id in trainer.train_set.image_ids)
-    assert ckpt.checkpoint_path(tmp_path, 0).read_bytes() == good
-    assert [it for it, _ in ckpt.list_checkpoints(tmp_path)] == [0]
+    if saved_before:
+        assert f"newest checkpoint, {ckpt.checkpoint_path(tmp_path, 0)}, is unchanged" in message
+        assert ckpt.checkpoint_path(tmp_path, 0).read_bytes() == good
+        assert [it for it, _ in ckpt.list_checkpoints(tmp_path)] == [0]
+    else:
+        assert "No checkpoint was written" in message and "intact" not in message
+        assert ckpt.list_checkpoints(tmp_path) == []
+
+
+def test_sigterm_finishes_the_iteration_and_writes_a_checkpoint(data_root, tmp_path):
+    cfg = tiny_cfg(data_root, **{"solver.max_iter": 1000, "train.checkpoint_period": 1000})
+    trainer = Trainer.from_config(cfg, output_dir=tmp_path, device="cpu", progress=False)
+    real, calls = trainer.criterion.forward, []
+
+    def terminated_during_second_iteration(*args):
+        calls.append(1)
+        if len(calls) == 2:
+            os.kill(os.getpid(), signal.SIGTERM)
+        return real(*args)
+
+    trainer.criterion.forward = terminated_during_second_iteration
+    before = signal.getsignal(signal.SIGTERM)
+    with pytest.raises(KeyboardInterrupt, match=r"SIGTERM.*iteration 2.*--resume auto"):
+        trainer.train()
+    assert [it for it, _ in ckpt.list_checkpoints(tmp_path)] == [2]
+    assert ckpt.load_checkpoint(ckpt.checkpoint_path(tmp_path, 2))["iteration"] == 2
+    assert signal.getsignal(signal.SIGTERM) is before
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_corrupt_image_stops_with_its_name_and_saves_the_last_iteration(tmp_path, capsys, workers):
+    from ssd.data import build_dataset
+    from ssd.data.loader import InfiniteSampler
+
+    data_root, output = tmp_path / "data", tmp_path / "run"
+    cfg = tiny_cfg(data_root, **{"data.num_workers": workers})
+    train_set = build_dataset(cfg, train=True)
+    order = InfiniteSampler(len(train_set), seed=cfg.train.seed).epoch_indices(0)
+    bad = train_set.records[order[cfg.solver.batch_size + 1]].image_path  # in the second batch
+    Path(bad).write_bytes(b"\x00garbage, not a JPEG" * 10)
+    code = train_main()(train_argv(data_root, output, **{"data.num_workers": workers}))
+    last_line = capsys.readouterr().err.strip().splitlines()[-1]
+    assert code == 2
+    assert last_line.startswith("error: Cannot decode image") and str(bad) in last_line
+    assert "data.skip_bad=true" in last_line and "DataLoader worker" not in last_line
+    assert "iteration 1 is saved" in last_line
+    assert [it for it, _ in ckpt.list_checkpoints(output)] == [1]
 
 
 def _env():
@@ -188,7 +211,7 @@ def test_ddp_two_cpu_processes_end_with_identical_weights(data_root, tmp_path):
     result = subprocess.run(args, cwd=REPO_ROOT, env=_env(), capture_output=True, text=True,
                             timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
-    assert "DDP: weights identical across 2 ranks" in result.stdout
+    assert "DDP: weights identical across 2 ranks" in result.stderr  # a log line
     assert [it for it, _ in ckpt.list_checkpoints(tmp_path)] == [3]  # rank 0 only, no clash
     records = read_metrics(tmp_path / "metrics.jsonl")
     assert [r["iteration"] for r in records if r["kind"] == "train"] == [1, 2, 3]

@@ -13,9 +13,10 @@ import torch
 from benchmarks import best_time, random_targets
 from ssd.config import load_config
 from ssd.engine.solver import build_optimizer
+from ssd.engine.trainer import train_step
 from ssd.loss import build_loss
 from ssd.modeling import build_model
-from ssd.precision import autocast_context, training_precision
+from ssd.precision import training_precision
 
 CONFIG = "configs/shapes.yaml"
 
@@ -29,19 +30,15 @@ def make_step(cfg, device: torch.device, channels_last: bool, precision: str):
     images = torch.randn(batch, 3, size, size, generator=generator).to(device)
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
-        images = images.contiguous(memory_format=torch.channels_last)
-    targets = [t.to(device) for t in random_targets(batch, cfg.model.num_classes, generator, max_objects=6)]
+    targets = random_targets(batch, cfg.model.num_classes, generator, max_objects=6)
     criterion = build_loss(cfg)
     optimizer = build_optimizer(model, cfg.solver.lr, cfg.solver.momentum, cfg.solver.weight_decay,
                                 name=cfg.solver.optimizer)
+    scaler = torch.amp.GradScaler(device.type, enabled=precision == "fp16")
 
     def step():
-        with autocast_context(device, precision):
-            loc, conf = model(images)
-        losses = criterion(loc.float(), conf.float(), model.priors, targets)
-        optimizer.zero_grad(set_to_none=True)
-        (losses["loss_loc"] + losses["loss_conf"]).backward()
-        optimizer.step()
+        train_step(model, criterion, optimizer, scaler, images, targets, precision, channels_last,
+                   cfg.solver.clip_grad_norm)
         if device.type == "cuda":
             torch.cuda.synchronize()
 

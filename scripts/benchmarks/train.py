@@ -14,6 +14,7 @@ import torch
 from benchmarks import random_targets
 from ssd.config import load_config
 from ssd.engine.solver import build_optimizer
+from ssd.engine.trainer import train_step
 from ssd.loss import build_loss
 from ssd.modeling import build_model
 from ssd.precision import cpu_has_native_bf16
@@ -31,22 +32,14 @@ def time_steps(mode: str, device: torch.device, steps: int) -> float:
         model = model.to(memory_format=torch.channels_last)
     criterion = build_loss(cfg)
     optimizer = build_optimizer(model, 1e-3, 0.9, 5e-4)
-    amp_dtype = torch.float16 if device.type == "cuda" else torch.bfloat16
-    scaler = torch.amp.GradScaler("cuda", enabled=mode == "amp" and device.type == "cuda")
+    precision = ("fp16" if device.type == "cuda" else "bf16") if mode == "amp" else "fp32"
+    scaler = torch.amp.GradScaler(device.type, enabled=precision == "fp16")
     generator = torch.Generator().manual_seed(0)
     images = torch.randn(BATCH, 3, 300, 300, generator=generator).to(device)
-    if channels_last:
-        images = images.contiguous(memory_format=torch.channels_last)
-    targets = [t.to(device) for t in random_targets(BATCH, cfg.model.num_classes, generator)]
+    targets = random_targets(BATCH, cfg.model.num_classes, generator)
 
     def step():
-        with torch.autocast(device.type, dtype=amp_dtype, enabled=mode == "amp"):
-            loc, conf = model(images)
-        losses = criterion(loc.float(), conf.float(), model.priors, targets)
-        optimizer.zero_grad(set_to_none=True)
-        scaler.scale(losses["loss_loc"] + losses["loss_conf"]).backward()
-        scaler.step(optimizer)
-        scaler.update()
+        train_step(model, criterion, optimizer, scaler, images, targets, precision, channels_last)
 
     step()  # warm-up
     if device.type == "cuda":

@@ -1,6 +1,8 @@
-"""Checkpoints: atomic writes, the last K kept, `best.pth`, and finding the newest to resume.
+"""Checkpoints: atomic writes, the last K kept, `best.pth`, finding the newest to resume, and
+the files that make up a run in an output folder.
 
-A checkpoint is a dict saved with torch.save:
+A checkpoint is a dict of plain data (tensors, containers, numbers, strings) saved with
+torch.save and read back without running pickled code (`ssd.fileio.safe_torch_load`):
     model       state_dict of the bare model (no `module.` prefix)
     config      the full config as a plain dict
     iteration   number of finished training iterations
@@ -10,13 +12,26 @@ A checkpoint is a dict saved with torch.save:
 from __future__ import annotations
 
 import re
+import shutil
 from pathlib import Path
 from typing import Any
 
-from ssd.fileio import atomic_torch_save, safe_torch_load
+import torch
+from torch import nn
+
+from ssd.fileio import UnsafeFileError, atomic_torch_save, safe_torch_load
 
 CHECKPOINT_PATTERN = re.compile(r"^model_(\d+)\.pth$")
 BEST_NAME = "best.pth"
+METRICS_NAME = "metrics.jsonl"
+# What a run leaves besides its checkpoints and metrics.jsonl (removed with them on overwrite).
+RUN_EXTRAS = ("metrics.png", "tensorboard")
+# Keys named in a one-line architecture mismatch message.
+MAX_KEYS_NAMED = 2
+
+
+class CheckpointError(ValueError):
+    """A checkpoint cannot be resumed from; the one-line message names the file and the problem."""
 
 
 def atomic_save(obj: Any, path: str | Path) -> Path:
@@ -56,16 +71,89 @@ def prune_checkpoints(output_dir: str | Path, keep: int) -> list[Path]:
     return removed
 
 
+def run_files(output_dir: str | Path) -> list[Path]:
+    """The files of a training run in `output_dir`: model_*.pth, best.pth, metrics.jsonl."""
+    folder = Path(output_dir)
+    named = [folder / BEST_NAME, folder / METRICS_NAME]
+    return [path for _, path in list_checkpoints(folder)] + [path for path in named if path.is_file()]
+
+
+def remove_run_files(output_dir: str | Path) -> list[Path]:
+    """Delete a run's checkpoints, best.pth, metrics.jsonl, metrics.png and tensorboard folder.
+    Returns what was removed."""
+    folder = Path(output_dir)
+    removed = run_files(folder)
+    for path in removed:
+        path.unlink(missing_ok=True)
+    for name in RUN_EXTRAS:
+        extra = folder / name
+        if extra.is_dir():
+            shutil.rmtree(extra)
+            removed.append(extra)
+        elif extra.is_file():
+            extra.unlink()
+            removed.append(extra)
+    return removed
+
+
 def load_checkpoint(path: str | Path) -> dict[str, Any]:
-    """Load a training checkpoint written by `atomic_save` (a dict with model, config, ...)."""
+    """Load a training checkpoint written by `atomic_save` (a dict with model, config, ...).
+
+    Nothing pickled in the file runs (plain data and numpy arrays only).
+
+    Raises:
+        FileNotFoundError: `path` does not exist.
+        CheckpointError: the file holds pickled code, is truncated or not a .pth file, or is not
+            a training checkpoint (one line naming the file).
+    """
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"Checkpoint not found: {path}")
-    state = safe_torch_load(path)
-    if not isinstance(state, dict) or "model" not in state or "iteration" not in state:
-        raise ValueError(
+    try:
+        state = safe_torch_load(path)
+    except UnsafeFileError as err:
+        raise CheckpointError(f"cannot resume: {_one_line(str(err))}") from err
+    if not isinstance(state, dict) or not isinstance(state.get("model"), dict) or "iteration" not in state:
+        raise CheckpointError(
             f"{path} is not a training checkpoint of this project (expected a dict with "
             f"'model' and 'iteration'); to start from weights only, use model.pretrained or "
             f"--weights instead of --resume"
         )
     return state
+
+
+def architecture_mismatch(model: nn.Module, state_dict: dict[str, torch.Tensor]) -> str | None:
+    """One line saying how `state_dict` differs from `model`'s parameters, or None if it fits.
+
+    Example: "2 parameters differ in shape (conf.0.weight: checkpoint [84, 512, 3, 3], model
+    [16, 512, 3, 3], ...)".
+    """
+    expected = model.state_dict()
+    missing = [key for key in expected if key not in state_dict]
+    unexpected = [key for key in state_dict if key not in expected]
+    reshaped = [key for key in expected if key in state_dict
+                and tuple(state_dict[key].shape) != tuple(expected[key].shape)]
+    parts = []
+    if reshaped:
+        named = ", ".join(f"{key}: checkpoint {list(state_dict[key].shape)}, model "
+                          f"{list(expected[key].shape)}" for key in reshaped[:MAX_KEYS_NAMED])
+        parts.append(f"{len(reshaped)} parameters differ in shape ({named}"
+                     f"{', ...' if len(reshaped) > MAX_KEYS_NAMED else ''})")
+    if missing:
+        parts.append(f"{len(missing)} model parameters missing (e.g. {missing[0]})")
+    if unexpected:
+        parts.append(f"{len(unexpected)} unknown parameters (e.g. {unexpected[0]})")
+    return "; ".join(parts) or None
+
+
+def describe_model_config(config: dict[str, Any] | None) -> str:
+    """'ssd7 SSD160, 4 classes' from a checkpoint's config dict ('unknown model' without one)."""
+    try:
+        model = config["model"]
+        return f"{model['backbone']} SSD{model['image_size']}, {model['num_classes']} classes"
+    except (KeyError, TypeError):
+        return "unknown model"
+
+
+def _one_line(text: str) -> str:
+    return " ".join(text.split())

@@ -66,3 +66,28 @@ def build_scheduler(optimizer, steps, gamma, warmup_iters, warmup_factor, schedu
         return torch.optim.lr_scheduler.LambdaLR(
             optimizer, lambda it: cosine_factor(it, max_iter, warmup_iters, warmup_factor))
     raise ValueError(f"solver.schedule={schedule!r}: expected one of {', '.join(SCHEDULES)}")
+
+
+def set_schedule_iteration(scheduler, iteration: int) -> None:
+    """Put a LambdaLR at `iteration`: every group's lr becomes base_lr * lambda(iteration).
+
+    The schedule is a function of the iteration number, so a skipped optimizer step (GradScaler
+    calibrating) must not shift it; this re-aligns the scheduler without calling step().
+    """
+    lrs = [base_lr * factor(iteration) for base_lr, factor in zip(scheduler.base_lrs, scheduler.lr_lambdas)]
+    for group, lr in zip(scheduler.optimizer.param_groups, lrs):
+        group["lr"] = lr
+    scheduler.last_epoch = iteration
+    scheduler._last_lr = lrs  # what get_last_lr() and state_dict() report
+
+
+def advance_schedule(scheduler, iteration: int, optimizer_stepped: bool) -> None:
+    """Set the lr of iteration `iteration` (0-based, i.e. the number of finished iterations).
+
+    The scheduler steps only after a real optimizer step (stepping it after a skipped one is
+    what PyTorch warns about); either way the lr is the schedule's value at `iteration`.
+    """
+    if optimizer_stepped:
+        scheduler.step()
+    if scheduler.last_epoch != iteration:
+        set_schedule_iteration(scheduler, iteration)

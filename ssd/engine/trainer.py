@@ -1,55 +1,213 @@
 """The training loop: forward / backward / step, with checkpoints, evaluation and logs around it.
 
-    trainer = Trainer(cfg, output_dir="runs/shapes", device="cpu")
+    trainer = Trainer.from_config(cfg, output_dir="runs/shapes", device="cpu")
     trainer.train()
 
-Everything is read from the config; `Trainer` only wires the pieces built by the `build_*`
-functions together. Under torchrun each process trains on its shard of every global batch
-with DistributedDataParallel; only rank 0 logs, evaluates and writes checkpoints.
+`train_step` is one forward / backward / optimizer step (also used by the benchmarks).
+`Trainer` runs it over ready-made parts (model, criterion, optimizer, scheduler, batches, test
+set); `Trainer.from_config` builds the defaults from a config. Under torchrun each process trains
+on its shard of every global batch with DistributedDataParallel; only rank 0 logs, evaluates and
+writes checkpoints.
 """
 
 from __future__ import annotations
 
+import logging
 import random
 import signal
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable, Iterator
 
 import numpy as np
 import torch
 from torch import nn
 from tqdm import tqdm
 
+from ssd.data import DataError, build_dataset, build_transform, make_train_loader
 from ssd.engine import checkpoint as ckpt
 from ssd.engine.distributed import DistInfo, barrier, ranks_agree
 from ssd.engine.inference import evaluate_model, make_eval_loader
 from ssd.engine.metrics_log import MetricsLog, plot_metrics
-from ssd.engine.solver import build_optimizer, build_scheduler
+from ssd.engine.solver import advance_schedule, build_optimizer, build_scheduler
+from ssd.fileio import remove_stale_temporaries
+from ssd.loss import build_loss
+from ssd.modeling import build_model
 from ssd.postprocess import build_postprocessor
 from ssd.precision import autocast_context, precision_label, training_precision
+from ssd.weights import load_model_weights, load_vgg_backbone, read_checkpoint
+
+logger = logging.getLogger(__name__)
+
+# Signals that stop training cleanly: finish the iteration, write a checkpoint, exit.
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+# Loss spike warning: a loss above LOSS_SPIKE_FACTOR x its exponential moving average (weight
+# LOSS_EMA_DECAY on the past) after LOSS_SPIKE_WARMUP_ITERS iterations is logged.
+LOSS_SPIKE_FACTOR = 3.0
+LOSS_EMA_DECAY = 0.9
+LOSS_SPIKE_WARMUP_ITERS = 20
 
 
 class TrainingError(RuntimeError):
     """Training cannot go on (e.g. a non-finite loss); the message says where and why."""
 
 
-class Trainer:
-    """Iteration-based SSD training driven by a config.
+class OutputFolderError(ValueError):
+    """A new run would mix with (and prune) another run's files in its output folder."""
+
+
+def train_step(
+    model: nn.Module,
+    criterion: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    scaler: torch.amp.GradScaler,
+    images: torch.Tensor,
+    targets: list[torch.Tensor],
+    precision: str,
+    channels_last: bool,
+    clip_grad_norm: float | None = None,
+) -> dict[str, torch.Tensor]:
+    """One forward / loss / backward / optimizer step.
 
     Args:
-        cfg: the full config (ssd.config.Config).
-        output_dir: where checkpoints, metrics.jsonl and plots go (default cfg.train.output_dir).
-        device: "cpu", "cuda", "cuda:1", ... (default: cuda when available).
+        model: the detector (bare or DistributedDataParallel-wrapped), in train mode.
+        criterion: MultiBoxLoss-like: (loc [B,P,4], conf [B,P,C], priors [P,4], targets) ->
+            {"loss_loc", "loss_conf"}.
+        scaler: a GradScaler (disabled: plain backward and step).
+        images: [B, 3, S, S]; moved to the model's device.
+        targets: B tensors [n_i, 5] (xmin, ymin, xmax, ymax, label).
+        precision: "fp32", "bf16" or "fp16" (autocast of the forward pass).
+        channels_last: feed the images in channels_last memory format.
+        clip_grad_norm: clip the global gradient norm to this (after unscaling); None/0: off.
+
+    Returns:
+        {"loss", "loss_loc", "loss_conf"}: detached scalar tensors.
+    """
+    bare = getattr(model, "module", model)
+    device = next(bare.parameters()).device
+    images = images.to(device, non_blocking=True)
+    if channels_last:
+        images = images.contiguous(memory_format=torch.channels_last)
+    targets = [t.to(device, non_blocking=True) for t in targets]
+    with autocast_context(device, precision):
+        loc, conf = model(images)
+    losses = criterion(loc.float(), conf.float(), bare.priors, targets)
+    loss = losses["loss_loc"] + losses["loss_conf"]
+    optimizer.zero_grad(set_to_none=True)
+    scaler.scale(loss).backward()
+    if clip_grad_norm:
+        scaler.unscale_(optimizer)  # clip the true gradients, not the scaled ones
+        params = [p for group in optimizer.param_groups for p in group["params"]]
+        nn.utils.clip_grad_norm_(params, clip_grad_norm)
+    scaler.step(optimizer)
+    scaler.update()
+    return {"loss": loss.detach(), **{k: v.detach() for k, v in losses.items()}}
+
+
+class LossSpikeMonitor:
+    """Warns (logging) when the loss rises far above its exponential moving average.
+
+    Args:
+        factor: a loss above factor x EMA is a spike.
+        decay: EMA weight of the past (ema = decay * ema + (1 - decay) * loss).
+        warmup: iterations observed before spikes are reported (the early loss falls fast).
+    """
+
+    def __init__(self, factor: float = LOSS_SPIKE_FACTOR, decay: float = LOSS_EMA_DECAY,
+                 warmup: int = LOSS_SPIKE_WARMUP_ITERS):
+        self.factor, self.decay, self.warmup = factor, decay, warmup
+        self.ema: float | None = None
+        self.seen = 0
+
+    def update(self, iteration: int, loss: float) -> bool:
+        """Add the loss of `iteration`; True (and a warning) when it is a spike."""
+        spike = self.seen >= self.warmup and self.ema is not None and loss > self.factor * self.ema
+        if spike:
+            logger.warning("Loss spike at iteration %d: %.4g is %.1fx its running mean %.4g; if it "
+                           "keeps happening, lower solver.lr or set solver.clip_grad_norm",
+                           iteration, loss, loss / self.ema, self.ema)
+        self.ema = loss if self.ema is None else self.decay * self.ema + (1 - self.decay) * loss
+        self.seen += 1
+        return spike
+
+
+# Makes the training batches from a start iteration: (images [B,3,S,S], targets B x [n_i, 5],
+# data set indices [B]) forever.
+BatchSource = Callable[[int], Iterator[tuple[torch.Tensor, list[torch.Tensor], torch.Tensor]]]
+
+
+class Trainer:
+    """Iteration-based SSD training over ready-made parts (see `Trainer.from_config`).
+
+    Args:
+        cfg: the full config (ssd.config.Config): periods, max_iter, clip_grad_norm, and the
+            snapshot stored in every checkpoint.
+        model: the bare detector on `device` (wrapped in DistributedDataParallel here when
+            `dist_info` has several processes).
+        criterion, optimizer: the loss and the optimizer over the model's parameters.
+        scheduler: a LambdaLR keyed on the iteration.
+        batches: start iteration -> endless training batches (see `BatchSource`).
+        output_dir: where checkpoints, metrics.jsonl and plots go.
+        device: the model's device.
+        precision: "fp32", "bf16" or "fp16" (fp16 uses a GradScaler).
+        train_set: the training data set (its image_ids name the images of a bad batch).
+        test_set: evaluated every train.eval_period iterations (None: no evaluation).
+        scaler: default: enabled for fp16 only.
         dist_info: rank / world size when launched by torchrun.
-        resume: a checkpoint path, "auto" (newest in output_dir, if any), or None.
-        init_weights: a weights file (checkpoint or classic state_dict) to start the whole
-            model from; model.pretrained initialises only the VGG backbone.
+        resume: a checkpoint path, "auto" (newest intact in output_dir, if any), or None.
         progress: show the tqdm bar.
+        overwrite: start a new run in an output folder that holds another run's checkpoints,
+            deleting them (and its metrics) first; without it such a folder is refused.
     """
 
     def __init__(
         self,
+        cfg,
+        model: nn.Module,
+        criterion: nn.Module,
+        optimizer: torch.optim.Optimizer,
+        scheduler,
+        batches: BatchSource,
+        output_dir: str | Path,
+        device: torch.device | str,
+        precision: str = "fp32",
+        train_set=None,
+        test_set=None,
+        scaler: torch.amp.GradScaler | None = None,
+        dist_info: DistInfo | None = None,
+        resume: str | Path | None = None,
+        progress: bool = True,
+        overwrite: bool = False,
+    ):
+        self.cfg = cfg
+        self.model, self.criterion = model, criterion
+        self.optimizer, self.scheduler = optimizer, scheduler
+        self.make_batches = batches
+        self.output_dir = Path(output_dir)
+        self.device = torch.device(device)
+        self.precision = precision
+        self.train_set, self.test_set = train_set, test_set
+        self.scaler = scaler or torch.amp.GradScaler(self.device.type, enabled=precision == "fp16")
+        self.dist = dist_info or DistInfo()
+        self.progress = progress and self.dist.is_main
+        self._stop_requested: str | bool = False  # the stop signal's name once requested
+        self.iteration = 0
+        self.best_map = -1.0
+        self.last_lr = optimizer.param_groups[0]["lr"]
+        self.loss_monitor = LossSpikeMonitor()
+        self._losses: dict[str, torch.Tensor] | None = None  # of the latest iteration
+        self._result: dict[str, Any] = {}  # the latest log record and evaluation
+        self._prepare_output_dir(resume, overwrite)
+        self.resumed_from = self._resume(resume)
+        self.log = MetricsLog(self.output_dir, enabled=self.dist.is_main)
+        if resume is not None:
+            self.log.truncate_after(self.iteration)
+        self.ddp_model = self._wrap_distributed(self.model)
+
+    @classmethod
+    def from_config(
+        cls,
         cfg,
         output_dir: str | Path | None = None,
         device: str | None = None,
@@ -57,64 +215,55 @@ class Trainer:
         resume: str | Path | None = None,
         init_weights: str | Path | None = None,
         progress: bool = True,
-    ):
-        from ssd.data import build_dataset, build_transform
+        overwrite: bool = False,
+    ) -> Trainer:
+        """The config's training run: its data sets, model, loss, optimizer and schedule.
 
-        self.cfg = cfg
-        self.dist = dist_info or DistInfo()
-        self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-        if self.device.type == "cuda" and self.dist.enabled:
-            self.device = torch.device("cuda", self.dist.local_rank)
-        self.output_dir = Path(output_dir or cfg.train.output_dir)
-        self.progress = progress and self.dist.is_main
-        self._stop_requested = False
-
+        Args:
+            output_dir: default cfg.train.output_dir.
+            device: "cpu", "cuda", "cuda:1", ... (default: cuda when available).
+            init_weights: a weights file (checkpoint or classic state_dict) to start the whole
+                model from; model.pretrained initialises only the VGG backbone.
+            the rest: as for `Trainer`.
+        """
+        dist = dist_info or DistInfo()
+        device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        if device.type == "cuda" and dist.enabled:
+            device = torch.device("cuda", dist.local_rank)
+        output_dir = Path(output_dir or cfg.train.output_dir)
+        _refuse_another_run(output_dir, resume, overwrite)  # before any heavy work
+        batch_size = cfg.solver.batch_size
+        if batch_size % dist.world_size:
+            raise TrainingError(
+                f"solver.batch_size={batch_size} is the global batch and must be divisible by "
+                f"the number of processes ({dist.world_size})"
+            )
         _seed_everything(cfg.train.seed)
         # Data first: a missing data set stops the run before any heavy work.
-        self.train_set = build_dataset(cfg, train=True)
-        self.test_set = build_dataset(cfg, train=False) if cfg.train.eval_period > 0 else None
-        self.train_transform = build_transform(cfg, train=True)
+        train_set = build_dataset(cfg, train=True)
+        test_set = build_dataset(cfg, train=False) if cfg.train.eval_period > 0 else None
+        train_transform = build_transform(cfg, train=True)
 
-        self.model = self._build_model(init_weights)
-        self.criterion = _build_criterion(cfg)
+        def batches(start_iter: int):
+            return iter(make_train_loader(
+                train_set, train_transform, batch_size=batch_size // dist.world_size,
+                num_workers=cfg.data.num_workers,
+                pin_memory=cfg.data.pin_memory and device.type == "cuda",
+                seed=cfg.train.seed, start_iter=start_iter, rank=dist.rank,
+                world_size=dist.world_size,
+            ))
+
+        model = _build_model(cfg, device, init_weights)
         solver = cfg.solver
-        self.optimizer = build_optimizer(self.model, solver.lr, solver.momentum, solver.weight_decay,
-                                         name=solver.optimizer)
-        self.scheduler = build_scheduler(self.optimizer, solver.lr_steps, solver.gamma,
-                                         solver.warmup_iters, solver.warmup_factor,
-                                         schedule=solver.schedule, max_iter=solver.max_iter)
-        self.precision = training_precision(cfg.train.amp, self.device)
-        self.scaler = torch.amp.GradScaler("cuda", enabled=self.precision == "fp16")
-        self.iteration = 0
-        self.best_map = -1.0
-        resume_path = self._resolve_resume(resume)
-        if resume_path is not None:
-            self._load_training_state(resume_path)
-        self.log = MetricsLog(self.output_dir, enabled=self.dist.is_main)
-        if resume_path is not None:
-            self.log.truncate_after(self.iteration)
-        self.ddp_model = self._wrap_distributed(self.model)
-
-    # ----------------------------------------------------------------------------- building
-    def _build_model(self, init_weights) -> nn.Module:
-        from ssd.modeling import build_model
-        from ssd.weights import load_model_weights, load_vgg_backbone, read_checkpoint
-
-        model = build_model(self.cfg)
-        if init_weights is not None:
-            state_dict, _ = read_checkpoint(init_weights)
-            load_model_weights(model, state_dict, source=str(init_weights))
-        elif self.cfg.model.pretrained:
-            if not hasattr(model, "vgg"):
-                raise TrainingError(
-                    f"model.pretrained={self.cfg.model.pretrained!r} loads VGG16 weights, but "
-                    f"model.backbone is '{self.cfg.model.backbone}'; set model.pretrained=null"
-                )
-            load_vgg_backbone(model, self.cfg.model.pretrained)
-        model.to(self.device)
-        if self.cfg.train.channels_last:
-            model.to(memory_format=torch.channels_last)
-        return model
+        optimizer = build_optimizer(model, solver.lr, solver.momentum, solver.weight_decay,
+                                    name=solver.optimizer)
+        scheduler = build_scheduler(optimizer, solver.lr_steps, solver.gamma, solver.warmup_iters,
+                                    solver.warmup_factor, schedule=solver.schedule,
+                                    max_iter=solver.max_iter)
+        return cls(cfg, model, build_loss(cfg), optimizer, scheduler, batches, output_dir, device,
+                   precision=training_precision(cfg.train.amp, device), train_set=train_set,
+                   test_set=test_set, dist_info=dist, resume=resume, progress=progress,
+                   overwrite=overwrite)
 
     def _wrap_distributed(self, model: nn.Module) -> nn.Module:
         if not self.dist.enabled:
@@ -122,47 +271,86 @@ class Trainer:
         device_ids = [self.device.index] if self.device.type == "cuda" else None
         return nn.parallel.DistributedDataParallel(model, device_ids=device_ids)
 
-    def _make_batches(self):
-        from ssd.data import make_train_loader
-
-        batch_size = self.cfg.solver.batch_size
-        if batch_size % self.dist.world_size:
-            raise TrainingError(
-                f"solver.batch_size={batch_size} is the global batch and must be divisible by "
-                f"the number of processes ({self.dist.world_size})"
-            )
-        return iter(make_train_loader(
-            self.train_set, self.train_transform, batch_size=batch_size // self.dist.world_size,
-            num_workers=self.cfg.data.num_workers,
-            pin_memory=self.cfg.data.pin_memory and self.device.type == "cuda",
-            seed=self.cfg.train.seed, start_iter=self.iteration, rank=self.dist.rank,
-            world_size=self.dist.world_size,
-        ))
-
     # ----------------------------------------------------------------------------- resume
-    def _resolve_resume(self, resume) -> Path | None:
+    def _prepare_output_dir(self, resume, overwrite: bool) -> None:
+        """Refuse to start a new run over another run's files (or delete them with `overwrite`);
+        remove the temp files a killed write left behind."""
+        _refuse_another_run(self.output_dir, resume, overwrite)
+        if not self.dist.is_main:
+            return
+        if overwrite:
+            removed = ckpt.remove_run_files(self.output_dir)
+            if removed:
+                logger.info("--overwrite: deleted the previous run in %s: %s", self.output_dir,
+                            ", ".join(p.name for p in removed))
+        stale = remove_stale_temporaries(self.output_dir)
+        if stale:
+            logger.info("Removed %d temporary file(s) left by an interrupted write in %s: %s",
+                        len(stale), self.output_dir, ", ".join(p.name for p in stale))
+
+    def _resume(self, resume) -> Path | None:
+        """Load the checkpoint to continue from; returns its path, or None for a fresh start.
+
+        "auto" takes the newest intact checkpoint of the output folder: a damaged one (truncated,
+        unreadable, another model) is skipped with a warning.
+        """
         if resume is None:
             return None
-        if str(resume) == "auto":
-            found = ckpt.newest_checkpoint(self.output_dir)
-            if found is None and self.dist.is_main:
-                print(f"--resume auto: no checkpoint in {self.output_dir}, starting from scratch")
-            return found
-        return Path(resume)
+        if str(resume) != "auto":
+            self._load_training_state(Path(resume))
+            return Path(resume)
+        candidates = [path for _, path in reversed(ckpt.list_checkpoints(self.output_dir))]
+        errors = []
+        for path in candidates:
+            try:
+                self._load_training_state(path)
+                return path
+            except ckpt.CheckpointError as err:
+                errors.append(err)
+                if self.dist.is_main:
+                    logger.warning("--resume auto: skipping a damaged checkpoint: %s", err)
+        if errors:
+            raise ckpt.CheckpointError(
+                f"--resume auto: none of the {len(errors)} checkpoint(s) in {self.output_dir} can be "
+                f"resumed from; the newest: {errors[0]}. Start a new run with --overwrite or in "
+                f"another folder"
+            )
+        if self.dist.is_main:
+            logger.info("--resume auto: no checkpoint in %s, starting from scratch", self.output_dir)
+        return None
 
     def _load_training_state(self, path: Path) -> None:
+        """Restore model, optimizer, schedule, scaler, RNG and iteration from `path`.
+
+        Raises:
+            CheckpointError: unreadable file, or a model / optimizer that does not fit this run
+                (one line naming the file and the difference).
+        """
         state = ckpt.load_checkpoint(path)
-        self.model.load_state_dict(state["model"])
-        self.optimizer.load_state_dict(state["optimizer"])
-        self.scheduler.load_state_dict(state["scheduler"])
-        if state.get("scaler"):
-            self.scaler.load_state_dict(state["scaler"])
-        self.iteration = int(state["iteration"])
-        self.best_map = float(state.get("best_map", -1.0))
-        _set_rng_state(state.get("rng"))
+        problem = ckpt.architecture_mismatch(self.model, state["model"])
+        if problem:
+            raise ckpt.CheckpointError(
+                f"cannot resume from {path}: it holds a {ckpt.describe_model_config(state.get('config'))} "
+                f"model, this run's config builds {ckpt.describe_model_config(self.cfg.to_dict())} "
+                f"({problem}); resume with the config it was trained with, or start a new run"
+            )
+        try:
+            self.model.load_state_dict(state["model"])
+            self.optimizer.load_state_dict(state["optimizer"])
+            self.scheduler.load_state_dict(state["scheduler"])
+            if state.get("scaler"):
+                self.scaler.load_state_dict(state["scaler"])
+            _set_rng_state(state.get("rng"))
+            self.iteration = int(state["iteration"])
+            self.best_map = float(state.get("best_map", -1.0))
+        except (KeyError, ValueError, TypeError, RuntimeError) as err:
+            raise ckpt.CheckpointError(
+                f"cannot resume from {path}: its training state does not fit this run "
+                f"({type(err).__name__}: {' '.join(str(err).split())})"
+            ) from err
         if self.dist.is_main:
-            print(f"Resumed from {path} at iteration {self.iteration} "
-                  f"(lr {self.optimizer.param_groups[0]['lr']:.6g})")
+            logger.info("Resumed from %s at iteration %d (lr %.6g)", path, self.iteration,
+                        self.optimizer.param_groups[0]["lr"])
 
     def training_state(self) -> dict[str, Any]:
         """Everything needed to continue this run exactly where it is."""
@@ -188,107 +376,122 @@ class Trainer:
 
     # ----------------------------------------------------------------------------- loop
     def train_step(self, images: torch.Tensor, targets: list[torch.Tensor]) -> dict[str, torch.Tensor]:
-        """One forward / backward / optimizer step. images [B,3,S,S]; targets B x [n_i, 5]."""
-        images = images.to(self.device, non_blocking=True)
-        if self.cfg.train.channels_last:
-            images = images.contiguous(memory_format=torch.channels_last)
-        targets = [t.to(self.device, non_blocking=True) for t in targets]
-        with autocast_context(self.device, self.precision):
-            loc, conf = self.ddp_model(images)
-        losses = self.criterion(loc.float(), conf.float(), self.model.priors, targets)
-        loss = losses["loss_loc"] + losses["loss_conf"]
+        """One iteration's step (see `train_step`); then the lr of the next iteration is set.
+        images [B,3,S,S]; targets B x [n_i, 5]."""
         self.last_lr = self.optimizer.param_groups[0]["lr"]  # the LR this step uses
-        self.optimizer.zero_grad(set_to_none=True)
-        self.scaler.scale(loss).backward()
-        self.scaler.step(self.optimizer)
-        self.scaler.update()
-        self.scheduler.step()
-        return {"loss": loss.detach(), **{k: v.detach() for k, v in losses.items()}}
+        scale_before = self.scaler.get_scale() if self.scaler.is_enabled() else None
+        losses = train_step(self.ddp_model, self.criterion, self.optimizer, self.scaler, images, targets,
+                            self.precision, self.cfg.train.channels_last, self.cfg.solver.clip_grad_norm)
+        # GradScaler skips the step (and lowers its scale) when gradients overflowed.
+        stepped = scale_before is None or self.scaler.get_scale() >= scale_before
+        advance_schedule(self.scheduler, self.iteration + 1, stepped)
+        return losses
 
-    def train(self) -> dict[str, Any]:
-        """Run until solver.max_iter; returns the last logged losses and evaluation."""
-        cfg = self.cfg
-        max_iter = cfg.solver.max_iter
+    def periodic_actions(self) -> list[tuple[int, Callable[[], Any]]]:
+        """(period, action), in the order they run after every iteration that is a multiple of
+        the period (0: never); at the end of training each one that did not just run runs once."""
+        train = self.cfg.train
+        return [(train.log_period, self._log_step),
+                (train.checkpoint_period, self.save_checkpoint),
+                (train.eval_period, self.evaluate)]
+
+    def train(self, max_iter: int | None = None) -> dict[str, Any]:
+        """Run until `max_iter` (default solver.max_iter); returns the last logged losses and
+        evaluation. Ctrl-C / SIGTERM write a checkpoint and raise KeyboardInterrupt."""
+        max_iter = self.cfg.solver.max_iter if max_iter is None else max_iter
         if self.dist.is_main:
-            print(self._summary())
-        batches = self._make_batches()
-        bar = tqdm(total=max_iter, initial=self.iteration, desc="train", unit="it",
-                   disable=not self.progress, dynamic_ncols=True)
-        last: dict[str, Any] = {}
-        window_start, window_images = time.perf_counter(), 0
-        previous_handler = self._install_sigint_handler()
+            logger.info(self._summary(max_iter))
+        batches = self.make_batches(self.iteration)
+        self._bar = tqdm(total=max_iter, initial=self.iteration, desc="train", unit="it",
+                         disable=not self.progress, dynamic_ncols=True)
+        self._window_start, self._window_images = time.perf_counter(), 0
+        actions = self.periodic_actions()
+        previous_handlers = self._install_stop_handlers()
         try:
             while self.iteration < max_iter and not self._stop_requested:
-                images, targets, indices = next(batches)
-                losses = self.train_step(images, targets)
-                self._check_finite(losses, indices)
+                images, targets, indices = self._next_batch(batches)
+                self._losses = self.train_step(images, targets)
+                self._check_finite(self._losses, indices)
                 self.iteration += 1
-                window_images += images.shape[0] * self.dist.world_size
-                bar.update(1)
-                if self.iteration % cfg.train.log_period == 0 or self.iteration == max_iter:
-                    elapsed = time.perf_counter() - window_start
-                    last = self._log_step(losses, window_images / max(elapsed, 1e-9), bar)
-                    window_start, window_images = time.perf_counter(), 0
-                if self.iteration % cfg.train.checkpoint_period == 0:
-                    self.save_checkpoint()
-                if cfg.train.eval_period and self.iteration % cfg.train.eval_period == 0:
-                    last["eval"] = self.evaluate()
+                self.loss_monitor.update(self.iteration, self._losses["loss"].item())
+                self._window_images += images.shape[0] * self.dist.world_size
+                self._bar.update(1)
+                for period, action in actions:
+                    if period and self.iteration % period == 0:
+                        action()
         finally:
-            bar.close()
-            signal.signal(signal.SIGINT, previous_handler)
+            self._bar.close()
+            _restore_handlers(previous_handlers)
         if self._stop_requested:
             path = self.save_checkpoint()
             raise KeyboardInterrupt(
-                f"Interrupted at iteration {self.iteration}; checkpoint written to {path}. "
-                f"Continue with --resume auto (or --resume {path})."
+                f"Interrupted ({self._stop_requested}) at iteration {self.iteration}; checkpoint "
+                f"written to {path}. Continue with --resume auto (or --resume {path})."
             )
-        return self._finish(last)
+        return self._finish(actions)
 
-    def _finish(self, last: dict[str, Any]) -> dict[str, Any]:
-        cfg = self.cfg
-        if self.iteration % cfg.train.checkpoint_period != 0:
-            self.save_checkpoint()
-        needs_eval = cfg.train.eval_period and self.iteration % cfg.train.eval_period != 0
-        if needs_eval and self.iteration > 0:
-            last["eval"] = self.evaluate()
+    def _finish(self, actions) -> dict[str, Any]:
+        """The actions whose period did not end at the last iteration, the DDP weight check,
+        the metrics plot."""
+        if self.iteration > 0 and self._losses is not None:
+            for period, action in actions:
+                if period and self.iteration % period != 0:
+                    action()
         if self.dist.enabled:
             agree, sums = ranks_agree(self.model, self.dist)
             if self.dist.is_main:
-                verdict = "identical" if agree else "DIFFERENT"
-                print(f"DDP: weights {verdict} across {self.dist.world_size} ranks "
-                      f"(checksums {', '.join(f'{s:.10e}' for s in sums)})")
-            last["ranks_agree"] = agree
+                logger.info("DDP: weights %s across %d ranks (checksums %s)",
+                            "identical" if agree else "DIFFERENT", self.dist.world_size,
+                            ", ".join(f"{s:.10e}" for s in sums))
+            self._result["ranks_agree"] = agree
         if self.dist.is_main and self.log.path.is_file():
             plot_metrics(self.log.path, self.output_dir / "metrics.png")
         self.log.close()
-        return last
+        return self._result
+
+    def _next_batch(self, batches):
+        """The next training batch; a bad image (read here or in a loader worker) saves the last
+        finished iteration and stops with a DataError naming the file."""
+        try:
+            return next(batches)
+        except DataError as err:
+            saved = self.save_checkpoint() if self.iteration > 0 else None
+            state = (f"iteration {self.iteration} is saved in {saved}; continue with --resume auto"
+                     if saved else "no iteration had finished, nothing was saved")
+            raise DataError(f"{_worker_error_message(err)} (training stopped: {state})",
+                            err.reason, err.path) from None
 
     def _check_finite(self, losses: dict[str, torch.Tensor], indices: torch.Tensor) -> None:
         if bool(torch.isfinite(losses["loss"])):
             return
-        ids = [self.train_set.image_ids[i] for i in indices.tolist()]
+        ids = [self.train_set.image_ids[i] if self.train_set is not None else f"#{i}"
+               for i in indices.tolist()]
         values = ", ".join(f"{k}={v.item():.4g}" for k, v in losses.items())
+        newest = ckpt.newest_checkpoint(self.output_dir) if self.dist.is_main else None
+        saved = (f"The newest checkpoint, {newest}, is unchanged" if newest is not None
+                 else f"No checkpoint was written to {self.output_dir} yet")
         raise TrainingError(
             f"Non-finite loss at iteration {self.iteration + 1} ({values}); batch images: "
-            f"{', '.join(map(str, ids))}. The last good checkpoint in {self.output_dir} is "
-            f"intact; try a lower solver.lr or check these images' annotations."
+            f"{', '.join(map(str, ids))}. {saved}; try a lower solver.lr or "
+            f"solver.clip_grad_norm, or check these images' annotations."
         )
 
-    def _log_step(self, losses, images_per_second: float, bar) -> dict[str, Any]:
+    def _log_step(self) -> None:
+        """Write the latest losses, the lr and the images/s since the previous log line."""
+        images_per_second = self._window_images / max(time.perf_counter() - self._window_start, 1e-9)
         record = {"kind": "train", "iteration": self.iteration,
-                  **{k: round(v.item(), 6) for k, v in losses.items()},
+                  **{k: round(v.item(), 6) for k, v in self._losses.items()},
                   "lr": self.last_lr,
                   "images_per_second": round(images_per_second, 2)}
-        bar.set_postfix(loss_loc=f"{record['loss_loc']:.3f}", loss_conf=f"{record['loss_conf']:.3f}",
-                        lr=f"{record['lr']:.2e}", img_s=f"{images_per_second:.1f}")
+        self._bar.set_postfix(loss_loc=f"{record['loss_loc']:.3f}", loss_conf=f"{record['loss_conf']:.3f}",
+                              lr=f"{record['lr']:.2e}", img_s=f"{images_per_second:.1f}")
         self.log.write(record)
-        return record
+        self._result.update(record)
+        self._window_start, self._window_images = time.perf_counter(), 0
 
     def evaluate(self) -> dict[str, Any] | None:
         """VOC07 (or the configured metric) on the test split; rank 0 only. Logs the mAP and
         keeps best.pth."""
-        from ssd.data import build_transform
-
         if not self.dist.is_main or self.test_set is None:
             barrier(self.dist)
             return None
@@ -307,23 +510,30 @@ class Trainer:
         if result["mAP"] > self.best_map:
             self.best_map = result["mAP"]
             ckpt.atomic_save(self.training_state(), self.output_dir / ckpt.BEST_NAME)
+        self._result["eval"] = record
         barrier(self.dist)
         return record
 
-    def _install_sigint_handler(self):
+    def _install_stop_handlers(self) -> dict:
+        """Ctrl-C and SIGTERM: finish the iteration and write a checkpoint (a second Ctrl-C
+        aborts without saving). Returns the previous handlers."""
         def request_stop(signum, frame):
-            if self._stop_requested:  # second Ctrl-C: stop now
-                raise KeyboardInterrupt
-            self._stop_requested = True
-            tqdm.write("Ctrl-C: finishing this iteration and writing a checkpoint "
-                       "(press again to abort without saving)")
+            name = signal.Signals(signum).name
+            if self._stop_requested:  # second signal: stop now
+                raise KeyboardInterrupt(f"{name} again: stopped without saving")
+            self._stop_requested = name
+            tqdm.write(f"{name}: finishing this iteration and writing a checkpoint "
+                       "(press Ctrl-C again to abort without saving)")
 
-        try:
-            return signal.signal(signal.SIGINT, request_stop)
-        except ValueError:  # not in the main thread
-            return signal.getsignal(signal.SIGINT)
+        previous = {}
+        for stop_signal in STOP_SIGNALS:
+            try:
+                previous[stop_signal] = signal.signal(stop_signal, request_stop)
+            except ValueError:  # not in the main thread: signals stay as they are
+                pass
+        return previous
 
-    def _summary(self) -> str:
+    def _summary(self, max_iter: int) -> str:
         cfg = self.cfg
         params = sum(p.numel() for p in self.model.parameters())
         return (
@@ -331,15 +541,67 @@ class Trainer:
             f"{self.model.priors.shape[0]} priors, {cfg.model.num_classes} classes) on "
             f"{self.device}{f' x{self.dist.world_size} processes' if self.dist.enabled else ''} "
             f"({precision_label(self.precision)}): "
-            f"{len(self.train_set)} training images, batch {cfg.solver.batch_size}, "
-            f"iterations {self.iteration} -> {cfg.solver.max_iter}, output {self.output_dir}"
+            f"{len(self.train_set) if self.train_set is not None else '?'} training images, "
+            f"batch {cfg.solver.batch_size}, "
+            f"iterations {self.iteration} -> {max_iter}, output {self.output_dir}"
         )
 
 
-def _build_criterion(cfg) -> nn.Module:
-    from ssd.loss import build_loss
+def _refuse_another_run(output_dir: Path, resume, overwrite: bool) -> None:
+    """OutputFolderError when a new run (not resuming from this folder, no `overwrite`) would
+    share `output_dir` with another run's checkpoints or metrics."""
+    if overwrite and resume is not None:
+        raise OutputFolderError("overwrite starts a new run; it cannot be combined with resume")
+    resumes_here = resume is not None and (
+        str(resume) == "auto" or Path(resume).resolve().parent == output_dir.resolve())
+    existing = [] if resumes_here or overwrite else ckpt.run_files(output_dir)
+    if existing:
+        raise OutputFolderError(
+            f"{output_dir} holds another run ({', '.join(p.name for p in existing[:3])}"
+            f"{', ...' if len(existing) > 3 else ''}); a new run there would mix with and "
+            f"prune its files. Continue it with --resume auto, choose a new folder with "
+            f"--output, or delete it and start over with --overwrite"
+        )
 
-    return build_loss(cfg)
+
+def _build_model(cfg, device: torch.device, init_weights) -> nn.Module:
+    """The config's detector on `device`, from `init_weights`, the VGG backbone of
+    model.pretrained, or from scratch."""
+    model = build_model(cfg)
+    if init_weights is not None:
+        state_dict, _ = read_checkpoint(init_weights)
+        load_model_weights(model, state_dict, source=str(init_weights))
+    elif cfg.model.pretrained:
+        if not hasattr(model, "vgg"):
+            raise TrainingError(
+                f"model.pretrained={cfg.model.pretrained!r} loads VGG16 weights, but "
+                f"model.backbone is '{cfg.model.backbone}'; set model.pretrained=null"
+            )
+        load_vgg_backbone(model, cfg.model.pretrained)
+    model.to(device)
+    if cfg.train.channels_last:
+        model.to(memory_format=torch.channels_last)
+    return model
+
+
+def _restore_handlers(previous: dict) -> None:
+    for stop_signal, handler in previous.items():
+        signal.signal(stop_signal, handler)
+
+
+def _worker_error_message(error: Exception) -> str:
+    """The original message of an error re-raised from a DataLoader worker.
+
+    torch re-raises a worker's exception as the same class with the message "Caught DataError
+    in DataLoader worker process 0. Original Traceback ...: ssd.data.common.DataError: <message>";
+    the last line carries the original message.
+    """
+    text = str(error)
+    if "DataLoader worker" not in text:
+        return text
+    last_line = text.strip().splitlines()[-1]
+    prefix = f"{type(error).__module__}.{type(error).__name__}: "
+    return last_line[len(prefix):] if last_line.startswith(prefix) else last_line
 
 
 def _seed_everything(seed: int) -> None:
@@ -349,18 +611,38 @@ def _seed_everything(seed: int) -> None:
 
 
 def _get_rng_state() -> dict[str, Any]:
-    state = {"python": random.getstate(), "numpy": np.random.get_state(),
-             "torch": torch.get_rng_state()}
+    """The python, numpy, torch (and CUDA) generator states as plain data: tensors, ints, floats
+    and tuples, so a checkpoint loads without unpickling objects."""
+    kind, keys, position, has_gauss, cached_gaussian = np.random.get_state()
+    state = {
+        "python": random.getstate(),  # (version, tuple of ints, float | None)
+        "numpy": {"kind": str(kind), "keys": torch.from_numpy(keys.astype(np.int64)),  # [624]
+                  "position": int(position), "has_gauss": int(has_gauss),
+                  "cached_gaussian": float(cached_gaussian)},
+        "torch": torch.get_rng_state(),
+    }
     if torch.cuda.is_available():
         state["cuda"] = torch.cuda.get_rng_state_all()
     return state
 
 
 def _set_rng_state(state: dict[str, Any] | None) -> None:
+    """Restore `_get_rng_state()`'s result; older checkpoints hold numpy's own state tuple."""
     if not state:
         return
-    random.setstate(state["python"])
-    np.random.set_state(state["numpy"])
+    random.setstate(_as_python_state(state["python"]))
+    numpy_state = state["numpy"]
+    if isinstance(numpy_state, dict):
+        numpy_state = (numpy_state["kind"], numpy_state["keys"].numpy().astype(np.uint32),
+                       numpy_state["position"], numpy_state["has_gauss"],
+                       numpy_state["cached_gaussian"])
+    np.random.set_state(numpy_state)
     torch.set_rng_state(state["torch"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def _as_python_state(state) -> tuple:
+    """random.setstate wants tuples; a state that went through lists becomes tuples again."""
+    version, internal, gauss_next = state
+    return version, tuple(internal), gauss_next

@@ -34,9 +34,11 @@ class L2Norm(nn.Module):
         self.weight = nn.Parameter(torch.full((channels,), float(scale)))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """x: [B, C, H, W] -> same shape, each pixel's channel vector scaled to norm `weight`."""
-        norm = x.pow(2).sum(dim=1, keepdim=True).sqrt() + self.eps  # (B, 1, H, W)
-        return x / norm * self.weight.view(1, -1, 1, 1)
+        """x: [B, C, H, W] -> same shape and dtype, each pixel's channel vector scaled to norm
+        `weight`. Computed in float32: in float16 the squares overflow (300 ** 2 > 65504)."""
+        x32 = x.float()
+        norm = x32.pow(2).sum(dim=1, keepdim=True).sqrt() + self.eps  # (B, 1, H, W)
+        return (x32 / norm * self.weight.float().view(1, -1, 1, 1)).to(x.dtype)
 
 
 def vgg16_reducedfc_layers() -> tuple[nn.ModuleList, int]:

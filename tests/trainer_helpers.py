@@ -1,0 +1,51 @@
+"""Shared by the trainer tests: a seconds-long shapes config and scripts/train.py's main()."""
+
+import importlib.util
+import json
+import sys
+from pathlib import Path
+
+from ssd.config import load_config
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+TRAIN_SCRIPT = REPO_ROOT / "scripts" / "train.py"
+
+
+def tiny_overrides(data_root, **extra) -> list[str]:
+    """A seconds-long shapes run: 16 training images of 96 px, batch 4, no evaluation."""
+    values = {
+        "data.root": str(data_root),
+        "data.shapes.num_train": 16,
+        "data.shapes.num_test": 4,
+        "data.shapes.image_size": 96,
+        "data.num_workers": 0,
+        "solver.batch_size": 4,
+        "solver.max_iter": 6,
+        "solver.warmup_iters": 2,
+        "solver.lr_steps": [4],
+        "train.log_period": 1,
+        "train.checkpoint_period": 3,
+        "train.eval_period": 0,
+    }
+    values.update(extra)
+    return [f"{key}={json.dumps(value)}" for key, value in values.items()]
+
+
+def tiny_cfg(data_root, **extra):
+    return load_config(REPO_ROOT / "configs" / "shapes.yaml", overrides=tiny_overrides(data_root, **extra))
+
+
+def train_main():
+    """scripts/train.py's main(argv) -> exit status, for in-process calls."""
+    sys.path.insert(0, str(REPO_ROOT / "scripts"))
+    spec = importlib.util.spec_from_file_location("train_script", TRAIN_SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.main
+
+
+def train_argv(data_root, output_dir, *extra_args, **overrides) -> list[str]:
+    """Arguments of a tiny CPU run of scripts/train.py into `output_dir`."""
+    return ["--config", str(REPO_ROOT / "configs" / "shapes.yaml"), "--device", "cpu",
+            "--output", str(output_dir), "--no-progress", *extra_args,
+            "--opts", *tiny_overrides(data_root, **overrides)]
