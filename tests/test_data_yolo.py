@@ -222,7 +222,7 @@ def test_build_dataset_and_train_a_few_iterations(tmp_path, one_thread):
     with pytest.raises(ValueError, match="num_classes"):
         build_dataset(yolo_config(tmp_path, "model.num_classes=4"), train=True)
 
-    trainer = Trainer(cfg, output_dir=tmp_path / "run", device="cpu", progress=False)
+    trainer = Trainer.from_config(cfg, output_dir=tmp_path / "run", device="cpu", progress=False)
     last = trainer.train()
     assert trainer.iteration == 3 and np.isfinite(last["loss"])
     assert 0.0 <= last["eval"]["mAP"] <= 1.0 and set(last["eval"]["ap"]) == {"ring", "blob"}
