@@ -261,22 +261,57 @@ def test_fast_path_uses_channels_last_bf16_autocast_and_inference_mode(shapes_cf
         default_precision("cpu")
 
 
+# How far bf16 may move a detection, derived from the arithmetic (not from one machine's output:
+# CPUs with native bf16 and those that emulate it round differently).
+# - bf16 keeps 8 significant bits: each rounding has a relative error of up to 2^-8.
+# - Under autocast a conv rounds its input, its weights and its output to bf16: 3 roundings.
+# - The deepest path of SSD7 has 8 such layers (7 conv blocks and a head conv); to first order
+#   relative errors add up, so the head outputs are within 8 * 3 * 2^-8 = 9.4 % of their scale.
+# - A decoded box moves with its regression outputs in proportion to its size (centre offset
+#   0.1 * t * prior side, side * exp(0.2 * t)), so a corner may move by that fraction of the
+#   box's side: about 3 px for the 34 px hexagons, where one machine measured 1.1 px and another
+#   0.3 px. Each corner within r = 9.4 % of the side keeps IoU >= (1 - 2r)^2 = 0.66.
+# - A softmax score p moves by at most 2 p (1 - p) * delta when no logit moves by more than
+#   delta (dp_c = p_c (dz_c - sum_j p_j dz_j)); delta is the 9.4 % of the largest |logit|.
+BF16_ROUNDING = 2.0 ** -8
+ROUNDINGS_PER_LAYER = 3  # input, weights, output
+SSD7_DEPTH = 8  # conv layers on the deepest path: 7 blocks + the head
+BF16_RELATIVE_ERROR = SSD7_DEPTH * ROUNDINGS_PER_LAYER * BF16_ROUNDING  # 0.094
+
+
+def _largest_logit(predictor, paths) -> float:
+    """max |class logit| of the fp32 model over the images (the scale bf16 errors scale with)."""
+    from ssd.images import load_image, network_input
+
+    inputs = np.stack([network_input(load_image(p), predictor.transform) for p in paths])
+    with torch.inference_mode():
+        _, conf = predictor.model(torch.from_numpy(inputs).permute(0, 3, 1, 2))  # [B,S,S,3] -> [B,3,S,S]
+    return float(conf.abs().max())
+
+
 def test_fast_path_agrees_with_fp32_on_shapes_images(shapes, trained):
-    """Same top detections (score >= 0.5 in fp32): same class, IoU > 0.9, score within 0.05."""
+    """Every confident fp32 detection (score >= 0.5) has a bf16 twin of its class whose corners
+    and score are within the bounds bf16 arithmetic allows (derivation above)."""
     root, _ = shapes
     images = [str(r.image_path) for split in ("test", "trainval")
               for r in _dataset(root, split).records]
     reference = Predictor(trained, device="cpu", precision="fp32", score_threshold=0.3)
-    fast = Predictor(trained, device="cpu", precision="bf16", score_threshold=0.3)
+    fast = Predictor(trained, device="cpu", precision="bf16", score_threshold=0.05)
     conv = next(m for m in fast.model.modules() if isinstance(m, nn.Conv2d))
     assert conv.weight.is_contiguous(memory_format=torch.channels_last)
+    logit_error = BF16_RELATIVE_ERROR * _largest_logit(reference, images)
     compared = 0
     for path, expected, got in zip(images, reference.predict_batch(images),
                                    fast.predict_batch(images)):
         for det in (d for d in expected if d["score"] >= 0.5):
-            twins = [g for g in got if g["label"] == det["label"] and _iou(g["box"], det["box"]) > 0.9]
-            assert twins, f"{path}: fp32 detection {det} missing in bf16: {got}"
-            assert min(abs(g["score"] - det["score"]) for g in twins) < 0.05, (path, det, twins)
+            box = np.array(det["box"])
+            side = np.repeat(box[2:] - box[:2], 2)[[0, 2, 1, 3]]  # (w, h) -> per coordinate x1 y1 x2 y2
+            twins = [g for g in got if g["label"] == det["label"]
+                     and (np.abs(np.array(g["box"]) - box) <= BF16_RELATIVE_ERROR * side).all()]
+            assert twins, f"{path}: fp32 detection {det} has no bf16 twin in {got}"
+            score_bound = 2 * det["score"] * (1 - det["score"]) * logit_error
+            assert min(abs(g["score"] - det["score"]) for g in twins) <= score_bound, \
+                (path, det, twins, score_bound)
             compared += 1
     assert compared >= 10  # the comparison is not vacuous
 
