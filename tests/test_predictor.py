@@ -1,8 +1,8 @@
 """Predictor and scripts/predict.py: detections in original pixels, every kind of image, clear
 errors, the fast path against fp32, drawing."""
 
-import importlib.util
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -11,6 +11,7 @@ import cv2
 import numpy as np
 import pytest
 import torch
+from conftest import load_script
 from torch import nn
 
 from ssd.config import VOC_CLASSES, load_config
@@ -424,14 +425,6 @@ def test_predictor_draw_uses_its_detections(shapes, predictor):
 
 
 # ---------------------------------------------------------------------- predict.py
-def _load_script():
-    sys.path.insert(0, str(REPO_ROOT / "scripts"))
-    spec = importlib.util.spec_from_file_location("predict_script", PREDICT_SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 def test_predict_script_files_folders_globs_and_json(shapes, trained, tmp_path, capsys):
     root, _ = shapes
     images = root / "VOCshapes" / "JPEGImages"
@@ -441,7 +434,7 @@ def test_predict_script_files_folders_globs_and_json(shapes, trained, tmp_path, 
     cv2.imwrite(str(other / "000000.png"), cv2.resize(first, (320, 200)))  # same stem, other size
     (other / "broken.jpg").write_text("not an image")
     out = tmp_path / "out"
-    code = _load_script().main([str(images / "000001.jpg"), str(images), str(other),
+    code = load_script("predict").main([str(images / "000001.jpg"), str(images), str(other),
                                 str(images / "00000[23].jpg"), "--weights", str(trained),
                                 "--out", str(out), "--json", "--score-threshold", "0.4",
                                 "--top-k", "3", "--batch-size", "5", "--precision", "fp32"])
@@ -468,6 +461,50 @@ def test_predict_script_files_folders_globs_and_json(shapes, trained, tmp_path, 
     scaled = [det for det in resized["detections"] if det["label"] == top["label"]]
     assert max(_iou(d["box"], np.array(top["box"]) * [2, 1.25, 2, 1.25]) for d in scaled) > 0.8
     assert not list(out.glob(".*"))  # no temporary files left
+    assert list(document["failed"]) == [str(other / "broken.jpg")]
+
+
+def test_predict_script_skips_missing_inputs_among_others(shapes, trained, tmp_path, capsys):
+    """A missing file, an empty folder and a pattern without matches are reported and skipped
+    like an unreadable file; the other images are processed; exit status 1 at the end."""
+    root, _ = shapes
+    images = root / "VOCshapes" / "JPEGImages"
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "broken.jpg").write_text("not an image")
+    out = tmp_path / "out"
+    missing, empty, pattern = tmp_path / "missing.jpg", tmp_path / "empty", str(tmp_path / "*.png")
+    code = load_script("predict").main([str(missing), str(images / "000000.jpg"), str(empty),
+                                        pattern, str(tmp_path / "broken.jpg"),
+                                        str(images / "000001.jpg"), "--weights", str(trained),
+                                        "--out", str(out), "--json", "--precision", "fp32"])
+    err = capsys.readouterr().err
+    assert code == 1
+    document = json.loads((out / "detections.json").read_text())
+    assert set(document["images"]) == {str(images / "000000.jpg"), str(images / "000001.jpg")}
+    failed = document["failed"]
+    assert failed[str(missing)] == f"Image file not found: {missing}"
+    assert failed[str(empty)].startswith("No image files (") and str(empty) in failed[str(empty)]
+    assert failed[pattern] == f"No files match {pattern}"
+    assert "Cannot read" in failed[str(tmp_path / "broken.jpg")]
+    for reason in failed.values():
+        assert f"error: {reason} (skipped)" in err
+    assert {p.name for p in out.glob("*_det.jpg")} == {"000000_det.jpg", "000001_det.jpg"}
+
+
+def test_predict_script_outputs_have_ordinary_permissions(shapes, trained, tmp_path):
+    root, _ = shapes
+    previous = os.umask(0o022)
+    try:
+        code = load_script("predict").main([str(root / "VOCshapes" / "JPEGImages" / "000000.jpg"),
+                                            "--weights", str(trained), "--out", str(tmp_path),
+                                            "--json", "--precision", "fp32"])
+    finally:
+        os.umask(previous)
+    assert code == 0
+    written = sorted(p.name for p in tmp_path.iterdir())
+    assert written == ["000000_det.jpg", "detections.json"]
+    for path in tmp_path.iterdir():
+        assert path.stat().st_mode & 0o777 == 0o644, path
 
 
 def test_predict_script_missing_weights_exit_status_and_message(shapes, tmp_path):
@@ -482,7 +519,7 @@ def test_predict_script_missing_weights_exit_status_and_message(shapes, tmp_path
 
 
 def test_predict_script_input_errors(trained, tmp_path):
-    script = _load_script()
+    script = load_script("predict")
     with pytest.raises(FileNotFoundError, match="Image file not found: .*missing.jpg"):
         script.main([str(tmp_path / "missing.jpg"), "--weights", str(trained)])
     with pytest.raises(FileNotFoundError, match="No files match"):
