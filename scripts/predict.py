@@ -136,6 +136,7 @@ def run(predictor, paths: list[Path], out: Path, batch_size: int, progress: bool
     images that could not be read)."""
     from tqdm import tqdm
 
+    from ssd.drawing import save_image
     from ssd.images import load_image
 
     results, failures = {}, []
@@ -152,7 +153,7 @@ def run(predictor, paths: list[Path], out: Path, batch_size: int, progress: bool
                     tqdm.write(f"error: {err} (skipped)", file=sys.stderr)
             for path, image, found in zip(batch, images, predictor.predict_batch(images)):
                 drawn_path = out / f"{names[path]}_det.jpg"
-                write_jpeg(drawn_path, predictor.draw(image, found))
+                save_image(drawn_path, predictor.draw(image, found))
                 tqdm.write(format_table(path, image.shape, found))
                 results[str(path)] = {"width": image.shape[1], "height": image.shape[0],
                                       "drawn": str(drawn_path), "detections": found}
@@ -182,16 +183,6 @@ def format_table(path: Path, shape: tuple, detections: list[dict]) -> str:
             lines.append(f"  {det['class_name']:<{name_width}s}  {det['score']:5.3f}  "
                          f"{x1:7.1f} {y1:7.1f} {x2:7.1f} {y2:7.1f}")
     return "\n".join(lines)
-
-
-def write_jpeg(path: Path, image) -> None:
-    """Encode then write to a temporary file renamed into place (never a half-written file)."""
-    import cv2
-
-    ok, data = cv2.imencode(".jpg", image, [cv2.IMWRITE_JPEG_QUALITY, 92])
-    if not ok:
-        raise ValueError(f"OpenCV could not encode {path}")
-    atomic_write(path, data.tobytes())
 
 
 def write_json(path: Path, results: dict, failures: list[tuple[str, str]], predictor,

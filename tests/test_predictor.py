@@ -16,17 +16,12 @@ from torch import nn
 
 from ssd.config import VOC_CLASSES, load_config
 from ssd.data import SHAPES_CLASSES, BaseTransform, VOCDataset, make_shapes
+from ssd.drawing import class_colour, draw_detections, label_size
+from ssd.images import load_image
 from ssd.loss import MultiBoxLoss
 from ssd.modeling import build_model
 from ssd.precision import default_precision
-from ssd.predictor import (
-    Predictor,
-    class_colour,
-    class_names_for,
-    draw_detections,
-    label_size,
-    load_image,
-)
+from ssd.predictor import Predictor, class_names_for
 from ssd.weights import WeightsError
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -282,7 +277,7 @@ BF16_RELATIVE_ERROR = SSD7_DEPTH * ROUNDINGS_PER_LAYER * BF16_ROUNDING  # 0.094
 
 def _largest_logit(predictor, paths) -> float:
     """max |class logit| of the fp32 model over the images (the scale bf16 errors scale with)."""
-    from ssd.images import load_image, network_input
+    from ssd.images import network_input
 
     inputs = np.stack([network_input(load_image(p), predictor.transform) for p in paths])
     with torch.inference_mode():
