@@ -248,9 +248,12 @@ def export(
 def _export_dynamo(wrapper: ExportedSSD, example: torch.Tensor, out: Path, opset: int | None):
     import onnxscript  # noqa: F401  (required by this exporter; fail early and clearly)
 
-    ir_logger = logging.getLogger("onnx_ir")  # warns about an empty attribute list; harmless
-    level = ir_logger.level
-    ir_logger.setLevel(logging.ERROR)
+    # onnx_ir warns about an empty attribute list (harmless) and onnxscript's optimiser logs
+    # every constant it does not fold: only their errors are worth showing.
+    quiet = [logging.getLogger(name) for name in ("onnx_ir", "onnxscript")]
+    levels = [logger_.level for logger_ in quiet]
+    for logger_ in quiet:
+        logger_.setLevel(logging.ERROR)
     try:
         torch.onnx.export(
             wrapper, (example,), str(out), dynamo=True, opset_version=opset,
@@ -262,7 +265,8 @@ def _export_dynamo(wrapper: ExportedSSD, example: torch.Tensor, out: Path, opset
             external_data=False, verbose=False,
         )
     finally:
-        ir_logger.setLevel(level)
+        for logger_, level in zip(quiet, levels):
+            logger_.setLevel(level)
 
 
 def _export_torchscript(wrapper: ExportedSSD, example: torch.Tensor, out: Path, opset: int):
