@@ -32,7 +32,7 @@ from ssd.fileio import atomic_write
 DEFAULT_WEIGHTS = Path("weights") / "ssd300.pth"
 
 
-def parse_args(argv=None):
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("inputs", nargs="+", metavar="IMAGE",
@@ -57,53 +57,69 @@ def parse_args(argv=None):
     return parser.parse_args(argv)
 
 
-def main(argv=None) -> int:
+def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     from ssd.predictor import Predictor
 
-    paths = collect_images(args.inputs)
+    paths, failures = collect_images(args.inputs)
+    for _, reason in failures:
+        print(f"error: {reason} (skipped)", file=sys.stderr)
     weights = resolve_weights(args.weights)
     predictor = Predictor(weights, config=args.config, device=pick_device(args.device),
                           precision=args.precision, score_threshold=args.score_threshold,
                           nms_threshold=args.nms_threshold, top_k=args.top_k,
                           batch_size=args.batch_size)
     args.out.mkdir(parents=True, exist_ok=True)
-    results, failures = run(predictor, paths, args.out, args.batch_size,
-                            progress=not args.no_progress and len(paths) > 1)
+    results, unreadable = run(predictor, paths, args.out, args.batch_size,
+                              progress=not args.no_progress and len(paths) > 1)
+    failures += unreadable
     if args.json:
-        write_json(args.out / "detections.json", results, predictor, weights)
+        write_json(args.out / "detections.json", results, failures, predictor, weights)
     found = sum(len(entry["detections"]) for entry in results.values())
     print(f"{_count(len(results), 'image')}, {_count(found, 'detection')} (score > "
           f"{args.score_threshold}, {predictor.precision}) -> {args.out}/"
-          + (f"; {_count(len(failures), 'image')} could not be read" if failures else ""))
+          + (f"; {_count(len(failures), 'input')} failed (see the errors above)" if failures else ""))
     return 1 if failures else 0
 
 
-def collect_images(inputs: list[str]) -> list[Path]:
+def collect_images(inputs: list[str]) -> tuple[list[Path], list[tuple[str, str]]]:
     """Files as given, folders' image files (sorted, not recursive), glob matches (sorted);
-    duplicates removed. Raises FileNotFoundError for a missing file, an empty folder or a
-    pattern that matches nothing."""
+    duplicates removed.
+
+    Returns:
+        (image paths, [(input, reason)] for each missing file, folder without images or
+        pattern that matches nothing).
+
+    Raises:
+        FileNotFoundError: no input names an image (nothing to process); the message lists
+            every reason.
+    """
+    paths: list[Path] = []
+    failures: list[tuple[str, str]] = []
+    for item in inputs:
+        found, reason = _expand_input(item)
+        paths += found
+        if reason:
+            failures.append((item, reason))
+    if not paths:
+        raise FileNotFoundError("; ".join(reason for _, reason in failures))
+    return list(dict.fromkeys(paths)), failures
+
+
+def _expand_input(item: str) -> tuple[list[Path], str | None]:
+    """One command-line input -> (its image paths, None) or ([], why it names no image)."""
     from ssd.data.common import IMAGE_EXTENSIONS
 
-    paths: list[Path] = []
-    for item in inputs:
-        path = Path(item)
-        if path.is_dir():
-            found = sorted(p for p in path.iterdir()
-                           if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file())
-            if not found:
-                raise FileNotFoundError(f"No image files ({', '.join(IMAGE_EXTENSIONS)}) in "
-                                        f"folder {path}")
-        elif path.is_file():
-            found = [path]
-        elif any(char in item for char in "*?["):
-            found = sorted(Path(p) for p in glob.glob(item, recursive=True) if Path(p).is_file())
-            if not found:
-                raise FileNotFoundError(f"No files match {item}")
-        else:
-            raise FileNotFoundError(f"Image file not found: {item}")
-        paths += found
-    return list(dict.fromkeys(paths))
+    path = Path(item)
+    if path.is_dir():
+        found = sorted(p for p in path.iterdir() if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file())
+        return found, None if found else f"No image files ({', '.join(IMAGE_EXTENSIONS)}) in folder {path}"
+    if path.is_file():
+        return [path], None
+    if any(char in item for char in "*?["):
+        found = sorted(Path(p) for p in glob.glob(item, recursive=True) if Path(p).is_file())
+        return found, None if found else f"No files match {item}"
+    return [], f"Image file not found: {item}"
 
 
 def resolve_weights(weights: str) -> Path:
@@ -116,10 +132,12 @@ def resolve_weights(weights: str) -> Path:
 
 
 def run(predictor, paths: list[Path], out: Path, batch_size: int, progress: bool):
-    """Detect, draw and print every image; returns ({path: entry}, [(path, error)])."""
+    """Detect, draw and print every image; returns ({path: entry}, [(path, reason)] for the
+    images that could not be read)."""
     from tqdm import tqdm
 
-    from ssd.predictor import load_image
+    from ssd.drawing import save_image
+    from ssd.images import load_image
 
     results, failures = {}, []
     names = output_names(paths)
@@ -131,11 +149,11 @@ def run(predictor, paths: list[Path], out: Path, batch_size: int, progress: bool
                     images.append(load_image(path))
                     batch.append(path)
                 except (OSError, ValueError) as err:
-                    failures.append((path, err))
+                    failures.append((str(path), str(err)))
                     tqdm.write(f"error: {err} (skipped)", file=sys.stderr)
             for path, image, found in zip(batch, images, predictor.predict_batch(images)):
                 drawn_path = out / f"{names[path]}_det.jpg"
-                write_jpeg(drawn_path, predictor.draw(image, found))
+                save_image(drawn_path, predictor.draw(image, found))
                 tqdm.write(format_table(path, image.shape, found))
                 results[str(path)] = {"width": image.shape[1], "height": image.shape[0],
                                       "drawn": str(drawn_path), "detections": found}
@@ -167,17 +185,9 @@ def format_table(path: Path, shape: tuple, detections: list[dict]) -> str:
     return "\n".join(lines)
 
 
-def write_jpeg(path: Path, image) -> None:
-    """Encode then write to a temporary file renamed into place (never a half-written file)."""
-    import cv2
-
-    ok, data = cv2.imencode(".jpg", image, [cv2.IMWRITE_JPEG_QUALITY, 92])
-    if not ok:
-        raise ValueError(f"OpenCV could not encode {path}")
-    atomic_write(path, data.tobytes())
-
-
-def write_json(path: Path, results: dict, predictor, weights: Path) -> None:
+def write_json(path: Path, results: dict, failures: list[tuple[str, str]], predictor,
+               weights: Path) -> None:
+    """detections.json: settings, {image: size, drawn file, detections}, {input: why it failed}."""
     post = predictor.postprocess
     document = {
         "weights": str(weights),
@@ -186,6 +196,7 @@ def write_json(path: Path, results: dict, predictor, weights: Path) -> None:
                      "image_size": predictor.cfg.model.image_size},
         "box_format": "x1, y1, x2, y2 in pixels of the original image",
         "images": results,
+        "failed": dict(failures),
     }
     atomic_write(path, json.dumps(document, indent=2))
     print(f"Wrote {path}")
@@ -193,7 +204,6 @@ def write_json(path: Path, results: dict, predictor, weights: Path) -> None:
 
 def _count(number: int, noun: str) -> str:
     return f"{number} {noun}{'' if number == 1 else 's'}"
-
 
 
 if __name__ == "__main__":

@@ -30,7 +30,7 @@ DEFAULT_CONFIG = REPO_ROOT / "configs" / "voc300.yaml"
 KINDS = ("priors", "matches", "mining")
 
 
-def parse_args(argv=None):
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("kind", choices=KINDS, help="what to draw")
@@ -51,18 +51,18 @@ def parse_args(argv=None):
     return parser.parse_args(argv)
 
 
-def main(argv=None) -> int:
+def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    from ssd.predictor import load_image
+    from ssd.drawing import save_image
+    from ssd.images import load_image
     from ssd.priors import priors_from_config
-    from ssd.visualize import save_png
 
     image = load_image(args.image)
     model, cfg = load_model(args) if args.kind == "mining" else (None, load_settings(args))
     priors = priors_from_config(cfg.model.priors, cfg.model.image_size)
     canvas = DRAW[args.kind](args, cfg, image, priors, model)
     out = args.out or Path("out") / f"{Path(args.image).stem}_{args.kind}.png"
-    save_png(out, canvas)
+    save_image(out, canvas)
     print(f"Wrote {out} ({canvas.shape[1]}x{canvas.shape[0]})")
     return 0
 
@@ -98,8 +98,8 @@ def load_model(args):
 def targets_of(args, cfg):
     """The image's ground truth as the loss's target Tensor[n, 5], and the difficult objects
     training leaves out (Tensor[m, 5]; none with data.keep_difficult)."""
+    from ssd.analysis import annotation_path, read_voc_objects
     from ssd.predictor import class_names_for
-    from ssd.visualize import annotation_path, read_voc_objects
 
     xml = Path(args.annotation) if args.annotation else annotation_path(args.image)
     if not xml.is_file():
@@ -119,9 +119,9 @@ def draw_priors(args, cfg, image, priors, _model):
 
 
 def draw_matches(args, cfg, image, priors, _model):
+    from ssd.analysis import prior_layers
     from ssd.predictor import class_names_for
     from ssd.visualize import draw_matches as draw
-    from ssd.visualize import prior_layers
 
     layers = prior_layers(cfg.model.priors.feature_maps, cfg.model.priors.aspect_ratios)
     target, ignored = targets_of(args, cfg)
@@ -130,9 +130,9 @@ def draw_matches(args, cfg, image, priors, _model):
 
 
 def draw_mining(args, cfg, image, priors, model):
+    from ssd.analysis import image_confidences, prior_layers
     from ssd.predictor import class_names_for
     from ssd.visualize import draw_mining as draw
-    from ssd.visualize import image_confidences, prior_layers
 
     ratio = args.ratio if args.ratio is not None else cfg.loss.neg_pos_ratio
     if ratio < 0 or args.max_tiles < 0:

@@ -3,221 +3,51 @@
     canvas = draw_priors(image, priors, feature_maps, aspect_ratios, image_size)
     canvas = draw_matches(image, target, priors, class_names, iou_threshold=0.5)
     canvas = draw_mining(image, target, priors, conf, class_names, neg_pos_ratio=3)
-    save_png("out/mining.png", canvas)
+    save_image("out/mining.png", canvas)                   # from ssd.drawing
 
 Everything is drawn in the network's input frame: the image squashed to a square, as the
 network sees it, where the default boxes and the normalised ground truth live (IoU is computed
-there too). The numbers come from the training code itself: `ssd.loss.prepare_targets` and
-`assign_targets` (positives and their labels), `ssd.box_utils.match` (the matched object and
-its IoU, the call `assign_targets` makes) and `MultiBoxLoss.mine_negatives` (the negatives the
-confidence loss keeps), so a picture shows exactly what training does (seed 000).
+there too). The numbers are `ssd.analysis`'s, i.e. the training code's own, so a picture shows
+exactly what training does; colours, labels and the panel layout are `ssd.drawing`'s.
 
-Inputs: `image` is uint8 [H, W, 3] BGR (see `ssd.predictor.load_image`); `target` is a
+Inputs: `image` is uint8 [H, W, 3] BGR (see `ssd.images.load_image`); `target` is a
 Tensor[n, 5] (xmin, ymin, xmax, ymax normalised, 0-based label) as the loss takes; `priors` is
 Tensor[P, 4] (cx, cy, w, h) normalised; `conf` is Tensor[P, C] logits of one image.
 """
 
 from __future__ import annotations
 
-import copy
 import math
-from pathlib import Path
-from typing import NamedTuple, Sequence
+from typing import Sequence
 
 import cv2
 import numpy as np
 import torch
-import torch.nn.functional as F
 
-from ssd.box_utils import cxcywh_to_xyxy, match, pairwise_iou
-from ssd.data import BaseTransform, parse_voc_xml
-from ssd.data.common import sanitize_boxes
-from ssd.fileio import atomic_write
-from ssd.loss import MultiBoxLoss, assign_targets, prepare_targets
-from ssd.predictor import class_colour, draw_label, draw_text_box, label_size, network_input
-from ssd.priors import boxes_per_location
+from ssd.analysis import (
+    MinedNegatives,
+    PriorMatches,
+    location_indices,
+    match_priors,
+    mine_given_matches,
+)
+from ssd.box_utils import cxcywh_to_xyxy
+from ssd.drawing import (
+    class_colour,
+    draw_label,
+    legend,
+    panel_grid,
+    panel_row,
+    place_labels,
+    titled,
+)
 
 DISPLAY = 400  # side of a panel showing the network input, pixels
 TILE = 170  # side of a mining tile
-FONT = cv2.FONT_HERSHEY_SIMPLEX
-INK = (20, 20, 20)
-NEGATIVE_COLOUR = (0, 230, 0)  # BGR green, as in the seed article
+NEGATIVE_COLOUR = (0, 230, 0)  # BGR green: the mined negatives
 IGNORED_COLOUR = (200, 200, 200)  # difficult objects, which the loss does not see
 ANCHOR_COLOURS = [(0, 0, 230), (0, 170, 255), (230, 0, 160), (255, 120, 0), (0, 200, 0),
                   (160, 0, 255), (255, 255, 0), (0, 255, 255)]  # BGR, one per box shape
-
-
-# ----------------------------------------------------------------------------- inputs
-def annotation_path(image_path: str | Path) -> Path:
-    """The VOC annotation of an image: <root>/JPEGImages/<id>.jpg -> <root>/Annotations/<id>.xml."""
-    image_path = Path(image_path)
-    return image_path.parent.parent / "Annotations" / f"{image_path.stem}.xml"
-
-
-def read_voc_target(xml_path: str | Path, class_names: Sequence[str],
-                    keep_difficult: bool = False) -> torch.Tensor:
-    """A VOC XML file as the loss's target: Tensor[n, 5] = (xmin, ymin, xmax, ymax, label).
-
-    Boxes are normalised as the data set does, ``(xml - 1) / width or height`` after clipping
-    to the image; difficult objects are left out unless `keep_difficult` (as in training).
-
-    Raises:
-        ssd.data.DataError: missing file, bad XML, unknown class (the message names the file).
-    """
-    target, difficult = read_voc_objects(xml_path, class_names)
-    return target if keep_difficult else target[~difficult]
-
-
-def read_voc_objects(xml_path: str | Path, class_names: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor]:
-    """Every object of a VOC XML file: (target Tensor[n, 5] as `read_voc_target`, difficult
-    BoolTensor[n])."""
-    parsed = parse_voc_xml(xml_path, {name: label for label, name in enumerate(class_names)})
-    boxes, valid, _ = sanitize_boxes(parsed.boxes, 1.0, parsed.width, parsed.height)
-    scale = np.array([parsed.width, parsed.height] * 2, dtype=np.float32)
-    normalised = (boxes[valid] - 1.0) / scale  # [n, 4]
-    labels = parsed.labels[valid].astype(np.float32)[:, None]  # [n] -> [n, 1]
-    target = torch.from_numpy(np.concatenate([normalised, labels], axis=1))  # [n, 5]
-    return target, torch.from_numpy(parsed.difficult[valid])
-
-
-@torch.no_grad()
-def image_confidences(model: torch.nn.Module, image: np.ndarray, image_size: int,
-                      mean: Sequence[float]) -> torch.Tensor:
-    """The model's class logits for one uint8 BGR image: Tensor[P, C] float32 (fp32, the
-    evaluation's pre-processing).
-
-    Trained models run in eval mode. A model whose batch norm layers never saw a training
-    batch (a fresh one: running statistics still 0 and 1) runs, on a copy, with the batch
-    statistics of this image, as training computes its first losses.
-    """
-    inputs = network_input(image, BaseTransform(image_size, mean))  # [S, S, 3]
-    batch = torch.from_numpy(inputs).permute(2, 0, 1)[None]  # (S, S, 3) -> (1, 3, S, S)
-    model = copy.deepcopy(model).train() if untrained_batch_norm(model) else model.eval()
-    _, conf = model(batch.to(next(model.parameters()).device))
-    return conf[0].float().cpu()
-
-
-def untrained_batch_norm(model: torch.nn.Module) -> bool:
-    """True when the model has batch norm layers and none has tracked a training batch."""
-    norms = [m for m in model.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
-    return bool(norms) and all(int(m.num_batches_tracked) == 0 for m in norms
-                               if m.num_batches_tracked is not None)
-
-
-def save_png(path: str | Path, canvas: np.ndarray) -> Path:
-    """Write `canvas` (uint8 [H, W, 3] BGR) as a PNG, atomically; parent folders are made."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    ok, data = cv2.imencode(".png", canvas)
-    if not ok:
-        raise ValueError(f"OpenCV could not encode a PNG of shape {list(canvas.shape)}")
-    return atomic_write(path, data.tobytes())
-
-
-# ------------------------------------------------------------------ prior bookkeeping
-def layer_sizes(feature_maps: Sequence[int], aspect_ratios: Sequence[Sequence[float]]) -> list[int]:
-    """Number of default boxes of each feature map: side^2 x boxes per location."""
-    return [size * size * boxes_per_location(ratios)
-            for size, ratios in zip(feature_maps, aspect_ratios)]
-
-
-def prior_layers(feature_maps: Sequence[int], aspect_ratios: Sequence[Sequence[float]]) -> torch.Tensor:
-    """Int64Tensor[P]: the feature map (layer) index of every default box."""
-    counts = torch.tensor(layer_sizes(feature_maps, aspect_ratios))
-    return torch.repeat_interleave(torch.arange(len(counts)), counts)
-
-
-def location_indices(feature_maps: Sequence[int], aspect_ratios: Sequence[Sequence[float]],
-                     layer: int, row: int, col: int) -> torch.Tensor:
-    """Int64Tensor[A]: indices into the priors of the A default boxes at (row, col) of `layer`
-    (priors are ordered by feature map, row, column, then box shape)."""
-    if not 0 <= layer < len(feature_maps):
-        raise ValueError(f"layer {layer} does not exist: the config has {len(feature_maps)} "
-                         f"feature maps (0-{len(feature_maps) - 1})")
-    size = feature_maps[layer]
-    if not (0 <= row < size and 0 <= col < size):
-        raise ValueError(f"cell ({row}, {col}) is outside the {size}x{size} map of layer {layer}")
-    per_cell = boxes_per_location(aspect_ratios[layer])
-    start = sum(layer_sizes(feature_maps, aspect_ratios)[:layer]) + (row * size + col) * per_cell
-    return torch.arange(start, start + per_cell)
-
-
-# ------------------------------------------------------------- matching and mining
-class PriorMatches(NamedTuple):
-    """The loss's assignment of one image's priors (all Tensor[P]).
-
-    positive: bool; labels: int64, 0 = background, k + 1 = class k; gt_index: int64, the
-    matched object (meaningful for positives); iou: float, IoU with that object; forced:
-    bool, positives below the IoU threshold (each object's own best prior, the paper's
-    bipartite step).
-    """
-
-    positive: torch.Tensor
-    labels: torch.Tensor
-    gt_index: torch.Tensor
-    iou: torch.Tensor
-    forced: torch.Tensor
-
-
-def match_priors(target: torch.Tensor, priors: torch.Tensor, num_classes: int,
-                 iou_threshold: float = 0.5, variances: Sequence[float] = (0.1, 0.2)) -> PriorMatches:
-    """How the loss assigns the priors [P, 4] to one image's target [n, 5]."""
-    gt, valid = prepare_targets([target], num_classes)  # [1, n, 5], [1, n]
-    priors = priors.float()
-    assigned = assign_targets(gt, valid, priors, iou_threshold, variances)
-    gt_index, _, iou = match(gt[..., :4], valid, priors, iou_threshold)  # [1, P] each
-    positive = assigned.positive[0]
-    return PriorMatches(positive, assigned.labels[0], gt_index[0], iou[0],
-                        positive & (iou[0] < iou_threshold))
-
-
-class MinedNegatives(NamedTuple):
-    """Hard negative mining of one image.
-
-    indices: Int64Tensor[N] of the mined priors, hardest first; loss: [N] their background
-    cross-entropy; iou: [N] their largest IoU with any object; top_label / top_score: [N]
-    the foreground class the model prefers for each and its probability; num_positive: int.
-    """
-
-    indices: torch.Tensor
-    loss: torch.Tensor
-    iou: torch.Tensor
-    top_label: torch.Tensor
-    top_score: torch.Tensor
-    num_positive: int
-
-
-def mine_negatives(target: torch.Tensor, priors: torch.Tensor, conf: torch.Tensor,
-                   neg_pos_ratio: float = 3, iou_threshold: float = 0.5,
-                   variances: Sequence[float] = (0.1, 0.2)) -> MinedNegatives:
-    """The negatives `MultiBoxLoss` keeps for one image.
-
-    Args:
-        target: [n, 5]; priors: [P, 4]; conf: [P, C] logits of the image.
-    """
-    matches = match_priors(target, priors, conf.shape[-1], iou_threshold, variances)
-    return _mine(matches, target, priors, conf, neg_pos_ratio, iou_threshold, variances)
-
-
-def _mine(matches: PriorMatches, target: torch.Tensor, priors: torch.Tensor, conf: torch.Tensor,
-          neg_pos_ratio: float, iou_threshold: float, variances: Sequence[float]) -> MinedNegatives:
-    """`mine_negatives` given the image's `match_priors`."""
-    num_classes = conf.shape[-1]
-    criterion = MultiBoxLoss(num_classes, iou_threshold, neg_pos_ratio, variances)
-    conf = conf.float()[None]  # (P, C) -> (1, P, C)
-    mined = criterion.mine_negatives(conf, matches.positive[None])[0]  # [P] bool
-    log_probs = F.log_softmax(conf[0], dim=-1)  # [P, C]
-    background_loss = -log_probs[:, 0]  # what the mining ranks
-    indices = mined.nonzero().squeeze(1)
-    indices = indices[background_loss[indices].argsort(descending=True)]
-    top_score, top_label = log_probs[indices, 1:].exp().max(dim=1)  # [N] each
-    boxes = target[:, :4].float()
-    if len(boxes):
-        iou = pairwise_iou(boxes, cxcywh_to_xyxy(priors[indices].float())).max(dim=0).values
-    else:
-        iou = torch.zeros(len(indices))
-    return MinedNegatives(indices, background_loss[indices], iou, top_label, top_score,
-                          int(matches.positive.sum()))
 
 
 # ----------------------------------------------------------------------- pictures
@@ -239,7 +69,7 @@ def draw_priors(image: np.ndarray, priors: torch.Tensor, feature_maps: Sequence[
     which = "each map" if layer is None else f"layer {layer}"
     title = [f"default boxes: {len(priors)} priors on {len(feature_maps)} feature maps, input "
              f"{image_size}x{image_size}", f"the boxes of the centre cell of {which}"]
-    return _titled(_grid(panels, columns=min(3, len(panels))), title, scale=0.6)
+    return titled(panel_grid(panels, columns=min(3, len(panels))), title, scale=0.6)
 
 
 def _prior_panel(image: np.ndarray, priors: torch.Tensor, feature_maps: Sequence[int],
@@ -256,11 +86,11 @@ def _prior_panel(image: np.ndarray, priors: torch.Tensor, feature_maps: Sequence
         colour = ANCHOR_COLOURS[anchor % len(ANCHOR_COLOURS)]
         cv2.rectangle(canvas, tuple(box[:2]), tuple(box[2:]), colour, 2, cv2.LINE_AA)
     sizes = [f"{w * image_size:.0f}x{h * image_size:.0f}" for w, h in cell[:, 2:].tolist()]
-    _legend(canvas, sizes, [ANCHOR_COLOURS[a % len(ANCHOR_COLOURS)] for a in range(len(sizes))])
+    legend(canvas, sizes, [ANCHOR_COLOURS[a % len(ANCHOR_COLOURS)] for a in range(len(sizes))])
     centre = cell[0, :2] * image_size
     lines = [f"layer {layer}: {size}x{size} map, {len(indices)} boxes per cell",
              f"cell ({row}, {col}), centre ({centre[0]:.0f}, {centre[1]:.0f}) px; sizes w x h px"]
-    return _titled(canvas, lines)
+    return titled(canvas, lines)
 
 
 def draw_matches(image: np.ndarray, target: torch.Tensor, priors: torch.Tensor,
@@ -283,7 +113,7 @@ def draw_matches(image: np.ndarray, target: torch.Tensor, priors: torch.Tensor,
     _draw_positives(overview, target, matches, boxes)
     _draw_targets(overview, target, class_names, display, thickness=3)
     positives = int(matches.positive.sum())
-    panels = [_titled(overview, [f"{_count(len(target), 'object')}, "
+    panels = [titled(overview, [f"{_count(len(target), 'object')}, "
                                  f"{_count(positives, 'positive prior')}",
                                  f"IoU threshold {iou_threshold}" + _ignored_note(ignored)])]
     for obj in range(min(len(target), max_objects)):
@@ -292,7 +122,7 @@ def draw_matches(image: np.ndarray, target: torch.Tensor, priors: torch.Tensor,
     more = f"; {len(target) - max_objects} more objects not shown" if len(target) > max_objects else ""
     title = [f"prior matching: positives = IoU >= {iou_threshold} with an object, plus each "
              f"object's best prior (*){more}"]
-    return _titled(_grid(panels, columns=min(3, len(panels))), title, scale=0.6)
+    return titled(panel_grid(panels, columns=min(3, len(panels))), title, scale=0.6)
 
 
 def _object_panel(image, target, obj, matches: PriorMatches, boxes, class_names, layers,
@@ -309,7 +139,7 @@ def _object_panel(image, target, obj, matches: PriorMatches, boxes, class_names,
     texts = [f"{iou:.2f}{'*' if bool(forced) else ''}"
              for iou, forced in zip(ious.tolist(), matches.forced[mine].tolist())]
     _draw_targets(canvas, target[obj:obj + 1], class_names, display, thickness=3, labels=False)
-    _place_labels(canvas, list(zip(texts, pixel, colours))[::-1], 0.38)  # best IoU first
+    place_labels(canvas, list(zip(texts, pixel, colours))[::-1], 0.38)  # best IoU first
     name = class_names[int(target[obj, 4])]
     if len(mine):
         used = sorted(set(layers[mine].tolist())) if layers is not None else []
@@ -319,7 +149,7 @@ def _object_panel(image, target, obj, matches: PriorMatches, boxes, class_names,
     else:
         lines = [f"{name} (object {obj}): no positive prior",
                  "(its best prior went to a later object)"]
-    return _titled(canvas, lines)
+    return titled(canvas, lines)
 
 
 def draw_mining(image: np.ndarray, target: torch.Tensor, priors: torch.Tensor,
@@ -344,19 +174,19 @@ def draw_mining(image: np.ndarray, target: torch.Tensor, priors: torch.Tensor,
                          "class names (+ background)")
     matches = match_priors(target, priors, conf.shape[-1], iou_threshold)
     # The variances only shape the localisation targets, which mining does not use.
-    mined = _mine(matches, target, priors, conf, neg_pos_ratio, iou_threshold, (0.1, 0.2))
+    mined = mine_given_matches(matches, target, priors, conf, neg_pos_ratio, iou_threshold, (0.1, 0.2))
     boxes = cxcywh_to_xyxy(priors.float())  # [P, 4]
-    left = _grid([_truth_panel(image, target, matches, boxes, class_names, ignored),
+    left = panel_grid([_truth_panel(image, target, matches, boxes, class_names, ignored),
                   _negatives_panel(image, target, mined, boxes, class_names, ignored)], columns=1)
     tiles = [_mining_tile(image, target, mined, rank, boxes, class_names, layers, image_size,
                           ignored)
              for rank in range(min(len(mined.indices), max_tiles))]
     shown = f"the {len(tiles)} hardest" if len(tiles) < len(mined.indices) else "all"
     if tiles:
-        right = _titled(_grid(tiles, columns=max(1, min(6, math.ceil(math.sqrt(len(tiles) * 1.5))))),
+        right = titled(panel_grid(tiles, columns=max(1, min(6, math.ceil(math.sqrt(len(tiles) * 1.5))))),
                         [f"{shown} of {len(mined.indices)} mined negatives, hardest first"])
     else:
-        right = _titled(np.full((TILE, 3 * TILE, 3), 255, np.uint8),
+        right = titled(np.full((TILE, 3 * TILE, 3), 255, np.uint8),
                         ["no negatives mined (no positive priors)"])
     loss = mined.loss
     span = f"; background loss {float(loss.min()):.2f}-{float(loss.max()):.2f}" if len(loss) else ""
@@ -365,7 +195,7 @@ def draw_mining(image: np.ndarray, target: torch.Tensor, priors: torch.Tensor,
              f"{len(priors)} priors{span}"]
     if note:
         title.append(note)
-    return _titled(_row([left, right]), title, scale=0.6)
+    return titled(panel_row([left, right]), title, scale=0.6)
 
 
 def _truth_panel(image, target, matches: PriorMatches, boxes, class_names, ignored) -> np.ndarray:
@@ -373,7 +203,7 @@ def _truth_panel(image, target, matches: PriorMatches, boxes, class_names, ignor
     canvas = _view(image, DISPLAY, ignored)
     _draw_positives(canvas, target, matches, boxes)
     _draw_targets(canvas, target, class_names, DISPLAY, thickness=3)
-    return _titled(canvas, [f"ground truth: {_count(len(target), 'object')}"
+    return titled(canvas, [f"ground truth: {_count(len(target), 'object')}"
                             + _ignored_note(ignored),
                             f"thin: the {_count(int(matches.positive.sum()), 'positive prior')}"])
 
@@ -386,7 +216,7 @@ def _negatives_panel(image, target, mined: MinedNegatives, boxes, class_names,
     pixel = _pixel_boxes(boxes[mined.indices], DISPLAY)
     for box in pixel[::-1]:  # hardest drawn last, on top
         cv2.rectangle(canvas, tuple(box[:2]), tuple(box[2:]), NEGATIVE_COLOUR, 1, cv2.LINE_AA)
-    return _titled(canvas, [f"all {len(mined.indices)} mined negatives (green)",
+    return titled(canvas, [f"all {len(mined.indices)} mined negatives (green)",
                             "objects in their class colours"])
 
 
@@ -404,7 +234,7 @@ def _mining_tile(image, target, mined: MinedNegatives, rank, boxes, class_names,
     lines = [f"#{rank + 1}  loss {float(mined.loss[rank]):.2f}",
              f"IoU {float(mined.iou[rank]):.2f}  {layer}{width:.0f}x{height:.0f}",
              f"{class_names[int(mined.top_label[rank])]} {float(mined.top_score[rank]):.2f}"]
-    return _titled(canvas, lines, scale=0.4)
+    return titled(canvas, lines, scale=0.4)
 
 
 # ------------------------------------------------------------------ drawing helpers
@@ -470,86 +300,8 @@ def _draw_cell_grid(canvas: np.ndarray, size: int, row: int, col: int) -> np.nda
     return cv2.addWeighted(overlay, 0.45, canvas, 0.55, 0)
 
 
-def _legend(canvas: np.ndarray, texts: Sequence[str], colours: Sequence[tuple[int, int, int]]) -> None:
-    """Coloured labels in a row along the bottom of `canvas` (wrapping), in place."""
-    x, y = 4, canvas.shape[0] - 4
-    for text, colour in zip(texts, colours):
-        (width, _), _ = cv2.getTextSize(text, FONT, 0.45, 1)
-        if x + width + 8 > canvas.shape[1]:
-            x, y = 4, y - 20
-        draw_label(canvas, text, (x, y), colour, 0.45)
-        x += width + 12
-
-
-def _place_labels(canvas: np.ndarray, items: Sequence[tuple[str, np.ndarray, tuple[int, int, int]]],
-                  font_scale: float) -> int:
-    """Label boxes without covering earlier labels: each (text, box [4] pixels, colour) takes
-    the first free spot of above / inside top / inside bottom / below its box, or is left out.
-
-    Returns the number of labels drawn.
-    """
-    height, width = canvas.shape[:2]
-    taken: list[tuple[int, int, int, int]] = []
-    for text, (x1, y1, x2, y2), colour in items:
-        w, h = label_size(text, font_scale)
-        spots = [(x1, y1 - h), (x1, y1), (x2 - w, y2 - h), (x2 - w, y2), (x2 - w, y1 - h)]
-        for left, top in spots:
-            left, top = int(np.clip(left, 0, width - w)), int(np.clip(top, 0, height - h))
-            rect = (left, top, left + w, top + h)
-            if not any(_overlap(rect, other) for other in taken):
-                draw_text_box(canvas, text, (left, top), colour, font_scale)
-                taken.append(rect)
-                break
-    return len(taken)
-
-
-def _overlap(a: tuple[int, int, int, int], b: tuple[int, int, int, int]) -> bool:
-    return a[0] < b[2] and b[0] < a[2] and a[1] < b[3] and b[1] < a[3]
-
-
 def _iou_colours(ious: torch.Tensor) -> list[tuple[int, int, int]]:
     """Viridis colours for IoU values: <= 0.4 (dark blue) ... >= 0.9 (yellow)."""
     levels = ((ious.float() - 0.4) / 0.5).clamp(0, 1).mul(255).round().to(torch.uint8)
     mapped = cv2.applyColorMap(levels.numpy().reshape(-1, 1), cv2.COLORMAP_VIRIDIS)  # [n, 1, 3]
     return [tuple(int(v) for v in colour) for colour in mapped.reshape(-1, 3)]
-
-
-def _titled(panel: np.ndarray, lines: Sequence[str], scale: float = 0.5) -> np.ndarray:
-    """`panel` under a white strip holding `lines` of dark text (widened, white on the right,
-    when a line is longer than the panel)."""
-    line_height = int(round(40 * scale))
-    text_width = max(cv2.getTextSize(line, FONT, scale, 1)[0][0] for line in lines) + 10
-    if text_width > panel.shape[1]:
-        panel = np.pad(panel, ((0, 0), (0, text_width - panel.shape[1]), (0, 0)),
-                       constant_values=255)
-    strip = np.full((line_height * len(lines) + 6, panel.shape[1], 3), 255, np.uint8)
-    for number, line in enumerate(lines, start=1):
-        cv2.putText(strip, line, (5, line_height * number - int(line_height * 0.25)), FONT,
-                    scale, INK, 1, cv2.LINE_AA)
-    return np.concatenate([strip, panel], axis=0)
-
-
-def _row(panels: Sequence[np.ndarray], gap: int = 10) -> np.ndarray:
-    """Panels side by side, top-aligned, each keeping its own width."""
-    height = max(panel.shape[0] for panel in panels)
-    width = sum(panel.shape[1] for panel in panels) + gap * (len(panels) - 1)
-    canvas = np.full((height, width, 3), 255, np.uint8)
-    left = 0
-    for panel in panels:
-        canvas[:panel.shape[0], left:left + panel.shape[1]] = panel
-        left += panel.shape[1] + gap
-    return canvas
-
-
-def _grid(panels: Sequence[np.ndarray], columns: int, gap: int = 10) -> np.ndarray:
-    """Panels (any sizes) in a white grid, row by row, `columns` per row."""
-    height = max(panel.shape[0] for panel in panels)
-    width = max(panel.shape[1] for panel in panels)
-    rows = math.ceil(len(panels) / columns)
-    canvas = np.full((rows * height + (rows + 1) * gap, columns * width + (columns + 1) * gap, 3),
-                     255, np.uint8)
-    for number, panel in enumerate(panels):
-        row, col = divmod(number, columns)
-        top, left = gap + row * (height + gap), gap + col * (width + gap)
-        canvas[top:top + panel.shape[0], left:left + panel.shape[1]] = panel
-    return canvas

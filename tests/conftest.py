@@ -30,3 +30,32 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(previous)
+
+
+# ------------------------------------------------------------------ scripts as modules
+SCRIPTS_DIR = Path(__file__).resolve().parents[1] / "scripts"
+
+
+def load_script(name: str):
+    """scripts/<name>.py imported as the module `_script_<name>` (loaded once, then cached),
+    with scripts/ on sys.path as when the script runs, so its `main(argv)` can be called
+    in-process. `name` may name a file below scripts/, e.g. "benchmarks/predict"."""
+    import importlib.util
+
+    module_name = "_script_" + name.replace("/", "_")
+    if module_name in sys.modules:
+        return sys.modules[module_name]
+    if str(SCRIPTS_DIR) not in sys.path:
+        sys.path.insert(0, str(SCRIPTS_DIR))
+    path = SCRIPTS_DIR / f"{name}.py"
+    if not path.is_file():
+        raise FileNotFoundError(f"No script {path}")
+    spec = importlib.util.spec_from_file_location(module_name, path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[module_name] = module
+    try:
+        spec.loader.exec_module(module)
+    except BaseException:
+        del sys.modules[module_name]
+        raise
+    return module

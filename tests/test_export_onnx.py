@@ -1,35 +1,38 @@
-"""scripts/export_onnx.py: ONNX export with a dynamic batch, parity with PyTorch under onnxruntime."""
+"""ssd/export.py and scripts/export_onnx.py: ONNX export with a dynamic batch, parity with
+PyTorch under onnxruntime. The export needs the optional `onnx` package and the check
+`onnxruntime`: tests that need them skip cleanly without them."""
 
-import importlib.util
+import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
+from conftest import load_script
 
+from ssd import export as onnx_export
 from ssd.box_utils import decode
 from ssd.config import load_config
 from ssd.modeling import build_model
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-EXPORT_SCRIPT = REPO_ROOT / "scripts" / "export_onnx.py"
+# fp32 (PyTorch) against fp32 (onnxruntime): the same arithmetic in other kernels, so only
+# summation order differs; 1e-4 is ~1700 roundings of 2^-24, far above that and far below
+# any real difference (a wrong channel order or operator moves outputs by > 1e-2).
 TOLERANCE = 1e-4
 SSD7_160_CONFIG = REPO_ROOT / "tests" / "configs" / "ssd7_160.yaml"  # 2116 priors
-
-
-def load_export_script():
-    if "export_onnx_script" not in sys.modules:
-        spec = importlib.util.spec_from_file_location("export_onnx_script", EXPORT_SCRIPT)
-        module = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(module)
-        sys.modules["export_onnx_script"] = module
-    return sys.modules["export_onnx_script"]
 
 
 def needs_onnxruntime():
     return pytest.importorskip(
         "onnxruntime", reason="onnxruntime is not installed (pip install -e .[onnx]); CI runs this"
     )
+
+
+def needs_onnx():
+    """Both exporters write the file with the onnx package."""
+    return pytest.importorskip("onnx", reason="onnx is not installed (pip install -e .[onnx])")
 
 
 def save_checkpoint(path, overrides=(), seed=0):
@@ -57,11 +60,11 @@ def scaled_difference(actual, expected):
 def exported_with_nms(tmp_path_factory):
     """export_onnx.py --with-postprocess on an SSD7 checkpoint, with the default exporter."""
     needs_onnxruntime()
-    pytest.importorskip("onnx", reason="onnx is not installed (pip install -e .[onnx])")
+    needs_onnx()
     folder = tmp_path_factory.mktemp("onnx")
     model, cfg = save_checkpoint(folder / "ssd7.pth")
     out = folder / "ssd7.onnx"
-    code = load_export_script().main(["--weights", str(folder / "ssd7.pth"), "--out", str(out),
+    code = load_script("export_onnx").main(["--weights", str(folder / "ssd7.pth"), "--out", str(out),
                                       "--with-postprocess"])
     return code, out, model, cfg
 
@@ -84,7 +87,7 @@ def test_export_runs_in_onnxruntime_like_pytorch(exported_with_nms):
 
 
 def test_export_graph_has_a_dynamic_batch_and_nms(exported_with_nms):
-    onnx = pytest.importorskip("onnx")
+    onnx = needs_onnx()
     _, out, _, _ = exported_with_nms
     graph = onnx.load(str(out)).graph
     batch_dims = [value.type.tensor_type.shape.dim[0] for value in [*graph.input, *graph.output]]
@@ -96,13 +99,12 @@ def test_export_graph_has_a_dynamic_batch_and_nms(exported_with_nms):
 
 def test_onnx_detections_equal_pytorch_detections(exported_with_nms):
     ort = needs_onnxruntime()
-    script = load_export_script()
     _, out, model, cfg = exported_with_nms
     session = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"])
     images = torch.randn(2, 3, 160, 160, generator=torch.Generator().manual_seed(6))  # unsaturated
     outputs = [torch.from_numpy(value) for value in session.run(None, {"images": images.numpy()})]
     # The rule applied by PyTorch to onnxruntime's own boxes and scores: same detections.
-    expected = script.select_detections(outputs[0], outputs[1], **script.postprocess_settings(cfg))
+    expected = onnx_export.select_detections(outputs[0], outputs[1], **onnx_export.postprocess_settings(cfg))
     counts = expected[3]
     assert torch.equal(outputs[5], counts) and (counts > 0).all()
     for image in range(2):
@@ -114,8 +116,8 @@ def test_onnx_detections_equal_pytorch_detections(exported_with_nms):
 
 
 def test_select_detections_follows_detect():
-    detect = pytest.importorskip("ssd.postprocess", reason="ssd.postprocess not available").detect
-    script = load_export_script()
+    from ssd.postprocess import detect
+
     generator = torch.Generator().manual_seed(7)
     priors = torch.rand(500, 4, generator=generator) * 0.5 + 0.1  # (cx, cy, w, h)
     loc = torch.randn(2, 500, 4, generator=generator) * 0.5
@@ -123,7 +125,7 @@ def test_select_detections_follows_detect():
     settings = {"conf_threshold": 0.05, "nms_threshold": 0.45, "top_k": 60,
                 "candidates_per_class": 40}
     boxes = decode(loc, priors, (0.1, 0.2))
-    det_boxes, det_scores, det_labels, counts = script.select_detections(
+    det_boxes, det_scores, det_labels, counts = onnx_export.select_detections(
         boxes, conf.softmax(-1), **settings)
     expected = detect(loc, conf, priors, variances=(0.1, 0.2), **settings)
     for image, dets in enumerate(expected):
@@ -136,68 +138,116 @@ def test_select_detections_follows_detect():
 
 def test_torchscript_exporter_without_postprocess(tmp_path):
     needs_onnxruntime()
-    script = load_export_script()
+    needs_onnx()
     model, cfg = save_checkpoint(tmp_path / "ssd7.pth", seed=1)
-    wrapper = script.ExportedSSD(model, cfg.model.variances).eval()
-    assert script.export(wrapper, 160, tmp_path / "ts.onnx", exporter="torchscript") == "torchscript"
-    images = script.example_batch(script.synthetic_image(160), 160, cfg.data.mean)
-    differences = script.onnxruntime_differences(wrapper, tmp_path / "ts.onnx", images)
+    wrapper = onnx_export.ExportedSSD(model, cfg.model.variances).eval()
+    assert onnx_export.export(wrapper, 160, tmp_path / "ts.onnx", exporter="torchscript") == "torchscript"
+    images = onnx_export.example_batch(onnx_export.synthetic_image(160), 160, cfg.data.mean)
+    differences = onnx_export.onnxruntime_differences(wrapper, tmp_path / "ts.onnx", images)
     assert set(differences) == {"boxes", "scores"}
     assert max(differences.values()) < TOLERANCE
 
 
-def test_auto_falls_back_to_torchscript(tmp_path, monkeypatch, capsys):
-    script = load_export_script()
+def test_auto_falls_back_to_torchscript(tmp_path, monkeypatch, caplog):
+    needs_onnx()
     model, cfg = save_checkpoint(tmp_path / "ssd7.pth", seed=2)
 
     def broken(*args):
         raise ModuleNotFoundError("No module named 'onnxscript'")
 
-    monkeypatch.setattr(script, "_export_dynamo", broken)
-    wrapper = script.ExportedSSD(model, cfg.model.variances).eval()
-    assert script.export(wrapper, 160, tmp_path / "fb.onnx") == "torchscript"
-    assert "No module named 'onnxscript'" in capsys.readouterr().out
+    monkeypatch.setattr(onnx_export, "_export_dynamo", broken)
+    wrapper = onnx_export.ExportedSSD(model, cfg.model.variances).eval()
+    with caplog.at_level("WARNING", logger="ssd.export"):
+        assert onnx_export.export(wrapper, 160, tmp_path / "fb.onnx") == "torchscript"
+    assert "No module named 'onnxscript'" in caplog.text
     assert (tmp_path / "fb.onnx").stat().st_size > 500_000  # the weights are in the file
+
+
+def test_export_without_onnx_says_what_to_install(tmp_path, monkeypatch):
+    model, cfg = save_checkpoint(tmp_path / "ssd7.pth", seed=2)
+    monkeypatch.setitem(sys.modules, "onnx", None)  # import fails
+    wrapper = onnx_export.ExportedSSD(model, cfg.model.variances).eval()
+    with pytest.raises(ModuleNotFoundError, match="needs the onnx package: pip install onnx"):
+        onnx_export.export(wrapper, 160, tmp_path / "x.onnx")
+    assert not (tmp_path / "x.onnx").exists()
 
 
 def test_no_detections_export_and_run(tmp_path):
     needs_onnxruntime()
-    script = load_export_script()
+    needs_onnx()
     model, cfg = save_checkpoint(tmp_path / "ssd7.pth", overrides=["test.conf_threshold=1.0"])
-    wrapper = script.ExportedSSD(model, cfg.model.variances, script.postprocess_settings(cfg))
-    script.export(wrapper.eval(), 160, tmp_path / "none.onnx", exporter="torchscript")
-    images = script.example_batch(script.synthetic_image(160), 160, cfg.data.mean)
-    differences = script.onnxruntime_differences(wrapper, tmp_path / "none.onnx", images)
+    wrapper = onnx_export.ExportedSSD(model, cfg.model.variances, onnx_export.postprocess_settings(cfg))
+    onnx_export.export(wrapper.eval(), 160, tmp_path / "none.onnx", exporter="torchscript")
+    images = onnx_export.example_batch(onnx_export.synthetic_image(160), 160, cfg.data.mean)
+    differences = onnx_export.onnxruntime_differences(wrapper, tmp_path / "none.onnx", images)
     assert differences["num_detections"] == 0 and differences["detections"] == 0
     with torch.no_grad():
         assert wrapper(images)[5].tolist() == [0, 0]
 
 
 def test_check_says_when_onnxruntime_is_missing(monkeypatch, capsys):
-    script = load_export_script()
     monkeypatch.setitem(sys.modules, "onnxruntime", None)  # import fails
-    assert script.check(wrapper=None, args=None, cfg=None) == 0
+    assert onnx_export.verify_with_onnxruntime(None, Path("unused.onnx"), 160, (0, 0, 0)) is None
+    assert load_script("export_onnx").report(None, TOLERANCE) == 0
     assert "onnxruntime is not installed" in capsys.readouterr().out
 
 
+def test_example_batch_is_the_evaluation_input_in_rgb_order():
+    """A picture whose three channels differ: the network input is R, G, B minus the mean
+    in that order (BaseTransform's order), not OpenCV's BGR."""
+    blue, green, red = 10, 100, 200
+    image = np.empty((40, 60, 3), np.uint8)
+    image[...] = (blue, green, red)  # OpenCV order
+    image[:, :30, 0] = 0  # the left half has no blue: the mirror must show it on the right
+    mean = (104.0, 117.0, 123.0)  # BGR, as data.mean
+    batch = onnx_export.example_batch(image, 32, mean)
+    assert batch.shape == (2, 3, 32, 32) and batch.dtype == torch.float32
+    right = batch[0, :, :, -1]  # [3, 32]: the right column, untouched by the blue-free half
+    torch.testing.assert_close(right, torch.tensor([[red - 123.0], [green - 117.0],
+                                                    [blue - 104.0]]).expand(3, 32))
+    assert float(batch[0, 2, 0, 0]) == -104.0  # left: no blue, third channel (B) is -mean_B
+    torch.testing.assert_close(batch[1], batch[0].flip(-1))
+
+
 def test_postprocess_needs_opset_11(tmp_path):
-    script = load_export_script()
     model, cfg = save_checkpoint(tmp_path / "ssd7.pth")
-    wrapper = script.ExportedSSD(model, cfg.model.variances, script.postprocess_settings(cfg))
+    wrapper = onnx_export.ExportedSSD(model, cfg.model.variances, onnx_export.postprocess_settings(cfg))
     with pytest.raises(ValueError, match="needs --opset >= 11"):
-        script.export(wrapper, 160, tmp_path / "x.onnx", opset=10)
+        onnx_export.export(wrapper, 160, tmp_path / "x.onnx", opset=10)
+
+
+def test_export_script_end_to_end(tmp_path):
+    """The one subprocess run of the script: exit status and its report."""
+    needs_onnxruntime()
+    needs_onnx()
+    save_checkpoint(tmp_path / "ssd7.pth", seed=3)
+    result = subprocess.run([sys.executable, str(REPO_ROOT / "scripts" / "export_onnx.py"),
+                             "--weights", str(tmp_path / "ssd7.pth"), "--out",
+                             str(tmp_path / "ssd7.onnx"), "--exporter", "torchscript"],
+                            capture_output=True, text=True, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert "2116 priors, 7 classes" in result.stdout and "OK: all within 0.0001" in result.stdout
+
+
+def test_export_script_bad_image_is_a_clear_error(tmp_path):
+    save_checkpoint(tmp_path / "ssd7.pth")
+    with pytest.raises(FileNotFoundError, match="Image file not found: .*missing.png"):
+        load_script("export_onnx").main(["--weights", str(tmp_path / "ssd7.pth"), "--out",
+                                         str(tmp_path / "x.onnx"), "--image",
+                                         str(tmp_path / "missing.png")])
+    assert not (tmp_path / "x.onnx").exists()
 
 
 @pytest.mark.slow
 def test_ssd300_export_matches_pytorch(tmp_path, capsys):
     needs_onnxruntime()
-    pytest.importorskip("onnx")
+    needs_onnx()
     cfg = load_config(REPO_ROOT / "configs" / "voc300.yaml")
     torch.manual_seed(0)
     torch.save(build_model(cfg).state_dict(), tmp_path / "ssd300.pth")  # classic layout
     out = tmp_path / "ssd300.onnx"
-    code = load_export_script().main(["--weights", str(tmp_path / "ssd300.pth"), "--out", str(out),
-                                      "--with-postprocess"])
+    code = load_script("export_onnx").main(["--weights", str(tmp_path / "ssd300.pth"),
+                                            "--out", str(out), "--with-postprocess"])
     printed = capsys.readouterr().out
     assert code == 0, printed
     assert "8732 priors, 21 classes" in printed and "OK: all within 0.0001" in printed

@@ -1,12 +1,12 @@
 """Import smoke test of every script: each imports by path (from a clone, without installing),
 has its entry point, and answers --help without doing any work."""
 
-import importlib.util
 import inspect
 import sys
 from pathlib import Path
 
 import pytest
+from conftest import load_script
 
 SCRIPTS = Path(__file__).resolve().parents[1] / "scripts"
 ENTRY_SCRIPTS = sorted(p for p in SCRIPTS.glob("*.py") if not p.name.startswith("_"))
@@ -16,13 +16,7 @@ BENCHMARK_SECTIONS = sorted(p for p in (SCRIPTS / "benchmarks").glob("*.py")
 
 def _import(path: Path):
     """Import a script file as its own module, with scripts/ importable as when run."""
-    if str(SCRIPTS) not in sys.path:
-        sys.path.insert(0, str(SCRIPTS))
-    name = f"_script_{path.parent.name}_{path.stem}"
-    spec = importlib.util.spec_from_file_location(name, path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script(path.relative_to(SCRIPTS).with_suffix("").as_posix())
 
 
 def test_every_script_is_covered():

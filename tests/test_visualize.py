@@ -1,7 +1,9 @@
-"""Visualisation of priors, matches and mined negatives: the numbers are the loss's, the PNGs
-are real pictures that change with their input."""
+"""ssd.analysis, ssd.visualize, ssd.drawing and scripts/visualize.py: the numbers are the
+loss's, the PNGs are real pictures that change with their input."""
 
-import importlib.util
+import ast
+import os
+import subprocess
 import sys
 from pathlib import Path
 
@@ -9,24 +11,25 @@ import cv2
 import numpy as np
 import pytest
 import torch
+from conftest import load_script
 
-from ssd.box_utils import cxcywh_to_xyxy
-from ssd.config import load_config
-from ssd.data import SHAPES_CLASSES, DataError, make_shapes
-from ssd.loss import assign_targets, prepare_targets
-from ssd.modeling import build_model
-from ssd.priors import priors_from_config
-from ssd.visualize import (
+from ssd.analysis import (
     annotation_path,
-    draw_matches,
-    draw_mining,
-    draw_priors,
     location_indices,
     match_priors,
     mine_negatives,
     prior_layers,
+    read_voc_objects,
     read_voc_target,
 )
+from ssd.box_utils import cxcywh_to_xyxy
+from ssd.config import load_config
+from ssd.data import SHAPES_CLASSES, DataError, VOCDataset, make_shapes
+from ssd.drawing import save_image
+from ssd.loss import assign_targets, prepare_targets
+from ssd.modeling import build_model
+from ssd.priors import priors_from_config
+from ssd.visualize import draw_matches, draw_mining, draw_priors
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SHAPES_CONFIG = REPO_ROOT / "tests" / "configs" / "ssd7_160.yaml"
@@ -58,11 +61,7 @@ def shapes(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def script():
-    sys.path.insert(0, str(REPO_ROOT / "scripts"))
-    spec = importlib.util.spec_from_file_location("visualize_script", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script("visualize")
 
 
 def _target(path):
@@ -180,8 +179,6 @@ def test_script_writes_the_three_pictures(shapes, script, tmp_path, capsys):
         outputs[out.name] = _png(out)
     assert f"Wrote {tmp_path / 'matches.png'}" in capsys.readouterr().out
     # Default output name, from another folder.
-    import os
-
     cwd = os.getcwd()
     try:
         os.chdir(tmp_path)
@@ -226,3 +223,62 @@ def test_script_errors_are_clear(shapes, script, tmp_path):
         script.main(["mining", "--image", str(shapes[0]), "--weights", str(tmp_path / "no.pth")])
     with pytest.raises(SystemExit):
         script.parse_args(["histogram", "--image", str(image)])
+
+
+def test_read_voc_target_is_the_data_sets_training_target(shapes):
+    """Same parser, same clipping, same coordinate origin as VOCDataset: identical targets."""
+    root = shapes[0].parents[2]
+    dataset = VOCDataset(root, [("shapes", "trainval")], class_names=list(SHAPES_CLASSES),
+                         verbose=False)
+    for index, path in enumerate(shapes):
+        _, expected = dataset[index]  # float32 [n, 5], no transform
+        assert dataset.records[index].image_path == path
+        torch.testing.assert_close(_target(path), torch.from_numpy(expected), rtol=0, atol=0)
+    target, difficult = read_voc_objects(annotation_path(shapes[0]), SHAPES_CLASSES)
+    assert len(target) == len(difficult) and difficult.dtype == torch.bool
+
+
+def test_picture_modules_do_not_import_the_predictor():
+    """Analysis, pictures and drawing stand on their own: none imports ssd.predictor."""
+    for name in ("analysis", "visualize", "drawing", "images"):
+        tree = ast.parse((REPO_ROOT / "ssd" / f"{name}.py").read_text())
+        imported = {node.module for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)}
+        imported |= {alias.name for node in ast.walk(tree) if isinstance(node, ast.Import)
+                     for alias in node.names}
+        assert "ssd.predictor" not in imported, name
+
+
+def test_pictures_have_ordinary_permissions(shapes, script, tmp_path):
+    previous = os.umask(0o022)
+    try:
+        for kind in ("priors", "matches", "mining"):
+            assert script.main([kind, "--image", str(shapes[0]), "--config", str(SHAPES_CONFIG),
+                                "--max-tiles", "4", "--out", str(tmp_path / f"{kind}.png")]) == 0
+    finally:
+        os.umask(previous)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["matches.png", "mining.png", "priors.png"]
+    for path in tmp_path.iterdir():
+        assert path.stat().st_mode & 0o777 == 0o644, path
+
+
+def test_save_image_formats_and_errors(tmp_path):
+    canvas = np.zeros((20, 30, 3), np.uint8)
+    canvas[5:15, 5:25] = (0, 128, 255)
+    save_image(tmp_path / "a.png", canvas)
+    np.testing.assert_array_equal(cv2.imread(str(tmp_path / "a.png")), canvas)  # lossless
+    save_image(tmp_path / "sub" / "b.jpg", canvas)
+    assert np.abs(cv2.imread(str(tmp_path / "sub" / "b.jpg")).astype(int) - canvas).mean() < 8
+    with pytest.raises(ValueError, match=r"c\.gif: expected a \.png, \.jpg or \.jpeg"):
+        save_image(tmp_path / "c.gif", canvas)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.png", "sub"]  # nothing half-written
+
+
+def test_script_runs_as_a_program(shapes, tmp_path):
+    """The one subprocess run of scripts/visualize.py: from another folder, exit status 0."""
+    out = tmp_path / "priors.png"
+    result = subprocess.run([sys.executable, str(SCRIPT), "priors", "--image", str(shapes[0]),
+                             "--config", str(SHAPES_CONFIG), "--out", str(out)],
+                            capture_output=True, text=True, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert f"Wrote {out}" in result.stdout
+    _png(out)

@@ -1,0 +1,394 @@
+"""ONNX export of a trained SSD with a dynamic batch, and its check under onnxruntime.
+
+    wrapper = ExportedSSD(model, cfg.model.variances, postprocess_settings(cfg)).eval()
+    export(wrapper, cfg.model.image_size, Path("ssd.onnx"))     # -> "dynamo" or "torchscript"
+    differences = verify_with_onnxruntime(wrapper, Path("ssd.onnx"), cfg)   # None without ORT
+
+Input:
+    images   float32 [B, 3, S, S]: what `ssd.data.BaseTransform` makes of a BGR image (as OpenCV
+             reads it): resized to S x S, channels in **RGB** order, minus the mean pixel
+             (data.mean, given in BGR order, reversed with the channels), exactly what the
+             PyTorch model takes. `example_batch` builds it with that transform.
+Outputs:
+    boxes    float32 [B, P, 4]: every prior's box decoded, (x1, y1, x2, y2) normalised
+             (not clipped).
+    scores   float32 [B, P, C]: softmax class probabilities; column 0 is the background.
+With post-processing (`postprocess_settings`) also the detections, by the rule of
+ssd.postprocess.detect with the config's test.* settings (per class: scores > conf_threshold,
+the candidates_per_class best go into NMS; then the top_k best per image):
+    det_boxes       float32 [B, K, 4]  (x1, y1, x2, y2) normalised; K = test.top_k
+    det_scores      float32 [B, K]     sorted, highest first
+    det_labels      int64   [B, K]     0-based foreground class
+    num_detections  int64   [B]        rows past it are padding (box 0, score 0, label -1)
+NMS is the ONNX NonMaxSuppression operator (opset >= 11), which runs per image and per class
+in one node, so the batch stays dynamic.
+
+Exporters: the torch.export-based one (torch.onnx.export(dynamo=True), needs `onnxscript`) is
+tried first; if it is missing or fails, the TorchScript-based one. Both need the `onnx`
+package (pip install -e .[onnx]).
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import torch
+import torchvision
+from torch import nn
+
+from ssd.box_utils import decode
+from ssd.data import BaseTransform
+from ssd.images import network_input
+
+logger = logging.getLogger(__name__)
+
+OUTPUTS = ["boxes", "scores"]
+POSTPROCESS_OUTPUTS = ["det_boxes", "det_scores", "det_labels", "num_detections"]
+MIN_NMS_OPSET = 11  # ONNX NonMaxSuppression with the inputs used here
+TORCHSCRIPT_OPSET = 17  # default of the TorchScript fallback
+EXAMPLE_BATCH = 2  # export example; a batch of 1 would make the exporter specialise on it
+EXPORTERS = ("auto", "dynamo", "torchscript")
+
+
+# ---------------------------------------------------------------- NMS as one custom op
+@torch.library.custom_op("ssd_export::class_nms", mutates_args=())
+def class_nms(
+    boxes: torch.Tensor,
+    scores: torch.Tensor,
+    iou_threshold: float,
+    score_threshold: float,
+    max_per_class: int,
+) -> torch.Tensor:
+    """Per image and class NMS with the semantics of ONNX NonMaxSuppression (exported as it).
+
+    Args:
+        boxes: [B, P, 4] xyxy.
+        scores: [B, C, P]; only scores > score_threshold take part.
+        iou_threshold: a box is suppressed by a better one of its class when IoU > this.
+        score_threshold: see scores.
+        max_per_class: at most this many kept boxes per image and class.
+
+    Returns:
+        [K, 3] int64 rows (image, class, box), per image and class by decreasing score.
+    """
+    selected = []
+    for image in range(scores.shape[0]):
+        for cls in range(scores.shape[1]):
+            candidates = torch.nonzero(scores[image, cls] > score_threshold).flatten()
+            order = torchvision.ops.nms(boxes[image, candidates], scores[image, cls, candidates],
+                                        iou_threshold)
+            keep = candidates[order[:max_per_class]]
+            selected.append(torch.stack([torch.full_like(keep, image), torch.full_like(keep, cls),
+                                         keep], dim=1))  # (k, 3)
+    return torch.cat(selected) if selected else boxes.new_zeros((0, 3), dtype=torch.long)
+
+
+@class_nms.register_fake
+def _class_nms_fake(boxes, scores, iou_threshold, score_threshold, max_per_class):
+    count = torch.library.get_ctx().new_dynamic_size()  # data-dependent number of kept boxes
+    return boxes.new_empty((count, 3), dtype=torch.long)
+
+
+def _class_nms_onnxscript():
+    """The ONNX translation of `class_nms` for the torch.export-based exporter."""
+    from onnxscript import opset18 as op
+
+    def translation(boxes, scores, iou_threshold: float, score_threshold: float,
+                    max_per_class: int):
+        return op.NonMaxSuppression(
+            boxes, scores,
+            op.Constant(value_ints=[max_per_class]),
+            op.Constant(value_floats=[iou_threshold]),
+            op.Constant(value_floats=[score_threshold]),
+        )
+
+    return translation
+
+
+def _class_nms_torchscript(g, boxes, scores, iou_threshold, score_threshold, max_per_class):
+    """The ONNX translation of `class_nms` for the TorchScript exporter."""
+    from torch.onnx import symbolic_helper
+
+    def constant(value, kind: str):
+        value = symbolic_helper._parse_arg(value, kind)
+        dtype = torch.float32 if kind == "f" else torch.int64
+        return g.op("Constant", value_t=torch.tensor([value], dtype=dtype))
+
+    return g.op("NonMaxSuppression", boxes, scores, constant(max_per_class, "i"),
+                constant(iou_threshold, "f"), constant(score_threshold, "f"))
+
+
+# ------------------------------------------------------------------- exported module
+def select_detections(
+    boxes: torch.Tensor,
+    scores: torch.Tensor,
+    conf_threshold: float,
+    nms_threshold: float,
+    top_k: int,
+    candidates_per_class: int,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Detections as fixed-size tensors (the rule of ssd.postprocess.detect).
+
+    Args:
+        boxes: [B, P, 4] decoded xyxy.
+        scores: [B, P, C] softmax probabilities, class 0 = background.
+
+    Returns:
+        det_boxes [B, K, 4], det_scores [B, K], det_labels [B, K] (0-based foreground class,
+        -1 for padding), num_detections [B]; K = min(top_k, (C - 1) * P). As in `detect`,
+        top_k <= 0 or candidates_per_class <= 0 mean no limit.
+    """
+    foreground = scores[..., 1:].transpose(1, 2)  # (B, P, C) -> (B, C-1, P)
+    num_classes, num_priors = foreground.shape[1], foreground.shape[2]
+    candidates = _limit(candidates_per_class, num_priors)
+    best_priors = foreground.topk(candidates, dim=-1).indices  # (B, C-1, candidates)
+    is_best = torch.zeros_like(foreground, dtype=torch.bool).scatter(
+        -1, best_priors, torch.ones_like(best_priors, dtype=torch.bool))  # (B, C-1, P)
+    is_candidate = is_best & (foreground > conf_threshold)  # (B, C-1, P)
+    masked = torch.where(is_candidate, foreground, torch.full_like(foreground, -1.0))
+    selected = torch.ops.ssd_export.class_nms(boxes, masked, nms_threshold, conf_threshold,
+                                              candidates)  # (K_all, 3): image, class, prior
+    image, cls, prior = selected.unbind(1)
+    kept = torch.full_like(foreground, -1.0).index_put((image, cls, prior),
+                                                       foreground[image, cls, prior])
+    count = _limit(top_k, num_classes * num_priors)
+    best, index = kept.flatten(1).topk(count, dim=1)  # (B, C-1, P) -> (B, (C-1)*P) -> (B, K)
+    valid = best >= 0
+    labels = (index // num_priors).masked_fill(~valid, -1)
+    best_prior = (index % num_priors)[..., None].expand(-1, -1, 4)  # (B, K, 4)
+    det_boxes = boxes.gather(1, best_prior)
+    det_boxes = torch.where(valid[..., None], det_boxes, torch.zeros_like(det_boxes))
+    return det_boxes, best.clamp(min=0), labels, valid.sum(dim=1)
+
+
+def _limit(requested: int, available: int) -> int:
+    """`requested` capped at `available`; <= 0 means all."""
+    return available if requested <= 0 else min(requested, available)
+
+
+class ExportedSSD(nn.Module):
+    """The SSD with box decoding and softmax (and optionally NMS) in the graph.
+
+    forward(images [B, 3, S, S]) -> boxes [B, P, 4] xyxy, scores [B, P, C]
+    (+ det_boxes, det_scores, det_labels, num_detections with `postprocess`).
+    """
+
+    def __init__(self, model: nn.Module, variances, postprocess: dict | None = None):
+        super().__init__()
+        self.model = model
+        self.variances = tuple(variances)
+        self.postprocess = postprocess
+
+    def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        loc, conf = self.model(images)  # [B, P, 4], [B, P, C]
+        boxes = decode(loc, self.model.priors, self.variances)  # [B, P, 4] xyxy
+        scores = conf.softmax(dim=-1)  # [B, P, C]
+        if self.postprocess is None:
+            return boxes, scores
+        return (boxes, scores, *select_detections(boxes, scores, **self.postprocess))
+
+    def output_names(self) -> list[str]:
+        return OUTPUTS + (POSTPROCESS_OUTPUTS if self.postprocess is not None else [])
+
+
+def postprocess_settings(cfg) -> dict:
+    """The config's test.* settings as `select_detections` arguments."""
+    test = cfg.test
+    return {"conf_threshold": test.conf_threshold, "nms_threshold": test.nms_threshold,
+            "top_k": test.top_k, "candidates_per_class": test.candidates_per_class}
+
+
+# ------------------------------------------------------------------------- export
+def require_onnx() -> None:
+    """Raise ModuleNotFoundError with the install hint when the `onnx` package is missing
+    (both exporters write the file with it)."""
+    try:
+        import onnx  # noqa: F401
+    except ImportError:
+        raise ModuleNotFoundError("ONNX export needs the onnx package: pip install onnx "
+                                  "(or pip install -e .[onnx])", name="onnx") from None
+
+
+def export(
+    wrapper: ExportedSSD, image_size: int, out: Path, opset: int | None = None,
+    exporter: str = "auto",
+) -> str:
+    """Write `wrapper` (inputs [B, 3, image_size, image_size]) to `out` as ONNX with a dynamic
+    batch; returns the exporter used ("dynamo" or "torchscript").
+
+    Raises:
+        ValueError: post-processing with an opset below 11, or an unknown exporter.
+        ModuleNotFoundError: the onnx package is missing (`require_onnx`).
+    """
+    if exporter not in EXPORTERS:
+        raise ValueError(f"exporter {exporter!r}: expected one of {', '.join(EXPORTERS)}")
+    if wrapper.postprocess is not None and opset is not None and opset < MIN_NMS_OPSET:
+        raise ValueError(f"--with-postprocess needs --opset >= {MIN_NMS_OPSET} "
+                         f"(NonMaxSuppression), got {opset}")
+    require_onnx()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    example = torch.zeros(EXAMPLE_BATCH, 3, image_size, image_size)
+    if exporter in ("auto", "dynamo"):
+        try:
+            _export_dynamo(wrapper, example, out, opset)
+            return "dynamo"
+        except Exception as err:  # missing onnxscript, or an operator it cannot translate
+            if exporter == "dynamo":
+                raise
+            first_line = str(err).strip().splitlines()[0] if str(err).strip() else ""
+            logger.warning("torch.export-based exporter failed (%s: %s); using the TorchScript "
+                           "exporter", type(err).__name__, first_line)
+    _export_torchscript(wrapper, example, out, opset or TORCHSCRIPT_OPSET)
+    return "torchscript"
+
+
+def _export_dynamo(wrapper: ExportedSSD, example: torch.Tensor, out: Path, opset: int | None):
+    import onnxscript  # noqa: F401  (required by this exporter; fail early and clearly)
+
+    # onnx_ir warns about an empty attribute list (harmless) and onnxscript's optimiser logs
+    # every constant it does not fold: only their errors are worth showing.
+    quiet = [logging.getLogger(name) for name in ("onnx_ir", "onnxscript")]
+    levels = [logger_.level for logger_ in quiet]
+    for logger_ in quiet:
+        logger_.setLevel(logging.ERROR)
+    try:
+        torch.onnx.export(
+            wrapper, (example,), str(out), dynamo=True, opset_version=opset,
+            input_names=["images"], output_names=wrapper.output_names(),
+            dynamic_shapes={"images": {0: torch.export.Dim("batch")}},
+            custom_translation_table={
+                torch.ops.ssd_export.class_nms.default: _class_nms_onnxscript()
+            },
+            external_data=False, verbose=False,
+        )
+    finally:
+        for logger_, level in zip(quiet, levels):
+            logger_.setLevel(level)
+
+
+def _export_torchscript(wrapper: ExportedSSD, example: torch.Tensor, out: Path, opset: int):
+    import warnings
+
+    torch.onnx.register_custom_op_symbolic("ssd_export::class_nms", _class_nms_torchscript,
+                                           MIN_NMS_OPSET)
+    names = wrapper.output_names()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the deprecation notice of this exporter
+        torch.onnx.export(
+            wrapper, (example,), str(out), dynamo=False, opset_version=opset,
+            input_names=["images"], output_names=names,
+            dynamic_axes={name: {0: "batch"} for name in ["images", *names]},
+        )
+
+
+# -------------------------------------------------------------------------- check
+def synthetic_image(size: int) -> np.ndarray:
+    """A deterministic uint8 BGR test image [size, size, 3]: a gradient and two rectangles."""
+    ramp = np.linspace(0, 255, size, dtype=np.float32)
+    image = np.stack([ramp[None, :].repeat(size, 0), ramp[:, None].repeat(size, 1),
+                      np.full((size, size), 128, np.float32)], axis=-1)  # (S, S, 3)
+    image[size // 5 : size // 2, size // 6 : size // 2] = (30, 200, 240)
+    image[size // 2 : 4 * size // 5, size // 2 : 5 * size // 6] = (220, 40, 60)
+    return image.astype(np.uint8)
+
+
+def example_batch(image_bgr: np.ndarray, size: int, mean: Sequence[float]) -> torch.Tensor:
+    """uint8 [H, W, 3] BGR image -> [2, 3, S, S] network input of it and its mirror, made by
+    the evaluation's own transform (`ssd.images.network_input`: RGB minus the mean)."""
+    inputs = network_input(image_bgr, BaseTransform(size, mean))  # [S, S, 3] RGB
+    tensor = torch.from_numpy(inputs).permute(2, 0, 1)  # (S, S, 3) -> (3, S, S)
+    return torch.stack([tensor, tensor.flip(-1)])
+
+
+def onnxruntime_differences(wrapper: ExportedSSD, onnx_path: Path, images: torch.Tensor) -> dict:
+    """Differences between onnxruntime and PyTorch, over batches of 1 and all `images`.
+
+    boxes, scores: max |ort - torch| / max(1, |torch|): absolute for normalised coordinates and
+        probabilities, relative for the far-off boxes an untrained model predicts.
+    detections (with NMS): PyTorch's `select_detections` on onnxruntime's own boxes and scores
+        against onnxruntime's detections, each detection paired with the closest one of its
+        class (so equal scores may come in either order); the worst pair's box/score gap.
+        Detections tied with the last one kept at top_k are left out.
+    num_detections: the largest difference in the number of detections.
+    """
+    import onnxruntime
+
+    session = onnxruntime.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
+    names = wrapper.output_names()
+    differences = dict.fromkeys(OUTPUTS, 0.0)
+    for batch in (images[:1], images):  # two batch sizes: the batch dimension is dynamic
+        with torch.no_grad():
+            ours = dict(zip(names, wrapper(batch)))
+        outputs = session.run(None, {"images": batch.numpy()})
+        theirs = {name: torch.from_numpy(value) for name, value in zip(names, outputs)}
+        for name in names:
+            if ours[name].shape != theirs[name].shape:
+                raise AssertionError(f"{name}: onnxruntime shape {list(theirs[name].shape)} vs "
+                                     f"PyTorch {list(ours[name].shape)} at batch {len(batch)}")
+        found = {name: _scaled_difference(theirs[name], ours[name]) for name in OUTPUTS}
+        if wrapper.postprocess is not None:
+            reference = select_detections(theirs["boxes"], theirs["scores"], **wrapper.postprocess)
+            found.update(_detection_differences(dict(zip(POSTPROCESS_OUTPUTS, reference)), theirs))
+        differences = {name: max(differences.get(name, 0.0), value) for name, value in found.items()}
+    return differences
+
+
+def _scaled_difference(actual: torch.Tensor, expected: torch.Tensor) -> float:
+    """max |actual - expected| / max(1, |expected|) over all elements (0 when empty)."""
+    actual, expected = actual.double(), expected.double()
+    scaled = (actual - expected).abs() / expected.abs().clamp(min=1.0)
+    return scaled.max().item() if scaled.numel() else 0.0
+
+
+def _detection_differences(expected: dict, actual: dict) -> dict[str, float]:
+    """{"detections": worst paired gap, "num_detections": worst count difference}."""
+    counts = (expected["num_detections"] - actual["num_detections"]).abs()
+    worst = 0.0
+    for image in range(len(counts)):
+        rows = [_valid_rows(output, image) for output in (expected, actual)]
+        for first, second in (rows, rows[::-1]):
+            worst = max(worst, _worst_pair_gap(*first, *second))
+    return {"detections": worst, "num_detections": float(counts.max())}
+
+
+def _valid_rows(output: dict, image: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(boxes [n, 4], scores [n], labels [n]) of one image, without padding and without the
+    detections tied (within 1e-6) with the last one when top_k cut the list."""
+    count = int(output["num_detections"][image])
+    scores = output["det_scores"][image, :count].double()
+    keep = torch.ones_like(scores, dtype=torch.bool)
+    if count == output["det_scores"].shape[1] and count:  # truncated at top_k
+        keep = scores > scores[-1] + 1e-6
+    return (output["det_boxes"][image, :count][keep].double(), scores[keep],
+            output["det_labels"][image, :count][keep])
+
+
+def _worst_pair_gap(boxes, scores, labels, other_boxes, other_scores, other_labels) -> float:
+    """Pair every detection with the closest of its class among the others; the worst gap.
+
+    Gap = max(box difference scaled as in `_scaled_difference`, score difference); inf when a
+    detection has no counterpart of its class.
+    """
+    if not len(scores):
+        return 0.0
+    box_gap = (boxes[:, None] - other_boxes[None]).abs() / other_boxes[None].abs().clamp(min=1.0)
+    gap = torch.maximum(box_gap.amax(dim=-1), (scores[:, None] - other_scores[None]).abs())  # (n, m)
+    gap = gap.masked_fill(labels[:, None] != other_labels[None], float("inf"))
+    if gap.shape[1] == 0:
+        return float("inf")
+    return gap.min(dim=1).values.max().item()
+
+
+def verify_with_onnxruntime(wrapper: ExportedSSD, onnx_path: Path, image_size: int,
+                            mean: Sequence[float], image: np.ndarray | None = None) -> dict | None:
+    """`onnxruntime_differences` on `image` (uint8 [H, W, 3] BGR; default `synthetic_image`)
+    and its mirror; None when onnxruntime is not installed (nothing checked)."""
+    try:
+        import onnxruntime  # noqa: F401
+    except ImportError:
+        return None
+    image = synthetic_image(image_size) if image is None else image
+    return onnxruntime_differences(wrapper, onnx_path, example_batch(image, image_size, mean))
