@@ -13,8 +13,9 @@ import pytest
 import torch
 from torch import nn
 
-from ssd.config import VOC_CLASSES, load_config
+from ssd.config import load_config
 from ssd.data import SHAPES_CLASSES, BaseTransform, VOCDataset, make_shapes
+from ssd.data.voc import VOC_CLASSES
 from ssd.loss import MultiBoxLoss
 from ssd.modeling import build_model
 from ssd.precision import default_precision

@@ -11,11 +11,20 @@ Readers: `VOCDataset` (VOCdevkit layout: PASCAL VOC, custom sets, the synthetic 
 `InfiniteSampler`, `make_train_loader`, `make_test_loader`.
 """
 
-from ssd.data.build import DATASET_BUILDERS, build_dataset, build_transform, ensure_shapes
+from ssd.data.build import (
+    DATASET_BUILDERS,
+    build_dataset,
+    build_transform,
+    class_names_for,
+    configured_class_names,
+    ensure_shapes,
+)
 from ssd.data.coco import COCODataset
 from ssd.data.common import DataError, DetectionDataset, LoadReport, read_image
 from ssd.data.loader import (
+    DetectionLoader,
     InfiniteSampler,
+    LoadFailure,
     TransformedDataset,
     detection_collate,
     make_test_loader,
@@ -23,7 +32,7 @@ from ssd.data.loader import (
 )
 from ssd.data.shapes import SHAPES_CLASSES, make_shapes
 from ssd.data.transforms import AugmentParams, BaseTransform, SSDAugmentation
-from ssd.data.voc import VOCDataset, parse_voc_xml
+from ssd.data.voc import VOC_CLASSES, VOCDataset, parse_voc_xml
 
 __all__ = [
     "AugmentParams",
@@ -32,14 +41,19 @@ __all__ = [
     "DATASET_BUILDERS",
     "DataError",
     "DetectionDataset",
+    "DetectionLoader",
     "InfiniteSampler",
+    "LoadFailure",
     "LoadReport",
     "SHAPES_CLASSES",
     "SSDAugmentation",
     "TransformedDataset",
+    "VOC_CLASSES",
     "VOCDataset",
     "build_dataset",
     "build_transform",
+    "class_names_for",
+    "configured_class_names",
     "detection_collate",
     "ensure_shapes",
     "make_shapes",
