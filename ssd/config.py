@@ -200,7 +200,7 @@ _RANGES: dict[str, _Range] = {
     "train.checkpoint_period": _AT_LEAST_ONE,
     "train.keep_checkpoints": _AT_LEAST_ONE,
     "train.eval_period": _NON_NEGATIVE,  # 0: no periodic evaluation
-    "test.conf_threshold": _Range(0, 1, high_open=True),
+    "test.conf_threshold": _FRACTION,  # scores must exceed it: 1 keeps no detections
     "test.nms_threshold": _Range(0, 1, low_open=True),
     "test.top_k": _AT_LEAST_ONE,
     "test.candidates_per_class": _AT_LEAST_ONE,

@@ -126,8 +126,8 @@ def test_dump_round_trip_and_copy_semantics():
     ("train.keep_checkpoints=-1", "'train.keep_checkpoints' must be >= 1, got -1"),
     ("test.nms_threshold=0", "'test.nms_threshold' must be in (0, 1], got 0.0"),
     ("test.nms_threshold=1.5", "'test.nms_threshold' must be in (0, 1], got 1.5"),
-    ("test.conf_threshold=1", "'test.conf_threshold' must be in [0, 1), got 1.0"),
-    ("test.conf_threshold=-0.1", "'test.conf_threshold' must be in [0, 1), got -0.1"),
+    ("test.conf_threshold=1.5", "'test.conf_threshold' must be in [0, 1], got 1.5"),
+    ("test.conf_threshold=-0.1", "'test.conf_threshold' must be in [0, 1], got -0.1"),
     ("solver.lr=0", "'solver.lr' must be > 0, got 0.0"),
     ("solver.batch_size=0", "'solver.batch_size' must be >= 1, got 0"),
     ("solver.momentum=1", "'solver.momentum' must be in [0, 1), got 1.0"),
@@ -259,3 +259,36 @@ def test_checkpoint_config_keys_are_renamed_by_the_migration_table(monkeypatch):
 def test_a_user_config_cannot_claim_another_version():
     with pytest.raises(ConfigError, match="'version' is 1"):
         load_config(overrides=["version=1"])
+
+
+def test_a_registered_loss_is_validated_and_built_from_its_own_signature(monkeypatch):
+    from torch import nn
+
+    from ssd.loss import LOSSES, build_loss
+
+    class ToyLoss(nn.Module):
+        def __init__(self, num_classes, variances, gamma, loc_weight=1.0):
+            super().__init__()
+            self.settings = (num_classes, variances, gamma, loc_weight)
+
+    monkeypatch.setitem(LOSSES, "toy", ToyLoss)
+    cfg = load_config(overrides=["loss.name=toy", "loss.gamma=3", "loss.loc_weight=0.5"])
+    assert build_loss(cfg).settings == (21, (0.1, 0.2), 3.0, 0.5)
+
+
+def test_one_rule_for_class_names():
+    from ssd.data import SHAPES_CLASSES, class_names_for, configured_class_names
+    from ssd.data.voc import VOC_CLASSES
+    from ssd.predictor import class_names_for as predictor_names
+
+    assert predictor_names is class_names_for
+    voc, shapes = load_config(CONFIGS / "voc300.yaml"), load_config(CONFIGS / "shapes.yaml")
+    coco = load_config(CONFIGS / "coco300.yaml")
+    assert class_names_for(voc) == configured_class_names(voc) == list(VOC_CLASSES)
+    assert class_names_for(shapes) == list(SHAPES_CLASSES)
+    assert configured_class_names(coco) is None  # the annotation file names them
+    assert class_names_for(coco) == [f"class_{label}" for label in range(80)]
+    seven = load_config(overrides=["model.num_classes=8"])  # VOC format, 7 classes, no names
+    assert class_names_for(seven) == [f"class_{label}" for label in range(7)]
+    named = load_config(overrides=["model.num_classes=3", "data.class_names=[cat, dog]"])
+    assert class_names_for(named) == configured_class_names(named) == ["cat", "dog"]
