@@ -220,7 +220,7 @@ def test_load_vgg_backbone_needs_a_vgg_model(tmp_path):
 
 # ---------------------------------------------------------- detector weights and config
 def test_classic_state_dict_gives_identical_outputs(vgg_model, reference_output, classic_file):
-    model, cfg = build_model_from_weights(classic_file)  # no config: configs/voc300.yaml
+    model, cfg = build_model_from_weights(classic_file)  # no config: the built-in SSD300 VOC
     assert cfg.model.backbone == "vgg16" and cfg.model.num_classes == 21
     assert not model.training
     image, (loc, conf) = reference_output
