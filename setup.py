@@ -6,7 +6,11 @@ setup(
     description="SSD300/SSD512 single-shot multibox detector: train, evaluate, predict",
     license="MIT",
     python_requires=">=3.9",
-    packages=find_packages(include=["ssd", "ssd.*"]),
+    # configs/*.yaml are installed as ssd/configs/ (ssd.config.packaged_config reads them);
+    # _base_ references between them keep working there.
+    packages=[*find_packages(include=["ssd", "ssd.*"]), "ssd.configs"],
+    package_dir={"ssd.configs": "configs"},
+    package_data={"ssd.configs": ["*.yaml"]},
     install_requires=[
         "torch>=2.0,<2.15",
         "torchvision>=0.15,<0.30",

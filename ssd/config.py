@@ -5,34 +5,45 @@
     cfg.to_dict()           # plain nested dict
     cfg.dump()              # YAML text (stored in every checkpoint)
 
-Unknown keys and wrong types are errors that name the key, where it came from, and what was
-expected. The config is passed explicitly; there is no global config object.
+Unknown keys, wrong types and values out of range are errors that name the key, where it came
+from, and what was expected. The config is passed explicitly; there is no global config object.
+
+Relative paths (data.root, model.pretrained, train.output_dir and `_base_`) are relative to the
+config file that sets them; values no file sets (built-in defaults, `key=value` overrides, dict
+configs) are relative to the working directory. A loaded config holds absolute paths, so the
+copy stored in a checkpoint means the same folders from any working directory.
+
+Configs stored in checkpoints carry a `version`; `load_checkpoint_config` migrates older ones
+(renamed keys) and drops keys this version no longer knows, with a warning.
 """
 
 from __future__ import annotations
 
 import copy
 import difflib
+import logging
+import os
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable, Mapping
 
 import yaml
 
-VOC_CLASSES = (
-    "aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair", "cow",
-    "diningtable", "dog", "horse", "motorbike", "person", "pottedplant", "sheep", "sofa",
-    "train", "tvmonitor",
-)  # fmt: skip
+logger = logging.getLogger(__name__)
 
-# The defaults reproduce SSD300 on PASCAL VOC07+12 (DESIGN.md, "Facts to build on").
+# Bump when a key is renamed or removed, and add the step to _MIGRATIONS.
+CONFIG_VERSION = 2
+
+# The defaults reproduce SSD300 on PASCAL VOC07+12.
 _DEFAULTS: dict[str, Any] = {
+    "version": CONFIG_VERSION,  # of the config schema; checkpoints' configs are migrated
     "model": {
         "backbone": "vgg16",  # see ssd.modeling.BACKBONES
         "num_classes": 21,  # foreground classes + 1 background
         "image_size": 300,
         "pretrained": None,  # path to a reduced-fc VGG16 state_dict, or null (from scratch)
         "batch_norm": True,  # ssd7 only
-        "channels": None,  # ssd7 only: the 7 block widths (null: the seed's 32-48-64-64-48-48-32)
+        "channels": None,  # ssd7 only: the 7 block widths (null: the default 32-48-64-64-48-48-32)
         "priors": {
             "feature_maps": [38, 19, 10, 5, 3, 1],
             "steps": [8, 16, 32, 64, 100, 300],
@@ -131,13 +142,114 @@ _NULLABLE_TYPES: dict[str, type] = {
     "solver.clip_grad_norm": float,
 }
 
+# Keys holding file or folder paths: relative values are resolved when the config is loaded.
+PATH_KEYS = ("data.root", "model.pretrained", "train.output_dir")
+
+# Keys with a fixed set of values. model.backbone, loss.name and data.format are checked against
+# their registries (ssd.modeling.BACKBONES, ssd.loss.LOSSES, ssd.data.build.DATASET_BUILDERS).
 _CHOICES: dict[str, tuple[str, ...]] = {
-    "data.format": ("voc", "coco", "yolo", "shapes"),
-    "loss.name": ("multibox", "focal"),
     "loss.loc_loss": ("smooth_l1", "l1"),
     "solver.optimizer": ("sgd", "adamw"),
     "solver.schedule": ("step", "cosine"),
     "test.metric": ("voc07", "voc10", "coco"),
+}
+
+
+@dataclass(frozen=True)
+class _Range:
+    """An interval of allowed numbers; None is unbounded, `*_open` excludes the end point."""
+
+    low: float | None = None
+    high: float | None = None
+    low_open: bool = False
+    high_open: bool = False
+
+    def contains(self, value: float) -> bool:
+        above = self.low is None or (value > self.low if self.low_open else value >= self.low)
+        below = self.high is None or (value < self.high if self.high_open else value <= self.high)
+        return above and below
+
+    def describe(self) -> str:
+        """e.g. '>= 1', '> 0', 'in (0, 1]'."""
+        if self.high is None:
+            return f"{'>' if self.low_open else '>='} {self.low:g}"
+        return (f"in {'(' if self.low_open else '['}{self.low:g}, {self.high:g}"
+                f"{')' if self.high_open else ']'}")
+
+
+_POSITIVE = _Range(0, low_open=True)
+_AT_LEAST_ONE = _Range(1)
+_NON_NEGATIVE = _Range(0)
+_FRACTION = _Range(0, 1)
+
+# Allowed ranges of numeric keys.
+_RANGES: dict[str, _Range] = {
+    "model.num_classes": _Range(2),
+    "model.image_size": _AT_LEAST_ONE,
+    "data.shapes.num_train": _NON_NEGATIVE,
+    "data.shapes.num_test": _NON_NEGATIVE,
+    "data.shapes.image_size": _Range(32),
+    "data.num_workers": _NON_NEGATIVE,
+    "loss.iou_threshold": _Range(0, 1, low_open=True),
+    "loss.neg_pos_ratio": _NON_NEGATIVE,
+    "loss.loc_weight": _NON_NEGATIVE,
+    "loss.alpha": _FRACTION,
+    "loss.gamma": _NON_NEGATIVE,
+    "solver.batch_size": _AT_LEAST_ONE,
+    "solver.lr": _POSITIVE,
+    "solver.momentum": _Range(0, 1, high_open=True),
+    "solver.weight_decay": _NON_NEGATIVE,
+    "solver.max_iter": _AT_LEAST_ONE,
+    "solver.gamma": _POSITIVE,
+    "solver.warmup_iters": _NON_NEGATIVE,
+    "solver.warmup_factor": _Range(0, 1, low_open=True),
+    "solver.clip_grad_norm": _NON_NEGATIVE,  # 0 or null: no clipping
+    "train.log_period": _AT_LEAST_ONE,
+    "train.checkpoint_period": _AT_LEAST_ONE,
+    "train.keep_checkpoints": _AT_LEAST_ONE,
+    "train.eval_period": _NON_NEGATIVE,  # 0: no periodic evaluation
+    "test.conf_threshold": _FRACTION,  # scores must exceed it: 1 keeps no detections
+    "test.nms_threshold": _Range(0, 1, low_open=True),
+    "test.top_k": _AT_LEAST_ONE,
+    "test.candidates_per_class": _AT_LEAST_ONE,
+    "test.batch_size": _AT_LEAST_ONE,
+}
+
+
+@dataclass(frozen=True)
+class _NumberList:
+    """A list of numbers: element type, allowed range, and its length (None: any)."""
+
+    kind: type
+    allowed: _Range | None = None
+    length: int | None = None
+
+
+_NUMBER_LISTS: dict[str, _NumberList] = {
+    "model.variances": _NumberList(float, _POSITIVE, 2),
+    "model.channels": _NumberList(int, _AT_LEAST_ONE),
+    "model.priors.feature_maps": _NumberList(int, _AT_LEAST_ONE),
+    "model.priors.steps": _NumberList(float, _POSITIVE),
+    "model.priors.min_sizes": _NumberList(float, _POSITIVE),
+    "model.priors.max_sizes": _NumberList(float, _POSITIVE),
+    "data.mean": _NumberList(float, None, 3),
+    "solver.lr_steps": _NumberList(int, _NON_NEGATIVE),
+}
+
+_SET_KEYS = ("data.train_sets", "data.test_sets")  # lists of [year, split] pairs
+
+
+@dataclass(frozen=True)
+class _Migration:
+    """How a stored config of one version becomes the next: dotted keys renamed or removed."""
+
+    renamed: Mapping[str, str]
+    removed: tuple[str, ...] = ()
+
+
+# version -> the step to version + 1. Version 1 (no `version` key) stored paths as written.
+_MIGRATIONS: dict[int, _Migration] = {
+    1: _Migration(renamed={}),
 }
 
 
@@ -182,6 +294,25 @@ class Config:
         return isinstance(other, Config) and self.to_dict() == other.to_dict()
 
 
+def packaged_config(name: str) -> Path:
+    """The config file `name` (e.g. "voc512.yaml") shipped with an installed package, found
+    through importlib.resources (setup.py installs configs/*.yaml as ssd/configs/).
+
+    Raises ConfigError when the package was not installed with its configs (e.g. run from a
+    source checkout through PYTHONPATH: use the checkout's configs/ there).
+    """
+    from importlib import resources
+
+    try:
+        path = Path(str(resources.files("ssd.configs") / name))
+    except ModuleNotFoundError:
+        path = None
+    if path is None or not path.is_file():
+        raise ConfigError(f"No config named {name!r} is installed with the ssd package (ssd/configs/); "
+                          "install it with pip install . or pass the path of a config file")
+    return path
+
+
 def get_defaults() -> dict[str, Any]:
     """A fresh copy of the default config as a nested dict."""
     return copy.deepcopy(_DEFAULTS)
@@ -194,38 +325,115 @@ def load_config(
 
     Args:
         path: a YAML file holding a subset of the default keys. It may name a `_base_` file
-            (relative to itself) whose values it builds on.
+            (relative to itself) whose values it builds on. Relative paths in it are relative
+            to the file that sets them.
         overrides: strings like ``"solver.lr=0.002"``; values are parsed as YAML
-            (``"model.priors.steps=[8,16]"``, ``"model.pretrained=null"``).
+            (``"model.priors.steps=[8,16]"``, ``"model.pretrained=null"``); relative paths are
+            relative to the working directory.
     """
     config = get_defaults()
     if path is not None:
         _merge(config, _read_yaml_with_bases(Path(path)), source=str(path))
     _apply_overrides(config, overrides or ())
-    _validate(config)
-    return Config(config)
+    return _finish(config)
 
 
 def load_config_from_dict(data: Mapping[str, Any], source: str = "<dict>") -> Config:
-    """Defaults merged with `data` (e.g. the config stored in a checkpoint), validated."""
+    """Defaults merged with `data`, validated; relative paths are relative to the working
+    directory."""
     config = get_defaults()
     _merge(config, dict(data), source=source)
-    _validate(config)
-    return Config(config)
+    return _finish(config)
+
+
+def load_checkpoint_config(data: Mapping[str, Any], source: str = "a checkpoint") -> Config:
+    """The config stored in a checkpoint, migrated from its `version` to this one.
+
+    Renamed keys are moved; keys this version does not know are dropped with a logged warning
+    (a checkpoint stays loadable), while wrong values still raise ConfigError.
+    """
+    data = copy.deepcopy(dict(data))
+    version = data.pop("version", 1)
+    if not isinstance(version, int) or isinstance(version, bool) or version < 1:
+        raise ConfigError(f"The config in {source} has version {version!r}; expected an int >= 1")
+    for step in range(version, CONFIG_VERSION):
+        _migrate(data, _MIGRATIONS[step])
+    dropped = _drop_unknown_keys(data, _DEFAULTS)
+    if dropped:
+        newer = f" (it was written by config version {version})" if version > CONFIG_VERSION else ""
+        logger.warning("Ignoring config keys in %s that this version does not know%s: %s",
+                       source, newer, ", ".join(dropped))
+    return load_config_from_dict(data, source=source)
 
 
 def merge_overrides(cfg: Config, overrides: Iterable[str]) -> Config:
     """A new config: `cfg` with `key=value` overrides applied."""
     config = cfg.to_dict()
     _apply_overrides(config, overrides)
+    return _finish(config)
+
+
+def _finish(config: dict[str, Any]) -> Config:
+    """Remaining relative paths against the working directory, validation, the Config view."""
+    _resolve_paths(config, Path.cwd())
     _validate(config)
     return Config(config)
 
 
-def class_names_of(cfg: Config) -> list[str]:
-    """Foreground class names of the configured data set (VOC's 20 when not given)."""
-    names = cfg.data.class_names
-    return list(names) if names is not None else list(VOC_CLASSES)
+def _lookup(config: Mapping[str, Any], dotted: str) -> Any:
+    value: Any = config
+    for name in dotted.split("."):
+        value = value[name]
+    return value
+
+
+def _resolve_paths(config: dict[str, Any], base: Path) -> None:
+    """Make the relative PATH_KEYS values present in `config` absolute against `base`."""
+    for dotted in PATH_KEYS:
+        *parents, leaf = dotted.split(".")
+        section: Any = config
+        for name in parents:
+            section = section.get(name) if isinstance(section, Mapping) else None
+        if not isinstance(section, dict) or not isinstance(section.get(leaf), str):
+            continue
+        path = Path(section[leaf]).expanduser()
+        section[leaf] = os.path.normpath(path if path.is_absolute() else base / path)
+
+
+def _migrate(data: dict[str, Any], step: _Migration) -> None:
+    for old, new in step.renamed.items():
+        value = _pop_dotted(data, old)
+        if value is not _MISSING:
+            *parents, leaf = new.split(".")
+            section = data
+            for name in parents:
+                section = section.setdefault(name, {})
+            section[leaf] = value
+    for old in step.removed:
+        _pop_dotted(data, old)
+
+
+_MISSING = object()
+
+
+def _pop_dotted(data: dict[str, Any], dotted: str) -> Any:
+    *parents, leaf = dotted.split(".")
+    section: Any = data
+    for name in parents:
+        section = section.get(name) if isinstance(section, dict) else None
+    return section.pop(leaf, _MISSING) if isinstance(section, dict) else _MISSING
+
+
+def _drop_unknown_keys(data: dict[str, Any], known: Mapping[str, Any], prefix: str = "") -> list[str]:
+    """Remove the keys of `data` that `known` lacks (recursively); return them dotted."""
+    dropped = []
+    for key in list(data):
+        if key not in known:
+            dropped.append(f"{prefix}{key}")
+            del data[key]
+        elif isinstance(known[key], dict) and isinstance(data[key], dict):
+            dropped += _drop_unknown_keys(data[key], known[key], prefix=f"{prefix}{key}.")
+    return dropped
 
 
 def _read_yaml_with_bases(path: Path) -> dict[str, Any]:
@@ -237,6 +445,7 @@ def _read_yaml_with_bases(path: Path) -> dict[str, Any]:
         raise ConfigError(f"Config file {path} is not valid YAML: {err}") from err
     if not isinstance(data, dict):
         raise ConfigError(f"Config file {path} must hold a mapping, got {type(data).__name__}")
+    _resolve_paths(data, path.absolute().parent)
     base = data.pop("_base_", None)
     if base is None:
         return data
@@ -299,15 +508,31 @@ def _type_name(kind: type) -> str:
     )
 
 
+def _as_float(value: Any) -> Any:
+    """`value` as a float when it is an int or a string that parses as one (YAML 1.1 reads
+    ``1e-3`` as a string), else unchanged."""
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, int):
+        return float(value)
+    if isinstance(value, str):
+        try:
+            return float(value)
+        except ValueError:
+            return value
+    return value
+
+
 def _checked_value(dotted: str, default: Any, value: Any, source: str) -> Any:
-    """`value` if it has the type of `default` (int accepted for float; tuples as lists)."""
+    """`value` if it has the type of `default` (int or a numeric string accepted for float;
+    tuples as lists)."""
     if isinstance(value, tuple):
         value = list(value)
     expected = _NULLABLE_TYPES.get(dotted, type(default))
     if value is None and (dotted in _NULLABLE_TYPES or default is None):
         return None
-    if expected is float and isinstance(value, int) and not isinstance(value, bool):
-        return float(value)
+    if expected is float:
+        value = _as_float(value)
     is_bool_mismatch = (expected is bool) != isinstance(value, bool)
     if not isinstance(value, expected) or is_bool_mismatch:
         nullable = " or null" if dotted in _NULLABLE_TYPES else ""
@@ -318,15 +543,84 @@ def _checked_value(dotted: str, default: Any, value: Any, source: str) -> Any:
     return value
 
 
+def _registry_choices() -> dict[str, list[str]]:
+    """The names registered for the keys that pick a registry entry (imported when validating,
+    so that importing ssd.config stays light and free of cycles)."""
+    from ssd.data.build import DATASET_BUILDERS
+    from ssd.loss import LOSSES
+    from ssd.modeling import BACKBONES
+
+    return {"model.backbone": list(BACKBONES), "loss.name": list(LOSSES),
+            "data.format": list(DATASET_BUILDERS)}
+
+
 def _validate(config: dict[str, Any]) -> None:
-    """Checks across keys that types alone cannot express."""
-    for dotted, choices in _CHOICES.items():
-        section, key = dotted.split(".")
-        if config[section][key] not in choices:
-            raise ConfigError(
-                f"Config key '{dotted}' must be one of {', '.join(choices)}, "
-                f"got {config[section][key]!r}"
-            )
+    """Checks that types alone cannot express: choices, ranges, list forms, cross-key rules."""
+    if config["version"] != CONFIG_VERSION:
+        raise ConfigError(f"Config key 'version' is {config['version']}; this version reads "
+                          f"{CONFIG_VERSION} (older configs are migrated only when read from "
+                          "checkpoints); remove the key from the file")
+    choices = {**_CHOICES, **_registry_choices()}
+    for dotted, allowed in choices.items():
+        value = _lookup(config, dotted)
+        if value not in allowed:
+            raise ConfigError(f"Config key '{dotted}' must be one of {', '.join(allowed)}, got {value!r}")
+    for dotted, allowed in _RANGES.items():
+        value = _lookup(config, dotted)
+        if value is not None and not allowed.contains(value):  # None: a nullable key left off
+            raise ConfigError(f"Config key '{dotted}' must be {allowed.describe()}, got {value!r}")
+    for dotted, rule in _NUMBER_LISTS.items():
+        _check_number_list(config, dotted, rule)
+    _check_aspect_ratios(config["model"]["priors"]["aspect_ratios"])
+    for dotted in _SET_KEYS:
+        _check_image_sets(dotted, _lookup(config, dotted))
+    _check_cross_keys(config)
+
+
+def _check_number_list(config: dict[str, Any], dotted: str, rule: _NumberList) -> None:
+    """Convert the items of list key `dotted` to `rule.kind` in place, or raise ConfigError."""
+    *parents, leaf = dotted.split(".")
+    section = _lookup(config, ".".join(parents))
+    values = section[leaf]
+    if values is None:
+        return
+    shape = f"{rule.length} " if rule.length else ""
+    wanted = f"a list of {shape}{_type_name(rule.kind)}s" + (
+        f" {rule.allowed.describe()}" if rule.allowed else "")
+    if rule.length is not None and len(values) != rule.length:
+        raise ConfigError(f"Config key '{dotted}' must be {wanted}, got {values!r} "
+                          f"({len(values)} values)")
+    converted = []
+    for index, item in enumerate(values):
+        number = _as_float(item) if rule.kind is float else item
+        if not isinstance(number, rule.kind) or isinstance(number, bool):
+            raise ConfigError(f"Config key '{dotted}' must be {wanted}; item {index} is "
+                              f"{type(item).__name__} {item!r}")
+        if rule.allowed is not None and not rule.allowed.contains(number):
+            raise ConfigError(f"Config key '{dotted}' must be {wanted}; item {index} is {item!r}")
+        converted.append(number)
+    section[leaf] = converted
+
+
+def _check_aspect_ratios(ratios: list) -> None:
+    for index, item in enumerate(ratios):
+        if not isinstance(item, list) or not all(
+                isinstance(_as_float(r), float) and _as_float(r) > 0 for r in item):
+            raise ConfigError("Config key 'model.priors.aspect_ratios' must be one list of "
+                              f"positive numbers per feature map (e.g. [[2], [2, 3]]); item "
+                              f"{index} is {item!r}")
+
+
+def _check_image_sets(dotted: str, sets: list) -> None:
+    """`sets` must be [[year, split], ...]; a flat [year, split] is the common mistake."""
+    for item in sets:
+        if not (isinstance(item, list) and len(item) == 2
+                and all(isinstance(part, (str, int)) and not isinstance(part, bool) for part in item)):
+            raise ConfigError(f"Config key '{dotted}' must be a list of [year, split] pairs, e.g. "
+                              f"[[2007, trainval], [2012, trainval]]; got {sets!r} (item {item!r})")
+
+
+def _check_cross_keys(config: dict[str, Any]) -> None:
     priors = config["model"]["priors"]
     lengths = {name: len(priors[name]) for name in
                ("feature_maps", "steps", "min_sizes", "max_sizes", "aspect_ratios")}
@@ -342,9 +636,3 @@ def _validate(config: dict[str, Any]) -> None:
             f"data.class_names lists {len(names)} classes; expected num_classes = "
             f"{len(names) + 1} (classes + background)"
         )
-    clip = config["solver"]["clip_grad_norm"]
-    if clip is not None and clip < 0:
-        raise ConfigError(f"Config key 'solver.clip_grad_norm' must be >= 0 (0 or null: off), got {clip}")
-    if config["solver"]["batch_size"] < 1:
-        raise ConfigError(f"Config key 'solver.batch_size' must be >= 1, got "
-                          f"{config['solver']['batch_size']}")

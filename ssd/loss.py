@@ -329,19 +329,16 @@ LOSSES: dict[str, type[_DetectionLoss]] = {"multibox": MultiBoxLoss, "focal": Fo
 
 
 def build_loss(cfg: Any) -> nn.Module:
-    """The loss named by `cfg.loss.name`, built from `cfg.loss` and `cfg.model`."""
+    """The loss registered under `cfg.loss.name` in LOSSES, built from its own signature:
+    num_classes and variances come from `cfg.model`, every other parameter from the `cfg.loss`
+    key of the same name (so a registered loss needs no code here)."""
+    import inspect
+
     settings = cfg.loss
     if settings.name not in LOSSES:
         raise ValueError(f"No loss named {settings.name!r}; known: {', '.join(LOSSES)}")
-    own_options = {
-        "multibox": {"neg_pos_ratio": settings.neg_pos_ratio},
-        "focal": {"alpha": settings.alpha, "gamma": settings.gamma},
-    }[settings.name]
-    return LOSSES[settings.name](
-        num_classes=cfg.model.num_classes,
-        iou_threshold=settings.iou_threshold,
-        variances=tuple(cfg.model.variances),
-        loc_weight=settings.loc_weight,
-        loc_loss=settings.loc_loss,
-        **own_options,
-    )
+    loss_class = LOSSES[settings.name]
+    parameters = inspect.signature(loss_class).parameters
+    options = {name: settings[name] for name in parameters if name in settings}
+    return loss_class(num_classes=cfg.model.num_classes, variances=tuple(cfg.model.variances),
+                      **options)

@@ -27,8 +27,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from ssd.config import VOC_CLASSES, Config, load_config
-from ssd.data import SHAPES_CLASSES, BaseTransform
+from ssd.config import Config, load_config
+from ssd.data import BaseTransform, class_names_for
 from ssd.drawing import Detection, draw_detections
 from ssd.images import ImageInput, load_image, network_input
 from ssd.postprocess import build_postprocessor, scale_boxes
@@ -43,18 +43,6 @@ TRAIN_HINT = (
 
 
 # ---------------------------------------------------------------------------- classes
-def class_names_for(cfg: Config) -> list[str]:
-    """Foreground class names, label order: data.class_names when given; else VOC's 20 for a
-    21-class model, the shapes classes for the shapes set, otherwise generic class_<label>
-    names (e.g. a COCO model, whose names live in the annotation file)."""
-    count = cfg.model.num_classes - 1
-    if cfg.data.class_names is not None:
-        return list(cfg.data.class_names)
-    if cfg.data.format == "shapes" and count == len(SHAPES_CLASSES):
-        return list(SHAPES_CLASSES)
-    if cfg.data.format not in ("coco", "yolo") and count == len(VOC_CLASSES):
-        return list(VOC_CLASSES)
-    return [f"class_{label}" for label in range(count)]
 
 
 # -------------------------------------------------------------------------- predictor

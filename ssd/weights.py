@@ -23,13 +23,11 @@ import torch
 import yaml
 from torch import nn
 
-from ssd.config import Config, load_config, load_config_from_dict
+from ssd.config import Config, load_checkpoint_config, load_config
 from ssd.fileio import UnsafeFileError, safe_torch_load
 from ssd.modeling import build_model
 from ssd.modeling.vgg import vgg16_reducedfc_layers
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
-DEFAULT_CONFIG = REPO_ROOT / "configs" / "voc300.yaml"
 TORCHVISION_VGG16_FILE = "vgg16-397923af.pth"
 REDUCED_FC_FILE = "weights/vgg16_reducedfc.pth"
 
@@ -338,15 +336,16 @@ def build_model_from_weights(
 ) -> tuple[nn.Module, Config]:
     """Build the model a weights file was trained as, load the weights, return (model, cfg).
 
-    The config is the one stored in the checkpoint when it carries one (it wins over `cfg`),
-    else `cfg`, else configs/voc300.yaml (the classic SSD300 checkpoints). The model is on
-    `device` in eval mode.
+    The config is the one stored in the checkpoint when it carries one (it wins over `cfg`;
+    older configs are migrated, see `ssd.config.load_checkpoint_config`), else `cfg`, else the
+    built-in defaults: SSD300 on VOC, the model of the classic checkpoints (the same model as
+    configs/voc300.yaml, without reading any file). The model is on `device` in eval mode.
     """
     state_dict, stored = read_checkpoint(path)
     if stored is not None:
-        cfg = load_config_from_dict(stored, source=f"the config stored in {path}")
+        cfg = load_checkpoint_config(stored, source=f"the config stored in {path}")
     elif cfg is None:
-        cfg = load_config(DEFAULT_CONFIG)
+        cfg = load_config()
     model = build_model(cfg)
     load_model_weights(model, state_dict, source=str(path))
     return model.to(device).eval(), cfg

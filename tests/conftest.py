@@ -5,6 +5,7 @@ import pytest
 import torch
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
+CONFIGS = REPO_ROOT / "configs"  # tests name config files by absolute path: any cwd works
 sys.path.insert(0, str(REPO_ROOT))
 
 torch.set_num_threads(2)

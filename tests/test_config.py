@@ -1,5 +1,6 @@
 import pytest
 import yaml
+from conftest import CONFIGS
 
 from ssd.config import ConfigError, load_config, load_config_from_dict, merge_overrides
 
@@ -18,7 +19,7 @@ def test_yaml_overrides_only_what_it_names(tmp_path):
 
 
 def test_cli_overrides_are_parsed_as_yaml():
-    cfg = load_config("configs/voc300.yaml", overrides=[
+    cfg = load_config(CONFIGS / "voc300.yaml", overrides=[
         "solver.lr=0.002", "model.num_classes=21", "solver.lr_steps=[10, 20]",
         "model.pretrained=null", "train.amp=true",
     ])
@@ -34,7 +35,7 @@ def test_int_accepted_for_float():
 
 
 def test_base_file_is_inherited():
-    cfg = load_config("configs/voc512.yaml")
+    cfg = load_config(CONFIGS / "voc512.yaml")
     assert cfg.model.image_size == 512
     assert cfg.solver.max_iter == 120000  # from voc300.yaml via _base_
 
@@ -102,7 +103,7 @@ def test_missing_and_invalid_files(tmp_path):
 
 
 def test_dump_round_trip_and_copy_semantics():
-    cfg = load_config("configs/shapes.yaml", overrides=["solver.lr=0.5"])
+    cfg = load_config(CONFIGS / "shapes.yaml", overrides=["solver.lr=0.5"])
     restored = load_config_from_dict(yaml.safe_load(cfg.dump()))
     assert restored == cfg
     as_dict = cfg.to_dict()
@@ -111,3 +112,183 @@ def test_dump_round_trip_and_copy_semantics():
     with pytest.raises(AttributeError):
         cfg.solver.lr = 1.0
     assert merge_overrides(cfg, ["solver.lr=0.1"]).solver.lr == 0.1
+
+
+# --- numeric ranges and list forms --------------------------------------------------------------
+
+
+@pytest.mark.parametrize("override, expected", [
+    ("solver.max_iter=0", "'solver.max_iter' must be >= 1, got 0"),
+    ("train.checkpoint_period=0", "'train.checkpoint_period' must be >= 1, got 0"),
+    ("train.log_period=0", "'train.log_period' must be >= 1, got 0"),
+    ("train.eval_period=-1", "'train.eval_period' must be >= 0, got -1"),
+    ("train.keep_checkpoints=0", "'train.keep_checkpoints' must be >= 1, got 0"),
+    ("train.keep_checkpoints=-1", "'train.keep_checkpoints' must be >= 1, got -1"),
+    ("test.nms_threshold=0", "'test.nms_threshold' must be in (0, 1], got 0.0"),
+    ("test.nms_threshold=1.5", "'test.nms_threshold' must be in (0, 1], got 1.5"),
+    ("test.conf_threshold=1.5", "'test.conf_threshold' must be in [0, 1], got 1.5"),
+    ("test.conf_threshold=-0.1", "'test.conf_threshold' must be in [0, 1], got -0.1"),
+    ("solver.lr=0", "'solver.lr' must be > 0, got 0.0"),
+    ("solver.batch_size=0", "'solver.batch_size' must be >= 1, got 0"),
+    ("solver.momentum=1", "'solver.momentum' must be in [0, 1), got 1.0"),
+    ("loss.iou_threshold=0", "'loss.iou_threshold' must be in (0, 1], got 0.0"),
+    ("test.top_k=0", "'test.top_k' must be >= 1, got 0"),
+    ("data.num_workers=-1", "'data.num_workers' must be >= 0, got -1"),
+    ("model.num_classes=1", "'model.num_classes' must be >= 2, got 1"),
+    ("model.variances=[0.1]", "'model.variances' must be a list of 2 floats > 0, got [0.1] (1 values)"),
+    ("model.variances=[0.1, 0]", "'model.variances' must be a list of 2 floats > 0; item 1 is 0"),
+    ("data.mean=[104, 117]", "'data.mean' must be a list of 3 floats, got [104, 117] (2 values)"),
+    ("model.priors.feature_maps=[38, a, 10, 5, 3, 1]",
+     "'model.priors.feature_maps' must be a list of ints >= 1; item 1 is str 'a'"),
+    ("model.priors.steps=[8, 16, 32, 64, 100, -300]",
+     "'model.priors.steps' must be a list of floats > 0; item 5 is -300"),
+    ("model.priors.aspect_ratios=[[2], [2, 3], [2, 3], [2, 3], [2], two]",
+     "'model.priors.aspect_ratios' must be one list of positive numbers per feature map"),
+    ("data.train_sets=[2007, trainval]",
+     "'data.train_sets' must be a list of [year, split] pairs, e.g. [[2007, trainval], "
+     "[2012, trainval]]; got [2007, 'trainval']"),
+    ("data.test_sets=[[2007, test, extra]]", "'data.test_sets' must be a list of [year, split] pairs"),
+])
+def test_out_of_range_values_name_the_key_and_the_range(override, expected):
+    with pytest.raises(ConfigError) as err:
+        load_config(overrides=[override])
+    assert expected in str(err.value)
+
+
+def test_range_end_points_that_are_allowed():
+    cfg = load_config(overrides=["train.eval_period=0", "test.nms_threshold=1", "test.conf_threshold=0",
+                                 "solver.max_iter=1", "train.keep_checkpoints=1", "train.log_period=1"])
+    assert (cfg.train.eval_period, cfg.test.nms_threshold, cfg.test.conf_threshold) == (0, 1.0, 0.0)
+
+
+def test_yaml_1_1_exponent_strings_are_read_as_floats(tmp_path):
+    # PyYAML (YAML 1.1) reads 1e-3 without a dot as the string "1e-3"
+    path = _write(tmp_path, "solver:\n  lr: 1e-3\n  weight_decay: 5e-4\nmodel:\n  variances: [1e-1, 2e-1]\n")
+    assert yaml.safe_load(path.read_text())["solver"]["lr"] == "1e-3"
+    cfg = load_config(path)
+    assert cfg.solver.lr == 0.001 and isinstance(cfg.solver.lr, float)
+    assert cfg.solver.weight_decay == 0.0005 and cfg.model.variances == [0.1, 0.2]
+    with pytest.raises(ConfigError, match="'solver.lr' .* expects float, got str 'fast'"):
+        load_config(overrides=["solver.lr=fast"])
+
+
+def test_backbone_and_loss_names_come_from_their_registries():
+    from ssd.loss import LOSSES
+    from ssd.modeling import BACKBONES
+
+    with pytest.raises(ConfigError) as err:
+        load_config(overrides=["model.backbone=vgg19"])
+    assert f"must be one of {', '.join(BACKBONES)}, got 'vgg19'" in str(err.value)
+    with pytest.raises(ConfigError) as err:
+        load_config(overrides=["loss.name=hinge"])
+    assert f"must be one of {', '.join(LOSSES)}, got 'hinge'" in str(err.value)
+
+
+# --- relative paths ---------------------------------------------------------------------------------
+
+
+def test_relative_paths_are_relative_to_the_file_that_sets_them(tmp_path, monkeypatch):
+    project = tmp_path / "project"
+    (project / "configs" / "base").mkdir(parents=True)
+    _write(project / "configs" / "base", "data:\n  root: ../../data/VOCdevkit\n", "base.yaml")
+    child = _write(project / "configs", "_base_: base/base.yaml\nmodel:\n  pretrained: weights/vgg.pth\n"
+                                        "train:\n  output_dir: ../runs/x\n", "child.yaml")
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    cfg = load_config(child)
+    assert cfg.data.root == str(project / "data" / "VOCdevkit")  # set by base.yaml, next to it
+    assert cfg.model.pretrained == str(project / "configs" / "weights" / "vgg.pth")
+    assert cfg.train.output_dir == str(project / "runs" / "x")
+    # values no file sets are relative to the working directory: defaults and overrides
+    assert load_config(overrides=["data.root=mine"]).data.root == str(elsewhere / "mine")
+    assert load_config().train.output_dir == str(elsewhere / "runs" / "ssd")
+
+
+def test_repository_configs_mean_the_same_folders_from_any_directory(tmp_path, monkeypatch):
+    from_root = load_config(CONFIGS / "shapes.yaml")
+    monkeypatch.chdir(tmp_path)
+    from_elsewhere = load_config(CONFIGS / "shapes.yaml")
+    assert from_root == from_elsewhere
+    assert from_elsewhere.data.root == str(CONFIGS.parent / "data" / "shapes")
+    assert from_elsewhere.train.output_dir == str(CONFIGS.parent / "runs" / "shapes")
+
+
+def test_a_dumped_config_keeps_its_absolute_paths_in_another_directory(tmp_path, monkeypatch):
+    cfg = load_config(CONFIGS / "voc300.yaml")
+    stored = yaml.safe_load(cfg.dump())
+    monkeypatch.chdir(tmp_path)
+    restored = load_config_from_dict(stored)
+    assert restored.data.root == cfg.data.root == str(CONFIGS.parent / "data" / "VOCdevkit")
+    assert restored.model.pretrained == str(CONFIGS.parent / "weights" / "vgg16_reducedfc.pth")
+
+
+# --- configs stored in checkpoints ------------------------------------------------------------------
+
+
+def test_checkpoint_config_with_a_key_this_version_does_not_know_still_loads(caplog):
+    from ssd.config import load_checkpoint_config
+
+    stored = load_config(CONFIGS / "shapes.yaml").to_dict()
+    del stored["version"]  # written before configs had a version
+    stored["data"]["cache_images"] = True  # a key this version does not know
+    stored["retired_section"] = {"x": 1}
+    with caplog.at_level("WARNING", logger="ssd.config"):
+        cfg = load_checkpoint_config(stored, source="the config stored in old.pth")
+    assert cfg.model.backbone == "ssd7" and cfg.data.shapes.num_train == 5000
+    assert "old.pth" in caplog.text and "data.cache_images" in caplog.text
+    assert "retired_section" in caplog.text
+    # the same key in a user's YAML is still an error with a suggestion
+    with pytest.raises(ConfigError, match="Unknown config key 'data.cache_images'"):
+        load_config_from_dict(stored)
+
+
+def test_checkpoint_config_keys_are_renamed_by_the_migration_table(monkeypatch):
+    import ssd.config as config
+
+    monkeypatch.setattr(config, "CONFIG_VERSION", 3)
+    monkeypatch.setitem(config._DEFAULTS, "version", 3)
+    monkeypatch.setitem(config._MIGRATIONS, 2, config._Migration(
+        renamed={"train.ckpt_period": "train.checkpoint_period"}, removed=("train.old_flag",)))
+    stored = {"version": 2, "train": {"ckpt_period": 123, "old_flag": True}}
+    cfg = config.load_checkpoint_config(stored)
+    assert cfg.train.checkpoint_period == 123 and cfg.version == 3
+    assert "old_flag" not in cfg.train
+
+
+def test_a_user_config_cannot_claim_another_version():
+    with pytest.raises(ConfigError, match="'version' is 1"):
+        load_config(overrides=["version=1"])
+
+
+def test_a_registered_loss_is_validated_and_built_from_its_own_signature(monkeypatch):
+    from torch import nn
+
+    from ssd.loss import LOSSES, build_loss
+
+    class ToyLoss(nn.Module):
+        def __init__(self, num_classes, variances, gamma, loc_weight=1.0):
+            super().__init__()
+            self.settings = (num_classes, variances, gamma, loc_weight)
+
+    monkeypatch.setitem(LOSSES, "toy", ToyLoss)
+    cfg = load_config(overrides=["loss.name=toy", "loss.gamma=3", "loss.loc_weight=0.5"])
+    assert build_loss(cfg).settings == (21, (0.1, 0.2), 3.0, 0.5)
+
+
+def test_one_rule_for_class_names():
+    from ssd.data import SHAPES_CLASSES, class_names_for, configured_class_names
+    from ssd.data.voc import VOC_CLASSES
+    from ssd.predictor import class_names_for as predictor_names
+
+    assert predictor_names is class_names_for
+    voc, shapes = load_config(CONFIGS / "voc300.yaml"), load_config(CONFIGS / "shapes.yaml")
+    coco = load_config(CONFIGS / "coco300.yaml")
+    assert class_names_for(voc) == configured_class_names(voc) == list(VOC_CLASSES)
+    assert class_names_for(shapes) == list(SHAPES_CLASSES)
+    assert configured_class_names(coco) is None  # the annotation file names them
+    assert class_names_for(coco) == [f"class_{label}" for label in range(80)]
+    seven = load_config(overrides=["model.num_classes=8"])  # VOC format, 7 classes, no names
+    assert class_names_for(seven) == [f"class_{label}" for label in range(7)]
+    named = load_config(overrides=["model.num_classes=3", "data.class_names=[cat, dog]"])
+    assert class_names_for(named) == configured_class_names(named) == ["cat", "dog"]

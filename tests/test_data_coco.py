@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 
 import cv2
@@ -12,6 +13,12 @@ import pytest
 from ssd.data import COCODataset, DataError
 
 CATEGORIES = [{"id": 12, "name": "kite"}, {"id": 3, "name": "car"}, {"id": 7, "name": "train"}]
+
+@pytest.fixture(autouse=True)
+def info_logs(caplog):
+    """Data set summaries and generation messages are logged at INFO by the ssd.data loggers."""
+    caplog.set_level(logging.INFO, logger="ssd")
+
 
 
 def coco_json(annotations, images=None) -> dict:
@@ -45,10 +52,10 @@ def write_coco(tmp_path: Path, data: dict, skip_images=()) -> tuple[Path, Path]:
     return path, images
 
 
-def test_round_trip(tmp_path, capsys):
+def test_round_trip(tmp_path, caplog):
     ann_file, image_dir = write_coco(tmp_path, coco_json(ANNOTATIONS))
     ds = COCODataset(ann_file, image_dir)
-    assert "loading annotations" not in capsys.readouterr().out.replace("[data]", "")
+    assert "loading annotations" not in caplog.text
     assert ds.class_names == ["car", "train", "kite"]  # by increasing category id
     assert ds.label_to_category_id == [3, 7, 12]
     assert ds.category_id_to_label == {3: 0, 7: 1, 12: 2}
@@ -79,12 +86,12 @@ def test_round_trip(tmp_path, capsys):
             assert len(original) == 1
 
 
-def test_keep_empty_false_leaves_out_images_without_objects(tmp_path, capsys):
+def test_keep_empty_false_leaves_out_images_without_objects(tmp_path, caplog):
     only_crowd = [dict(ANNOTATIONS[1], image_id=2, id=10)]
     ann_file, image_dir = write_coco(tmp_path, coco_json(ANNOTATIONS[:1] + only_crowd))
     ds = COCODataset(ann_file, image_dir, keep_empty=False)
     assert ds.image_ids == ["5"] and ds.report.empty_removed == 2
-    assert "2 images without objects left out" in capsys.readouterr().out
+    assert "2 images without objects left out" in caplog.text
 
 
 def test_missing_and_invalid_annotation_file(tmp_path):

@@ -3,15 +3,19 @@
 from __future__ import annotations
 
 import itertools
+import logging
 
 import numpy as np
 import pytest
 import torch
+from conftest import CONFIGS
 from torch.utils.data import DistributedSampler
 
 from ssd.config import ConfigError, load_config
 from ssd.data import (
+    SHAPES_CLASSES,
     BaseTransform,
+    DataError,
     InfiniteSampler,
     SSDAugmentation,
     VOCDataset,
@@ -21,6 +25,13 @@ from ssd.data import (
     make_test_loader,
     make_train_loader,
 )
+
+
+@pytest.fixture(autouse=True)
+def info_logs(caplog):
+    """Data set summaries and generation messages are logged at INFO by the ssd.data loggers."""
+    caplog.set_level(logging.INFO, logger="ssd")
+
 
 
 class TinyDataset:
@@ -152,23 +163,54 @@ def test_test_loader_one_ordered_pass():
 
 
 def shapes_config(tmp_path, *extra):
-    return load_config("configs/shapes.yaml", overrides=[
+    return load_config(CONFIGS / "shapes.yaml", overrides=[
         f"data.root={tmp_path}", "data.shapes.num_train=6", "data.shapes.num_test=3",
         "data.shapes.image_size=64", *extra])
 
 
-def test_build_shapes_generates_once(tmp_path, capsys):
+def test_build_shapes_generates_once(tmp_path, caplog):
     cfg = shapes_config(tmp_path)
     train = build_dataset(cfg, train=True)
-    out = capsys.readouterr().out
+    out = caplog.text
+    caplog.clear()
     assert "generating 6 train + 3 test images of 64 px" in out
     assert isinstance(train, VOCDataset) and len(train) <= 6
     assert train.class_names == ["circle", "square", "triangle", "star", "hexagon", "cross"]
     test = build_dataset(cfg, train=False)
     assert len(test) == 3 and test.image_ids[0] == "VOCshapes/000006"
-    assert "generating" not in capsys.readouterr().out  # reused
-    build_dataset(shapes_config(tmp_path, "data.shapes.seed=1"), train=False)
-    assert "settings changed" in capsys.readouterr().out
+    assert "generating" not in caplog.text  # reused
+    other_seed = shapes_config(tmp_path, "data.shapes.seed=1")
+    build_dataset(other_seed, train=True)
+    assert "settings changed" in caplog.text
+
+
+def test_evaluation_never_generates_the_shapes_set(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # a relative data.root from the command line: the working directory
+    cfg = shapes_config("data")
+    with pytest.raises(DataError) as err:
+        build_dataset(cfg, train=False)
+    message = str(err.value)
+    assert str(tmp_path / "data" / "VOCshapes") in message and "does not exist" in message
+    assert f"python scripts/make_shapes.py --root {tmp_path / 'data'} --num-train 6 --num-test 3" in message
+    assert "scripts/train.py" in message
+    assert not (tmp_path / "data" / "VOCshapes").exists()
+    build_dataset(cfg, train=True)  # training generates it, after which evaluation reads it
+    assert len(build_dataset(cfg, train=False)) == 3
+    with pytest.raises(DataError, match="was made with other settings"):
+        build_dataset(shapes_config("data", "data.shapes.num_test=4"), train=False)
+
+
+def test_an_empty_training_set_names_the_split_and_folder(tmp_path):
+    split = tmp_path / "VOCdevkit" / "VOC2007" / "ImageSets" / "Main"
+    split.mkdir(parents=True)
+    (split / "trainval.txt").write_text("")
+    cfg = load_config(CONFIGS / "voc300.yaml", overrides=[f"data.root={tmp_path}/VOCdevkit",
+                                                        "data.train_sets=[[2007, trainval]]"])
+    with pytest.raises(DataError) as err:
+        build_dataset(cfg, train=True)
+    message = str(err.value)
+    assert "training set is empty" in message and "VOC2007/trainval: 0 images" in message
+    assert str(tmp_path / "VOCdevkit") in message and "data.train_sets" in message
 
 
 def test_build_checks_the_class_count(tmp_path):
@@ -178,7 +220,7 @@ def test_build_checks_the_class_count(tmp_path):
 
 
 def test_build_voc_without_data_says_where_and_how(tmp_path):
-    cfg = load_config("configs/voc300.yaml", overrides=[f"data.root={tmp_path}/VOCdevkit"])
+    cfg = load_config(CONFIGS / "voc300.yaml", overrides=[f"data.root={tmp_path}/VOCdevkit"])
     with pytest.raises(FileNotFoundError) as info:
         build_dataset(cfg, train=False)
     assert "VOCdevkit/VOC2007/ImageSets/Main/test.txt" in str(info.value)
@@ -186,19 +228,19 @@ def test_build_voc_without_data_says_where_and_how(tmp_path):
 
 
 def test_build_transform():
-    cfg = load_config("configs/shapes.yaml", overrides=["data.augment=true"])
+    cfg = load_config(CONFIGS / "shapes.yaml", overrides=["data.augment=true"])
     train, test = build_transform(cfg, train=True), build_transform(cfg, train=False)
     assert isinstance(train, SSDAugmentation) and train.size == cfg.model.image_size
     stages = cfg.data.augmentation
     assert (train.photometric, train.max_expand, train.crop, train.mirror) == (
         stages.photometric, stages.max_expand, stages.crop, stages.mirror)
-    paper = build_transform(load_config("configs/voc300.yaml"), train=True)
+    paper = build_transform(load_config(CONFIGS / "voc300.yaml"), train=True)
     assert (paper.photometric, paper.max_expand, paper.crop, paper.mirror) == (True, 4.0, True, True)
     with pytest.raises(ConfigError, match="data.augmentation.max_expand' is 0.5"):
-        build_transform(load_config("configs/voc300.yaml", overrides=["data.augmentation.max_expand=0.5"]),
+        build_transform(load_config(CONFIGS / "voc300.yaml", overrides=["data.augmentation.max_expand=0.5"]),
                         train=True)
     assert isinstance(test, BaseTransform) and test.mean == (104, 117, 123)
-    no_aug = load_config("configs/shapes.yaml", overrides=["data.augment=false"])
+    no_aug = load_config(CONFIGS / "shapes.yaml", overrides=["data.augment=false"])
     assert isinstance(build_transform(no_aug, train=True), BaseTransform)
     assert isinstance(build_transform(no_aug, train=False), BaseTransform)
 
@@ -226,8 +268,24 @@ class BrokenDataset(TinyDataset):
 
 
 def test_a_bad_file_in_a_worker_surfaces_as_data_error():
-    from ssd.data import DataError
-
     loader = make_test_loader(BrokenDataset(3), BaseTransform(16), batch_size=2, num_workers=1)
     with pytest.raises(DataError, match=r"Cannot decode image /x/0\.jpg"):
         next(iter(loader))
+
+
+def test_a_corrupt_image_read_by_a_worker_is_one_clear_message(tmp_path):
+    """The main process gets the worker's DataError itself: its message, not torch's wrapper."""
+    from ssd.data import make_shapes
+
+    make_shapes(tmp_path, 4, 0, 64, seed=0)
+    corrupt = tmp_path / "VOCshapes" / "JPEGImages" / "000002.jpg"
+    corrupt.write_bytes(b"not a jpeg")
+    dataset = VOCDataset(tmp_path, [("shapes", "trainval")], class_names=list(SHAPES_CLASSES),
+                         keep_difficult=True, verbose=False)
+    loader = make_train_loader(dataset, BaseTransform(64), batch_size=4, num_workers=1)
+    with pytest.raises(DataError) as err:
+        next(iter(loader))
+    message = str(err.value)
+    assert message == (f"Cannot decode image {corrupt} (empty, corrupt or not an image file); fix or "
+                       "remove it, or set data.skip_bad=true to skip bad files")
+    assert err.value.path == str(corrupt) and err.value.reason == "unreadable image"

@@ -11,6 +11,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
+from conftest import CONFIGS
 
 from ssd.config import load_config
 from ssd.data import SHAPES_CLASSES, VOCDataset, make_shapes
@@ -39,7 +40,7 @@ def shapes_root(tmp_path_factory):
 
 def test_class_names_match_the_demo_config():
     assert SHAPES_CLASSES == ("circle", "square", "triangle", "star", "hexagon", "cross")
-    assert load_config("configs/shapes.yaml").data.class_names == list(SHAPES_CLASSES)
+    assert load_config(CONFIGS / "shapes.yaml").data.class_names == list(SHAPES_CLASSES)
 
 
 def test_voc_layout(shapes_root):
@@ -149,6 +150,34 @@ def test_regenerating_replaces_the_old_set(tmp_path):
     make_shapes(tmp_path, 3, 1, 64, seed=0)
     ds = VOCDataset(tmp_path, [("shapes", "trainval")], class_names=SHAPES_CLASSES, verbose=False)
     assert len(ds) == 3 and not (tmp_path / "VOCshapes/JPEGImages/000005.jpg").exists()
+
+
+def test_a_folder_the_generator_did_not_write_is_never_replaced(tmp_path):
+    from ssd.config import load_config
+    from ssd.data import DataError, build_dataset
+
+    hand_made = tmp_path / "VOCshapes"
+    (hand_made / "Annotations").mkdir(parents=True)
+    (hand_made / "Annotations" / "mine.xml").write_text("<annotation/>")
+    cfg = load_config(CONFIGS / "shapes.yaml", overrides=[
+        f"data.root={tmp_path}", "data.shapes.num_train=3", "data.shapes.num_test=1",
+        "data.shapes.image_size=64"])
+    with pytest.raises(DataError) as err:
+        build_dataset(cfg, train=True)
+    assert str(hand_made) in str(err.value) and "shapes.json" in str(err.value)
+    assert "left untouched" in str(err.value)
+    assert (hand_made / "Annotations" / "mine.xml").read_text() == "<annotation/>"
+    # a generated set with a file added by hand is not the generator's alone either
+    make_shapes(tmp_path / "generated", 3, 1, 64, seed=0)
+    extra = tmp_path / "generated" / "VOCshapes" / "Annotations" / "extra.xml"
+    extra.write_text("<annotation/>")
+    foreign = r"files the shapes generator did not write \(Annotations/extra.xml\)"
+    with pytest.raises(DataError, match=foreign):
+        make_shapes(tmp_path / "generated", 4, 1, 64, seed=0)
+    assert extra.exists() and len(list(extra.parent.glob("*.xml"))) == 5
+    extra.unlink()
+    make_shapes(tmp_path / "generated", 4, 1, 64, seed=0)  # the generator's own set is replaced
+    assert len(list(extra.parent.glob("*.xml"))) == 5 and (extra.parent / "000004.xml").exists()
 
 
 def test_make_shapes_script_writes_a_readable_set_and_rejects_bad_sizes(tmp_path):

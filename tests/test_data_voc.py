@@ -2,16 +2,23 @@
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import cv2
 import numpy as np
 import pytest
 
-from ssd.config import VOC_CLASSES
 from ssd.data import DataError, VOCDataset, parse_voc_xml
+from ssd.data.voc import VOC_CLASSES
 
 LABEL = {name: i for i, name in enumerate(VOC_CLASSES)}
+
+@pytest.fixture(autouse=True)
+def info_logs(caplog):
+    """Data set summaries and generation messages are logged at INFO by the ssd.data loggers."""
+    caplog.set_level(logging.INFO, logger="ssd")
+
 
 
 def obj(name: str, box, difficult: int | None = 0, truncated: int | None = 0) -> str:
@@ -94,15 +101,15 @@ def test_parse_coordinates_difficult_truncated(two_years):
     np.testing.assert_allclose(keep[0][1][0], [0.1, 0.1, 0.59, 0.88, LABEL["dog"]], atol=1e-7)
 
 
-def test_multiple_years_ids_and_images(two_years, capsys):
+def test_multiple_years_ids_and_images(two_years, caplog):
     ds = VOCDataset(two_years, [["2007", "trainval"], [2012, "trainval"]])
     assert ds.image_ids == ["VOC2007/000001", "VOC2007/000002", "VOC2012/2008_000003"]
     blue = [int(ds[i][0][0, 0, 0]) for i in range(3)]
     assert blue == [10, 11, 50]  # each image read from its own year folder
     np.testing.assert_allclose(ds[2][1], [[4 / 64, 4 / 48, 19 / 64, 29 / 48, LABEL["tvmonitor"]]],
                                atol=1e-7)
-    line = capsys.readouterr().out.strip()
-    assert line == ("[data] VOC 2007/trainval + 2012/trainval: 3 images, 5 objects "
+    line = caplog.messages[-1]
+    assert line == (f"VOC {two_years}: VOC2007/trainval + VOC2012/trainval: 3 images, 5 objects "
                     "(1 difficult); skipped 0")
 
 
@@ -136,7 +143,7 @@ def test_missing_split_file_names_path_and_how_to_get_voc(tmp_path):
     assert "VOCtrainval_06-Nov-2007.tar" in message and "data/README.md" in message
 
 
-def test_missing_image(tmp_path, capsys):
+def test_missing_image(tmp_path, caplog):
     write_year(tmp_path, "2007", "test", {"1": xml(20, 20, obj("cat", (1, 1, 9, 9))),
                                           "2": xml(20, 20, obj("dog", (1, 1, 9, 9)))})
     (tmp_path / "VOC2007/JPEGImages/2.png").unlink()
@@ -144,7 +151,7 @@ def test_missing_image(tmp_path, capsys):
         VOCDataset(tmp_path, [("2007", "test")])
     ds = VOCDataset(tmp_path, [("2007", "test")], skip_bad=True)
     assert ds.image_ids == ["VOC2007/1"] and ds.report.skipped == {"missing image": 1}
-    assert "skipped 1 (1 missing image; first: Image file not found" in capsys.readouterr().out
+    assert "skipped 1 (1 missing image; first: Image file not found" in caplog.text
 
 
 def test_missing_annotation(tmp_path):
@@ -155,17 +162,37 @@ def test_missing_annotation(tmp_path):
     assert len(ds) == 1 and ds.report.skipped == {"missing annotation": 1}
 
 
-def test_corrupt_image_raises_on_read_or_becomes_blank(tmp_path):
+def test_corrupt_image_raises_on_read_or_becomes_blank(tmp_path, caplog):
     write_year(tmp_path, "2007", "test", {"1": xml(20, 10, obj("cat", (1, 1, 9, 9)))})
     bad = tmp_path / "VOC2007/JPEGImages/1.png"
     bad.write_bytes(b"\x89PNG not really an image")
     ds = VOCDataset(tmp_path, [("2007", "test")], verbose=False)
-    with pytest.raises(DataError, match=r"Cannot decode image .*1\.png"):
+    with pytest.raises(DataError, match=r"Cannot decode image .*1\.png.*set data.skip_bad=true"):
         ds[0]
     lenient = VOCDataset(tmp_path, [("2007", "test")], skip_bad=True, verbose=False)
-    with pytest.warns(UserWarning, match=r"1\.png"):
-        image, target = lenient[0]
+    image, target = lenient[0]
+    lenient[0]
     assert image.shape == (10, 20, 3) and image.max() == 0 and target.shape == (0, 5)
+    warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert len(warnings) == 1 and "1.png" in warnings[0]  # once per file
+    assert "data.skip_bad: using a black image" in warnings[0]
+    assert "skip_bad=true" not in warnings[0]  # no advice to turn on what is on
+
+
+def test_annotated_size_that_disagrees_with_the_image_uses_the_real_size(tmp_path, caplog):
+    # the XML says 30x30, the image is 60x45: boxes beyond 30 px must survive, normalised by 60x45
+    write_year(tmp_path, "2007", "test", {"1": xml(30, 30, obj("cat", (11, 21, 51, 41)))})
+    (tmp_path / "VOC2007/JPEGImages/1.png").unlink()
+    cv2.imwrite(str(tmp_path / "VOC2007/JPEGImages/1.png"), np.zeros((45, 60, 3), np.uint8))
+    ds = VOCDataset(tmp_path, [("2007", "test")], verbose=False)
+    image, target = ds[0]
+    assert image.shape == (45, 60, 3)
+    np.testing.assert_allclose(target, [[10 / 60, 20 / 45, 50 / 60, 40 / 45, LABEL["cat"]]], atol=1e-6)
+    ds[0]
+    warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert len(warnings) == 1  # once per file
+    assert "1.xml" in warnings[0] and "1.png" in warnings[0]
+    assert "30x30" in warnings[0] and "60x45" in warnings[0]
 
 
 @pytest.mark.parametrize("text, field", [
@@ -203,17 +230,17 @@ def test_unknown_class_lists_known_classes(tmp_path):
     assert len(ds) == 0 and ds.report.skipped == {"unknown class": 1}
 
 
-def test_box_outside_image_is_clipped_and_counted(tmp_path, capsys):
+def test_box_outside_image_is_clipped_and_counted(tmp_path, caplog):
     write_year(tmp_path, "2007", "test", {"1": xml(40, 20, obj("cat", (-5, 0, 50, 12)),
                                                    obj("dog", (2, 2, 10, 10)))})
     ds = VOCDataset(tmp_path, [("2007", "test")])
     assert ds.report.clipped == 1
     np.testing.assert_array_equal(ds.get_annotation(0)["boxes"][0], [1, 1, 40, 12])
     np.testing.assert_allclose(ds[0][1][0], [0, 0, 39 / 40, 11 / 20, LABEL["cat"]], atol=1e-7)
-    assert "1 boxes clipped to the image" in capsys.readouterr().out
+    assert "1 boxes clipped to the image" in caplog.text
 
 
-def test_zero_and_negative_size_boxes_are_dropped_and_counted(tmp_path, capsys):
+def test_zero_and_negative_size_boxes_are_dropped_and_counted(tmp_path, caplog):
     write_year(tmp_path, "2007", "test", {"1": xml(40, 20, obj("cat", (5, 5, 5, 9)),
                                                    obj("dog", (9, 9, 4, 12)),
                                                    obj("cow", (50, 5, 60, 9)),  # fully outside
@@ -222,10 +249,10 @@ def test_zero_and_negative_size_boxes_are_dropped_and_counted(tmp_path, capsys):
     assert ds.report.degenerate == 3 and ds.report.clipped == 0
     np.testing.assert_array_equal(ds.get_annotation(0)["labels"], [LABEL["bus"]])
     assert ds[0][1].shape == (1, 5)
-    assert "3 zero-size boxes dropped" in capsys.readouterr().out
+    assert "3 zero-size boxes dropped" in caplog.text
 
 
-def test_images_without_objects_kept_or_left_out(tmp_path, capsys):
+def test_images_without_objects_kept_or_left_out(tmp_path, caplog):
     write_year(tmp_path, "2007", "trainval", {
         "1": xml(20, 20),  # no objects
         "2": xml(20, 20, obj("cat", (1, 1, 9, 9), difficult=1)),  # only a difficult one
@@ -236,7 +263,7 @@ def test_images_without_objects_kept_or_left_out(tmp_path, capsys):
     assert kept.get_annotation(0)["boxes"].shape == (0, 4)
     train = VOCDataset(tmp_path, [("2007", "trainval")], keep_empty=False)
     assert train.image_ids == ["VOC2007/3"] and train.report.empty_removed == 2
-    assert "2 images without objects left out" in capsys.readouterr().out
+    assert "2 images without objects left out" in caplog.text
     with_difficult = VOCDataset(tmp_path, [("2007", "trainval")], keep_empty=False,
                                 keep_difficult=True, verbose=False)
     assert with_difficult.image_ids == ["VOC2007/2", "VOC2007/3"]

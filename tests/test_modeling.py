@@ -1,8 +1,11 @@
 import pytest
 import torch
+from conftest import CONFIGS
+from torch import nn
 
-from ssd.config import load_config
-from ssd.modeling import build_model
+from ssd.config import ConfigError, load_config
+from ssd.modeling import BACKBONES, SSD, build_model
+from ssd.modeling.ssd import prior_options
 
 # The classic published SSD300 (21 classes) checkpoint layout: key -> shape.
 _VGG_CONVS = [(64, 3), (64, 64), (128, 64), (128, 128), (256, 128), (256, 256), (256, 256),
@@ -34,7 +37,7 @@ def classic_ssd300_shapes():
 
 @pytest.fixture(scope="module")
 def ssd300():
-    return build_model(load_config("configs/voc300.yaml")).eval()
+    return build_model(load_config(CONFIGS / "voc300.yaml")).eval()
 
 
 def test_voc300_state_dict_matches_classic_layout(ssd300):
@@ -55,7 +58,7 @@ def test_voc300_forward_shapes_and_priors(ssd300):
 
 
 def test_voc512_output_shapes():
-    model = build_model(load_config("configs/voc512.yaml")).eval()
+    model = build_model(load_config(CONFIGS / "voc512.yaml")).eval()
     with torch.no_grad():
         loc, conf = model(torch.zeros(1, 3, 512, 512))
     assert model.priors.shape == (24564, 4)
@@ -63,7 +66,7 @@ def test_voc512_output_shapes():
 
 
 def test_ssd7_output_shapes_and_batch_norm():
-    cfg = load_config("configs/shapes.yaml")
+    cfg = load_config(CONFIGS / "shapes.yaml")
     model = build_model(cfg)
     images = torch.randn(2, 3, cfg.model.image_size, cfg.model.image_size)
     loc, conf = model(images)
@@ -74,11 +77,11 @@ def test_ssd7_output_shapes_and_batch_norm():
 
 
 def test_ssd7_block_widths_come_from_the_config():
-    seed = build_model(load_config("configs/shapes.yaml", overrides=["model.channels=null"]))
+    seed = build_model(load_config(CONFIGS / "shapes.yaml", overrides=["model.channels=null"]))
     convs = [m for m in seed.base if isinstance(m, torch.nn.Conv2d)]
     assert [c.out_channels for c in convs] == [32, 48, 64, 64, 48, 48, 32]
     widths = [16, 24, 32, 40, 56, 72, 88]
-    cfg = load_config("configs/shapes.yaml", overrides=[f"model.channels={widths}"])
+    cfg = load_config(CONFIGS / "shapes.yaml", overrides=[f"model.channels={widths}"])
     wide = build_model(cfg)
     convs = [m for m in wide.base if isinstance(m, torch.nn.Conv2d)]
     assert [c.out_channels for c in convs] == widths
@@ -87,12 +90,12 @@ def test_ssd7_block_widths_come_from_the_config():
     loc, conf = wide(torch.randn(1, 3, size, size))
     assert loc.shape[1] == conf.shape[1] == wide.priors.shape[0]
     with pytest.raises(ValueError, match=r"ssd7 channels=\[8, 8\]: expected 7 positive widths"):
-        build_model(load_config("configs/shapes.yaml", overrides=["model.channels=[8,8]"]))
+        build_model(load_config(CONFIGS / "shapes.yaml", overrides=["model.channels=[8,8]"]))
 
 
 def test_loc_conf_ordering_matches_priors():
     """Output row k of the heads belongs to prior k: probe a single conv channel."""
-    cfg = load_config("configs/shapes.yaml")
+    cfg = load_config(CONFIGS / "shapes.yaml")
     model = build_model(cfg).eval()
     for head in (*model.loc, *model.conf):
         torch.nn.init.zeros_(head.weight)
@@ -108,7 +111,7 @@ def test_loc_conf_ordering_matches_priors():
 
 
 def test_priors_move_with_device_and_are_not_saved():
-    model = build_model(load_config("configs/shapes.yaml"))
+    model = build_model(load_config(CONFIGS / "shapes.yaml"))
     model.to(torch.float64)
     assert model.priors.dtype == torch.float64
     assert not any(k.startswith("priors") for k in model.state_dict())
@@ -116,18 +119,54 @@ def test_priors_move_with_device_and_are_not_saved():
 
 def test_feature_map_mismatch_names_layer_and_sizes():
     with pytest.raises(ValueError, match=r"conv4_3.*38x38.*feature_maps\[0\] expects 37x37"):
-        build_model(load_config("configs/voc300.yaml",
+        build_model(load_config(CONFIGS / "voc300.yaml",
                                 overrides=["model.priors.feature_maps=[37, 19, 10, 5, 3, 1]"]))
 
 
 def test_unknown_backbone_lists_known():
-    with pytest.raises(KeyError, match="No backbone named 'vgg19'.*known: ssd7, vgg16"):
-        build_model(load_config(overrides=["model.backbone=vgg19"]))
+    with pytest.raises(ConfigError, match="model.backbone' must be one of vgg16, ssd7, got 'vgg19'"):
+        load_config(overrides=["model.backbone=vgg19"])
+
+
+class ToySSD(SSD):
+    """Two convolutions; both outputs feed the heads (a backbone defined only in this test)."""
+
+    def __init__(self, num_classes, image_size, width, **prior_args):
+        super().__init__(num_classes, image_size, **prior_args)
+        self.stem = nn.Conv2d(3, width, kernel_size=3, stride=4, padding=1)
+        self.down = nn.Conv2d(width, width, kernel_size=3, stride=2, padding=1)
+        self.source_names = ["stem", "down"]
+        self._build_heads([width, width])
+        self._check_feature_maps()
+
+    @classmethod
+    def from_config(cls, model_cfg):
+        width = model_cfg.channels[0] if model_cfg.channels else 8
+        return cls(model_cfg.num_classes, model_cfg.image_size, width, **prior_options(model_cfg))
+
+    def extract_features(self, images):
+        stem = torch.relu(self.stem(images))  # [B, W, S/4, S/4]
+        return [stem, torch.relu(self.down(stem))]  # + [B, W, S/8, S/8]
+
+
+def test_a_backbone_registered_in_a_test_builds_and_runs(monkeypatch):
+    monkeypatch.setitem(BACKBONES, "toy", ToySSD)
+    cfg = load_config(overrides=[
+        "model.backbone=toy", "model.num_classes=3", "model.image_size=32", "model.channels=[6]",
+        "model.priors.feature_maps=[8, 4]", "model.priors.steps=[4, 8]",
+        "model.priors.min_sizes=[8, 16]", "model.priors.max_sizes=[16, 24]",
+        "model.priors.aspect_ratios=[[2], [2]]"])
+    model = build_model(cfg)
+    assert isinstance(model, ToySSD) and model.stem.out_channels == 6
+    loc, conf = model(torch.zeros(2, 3, 32, 32))
+    priors = (8 * 8 + 4 * 4) * 4  # 4 boxes per cell with aspect ratio 2
+    assert loc.shape == (2, priors, 4) and conf.shape == (2, priors, 3)
+    assert model.priors.shape == (priors, 4)
 
 
 def test_source_count_mismatch():
     with pytest.raises(ValueError, match="4 source feature maps.*lists 6"):
-        build_model(load_config("configs/shapes.yaml", overrides=[
+        build_model(load_config(CONFIGS / "shapes.yaml", overrides=[
             "model.priors.feature_maps=[20, 10, 5, 2, 1, 1]", "model.priors.steps=[8,16,32,80,160,160]",
             "model.priors.min_sizes=[1,2,3,4,5,6]", "model.priors.max_sizes=[2,3,4,5,6,7]",
             "model.priors.aspect_ratios=[[2],[2],[2],[2],[2],[2]]"]))

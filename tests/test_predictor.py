@@ -14,8 +14,9 @@ import torch
 from conftest import load_script
 from torch import nn
 
-from ssd.config import VOC_CLASSES, load_config
+from ssd.config import load_config
 from ssd.data import SHAPES_CLASSES, BaseTransform, VOCDataset, make_shapes
+from ssd.data.voc import VOC_CLASSES
 from ssd.drawing import class_colour, draw_detections, label_size
 from ssd.images import load_image
 from ssd.loss import MultiBoxLoss

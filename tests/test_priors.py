@@ -2,6 +2,7 @@ import math
 
 import pytest
 import torch
+from conftest import CONFIGS
 
 from ssd.config import load_config
 from ssd.priors import boxes_per_location, default_boxes, priors_from_config
@@ -32,9 +33,9 @@ def test_clip_keeps_boxes_inside_unit_square():
     assert torch.equal(clipped, raw.clamp(0, 1))
 
 
-@pytest.mark.parametrize("path, count", [("configs/voc300.yaml", 8732),
-                                         ("configs/voc512.yaml", 24564),
-                                         ("configs/coco300.yaml", 8732)])
+@pytest.mark.parametrize("path, count", [(CONFIGS / "voc300.yaml", 8732),
+                                         (CONFIGS / "voc512.yaml", 24564),
+                                         (CONFIGS / "coco300.yaml", 8732)])
 def test_published_prior_counts(path, count):
     cfg = load_config(path)
     priors = priors_from_config(cfg.model.priors, cfg.model.image_size)
@@ -42,7 +43,7 @@ def test_published_prior_counts(path, count):
 
 
 def test_voc300_first_and_last_priors():
-    cfg = load_config("configs/voc300.yaml")
+    cfg = load_config(CONFIGS / "voc300.yaml")
     priors = priors_from_config(cfg.model.priors, cfg.model.image_size)
     # First cell of conv4_3: centre 4/300, min box 30/300.
     torch.testing.assert_close(priors[0], torch.tensor([4 / 300, 4 / 300, 0.1, 0.1]))

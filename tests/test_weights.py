@@ -1,7 +1,9 @@
 """Weight files: VGG16 -> reduced-fc conversion, checkpoints, classic state_dicts, clear errors."""
 
 import importlib.util
+import os
 import random
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -218,7 +220,7 @@ def test_load_vgg_backbone_needs_a_vgg_model(tmp_path):
 
 # ---------------------------------------------------------- detector weights and config
 def test_classic_state_dict_gives_identical_outputs(vgg_model, reference_output, classic_file):
-    model, cfg = build_model_from_weights(classic_file)  # no config: configs/voc300.yaml
+    model, cfg = build_model_from_weights(classic_file)  # no config: the built-in SSD300 VOC
     assert cfg.model.backbone == "vgg16" and cfg.model.num_classes == 21
     assert not model.training
     image, (loc, conf) = reference_output
@@ -392,3 +394,83 @@ def test_convert_script_on_a_full_size_torchvision_vgg16(tmp_path, vgg_model):
     fc6 = state["classifier.0.weight"].view(4096, 512, 7, 7)
     assert torch.equal(model.vgg[31].weight, fc6[::4, :, ::3, ::3])
     assert torch.equal(model.vgg[33].weight[:, :, 0, 0], state["classifier.3.weight"][::4, ::4])
+
+
+# ------------------------------------------------------------- checkpoint configs, installs
+def test_checkpoint_with_a_config_key_this_version_does_not_know_loads(tmp_path, caplog):
+    cfg = load_config(REPO_ROOT / "configs" / "shapes.yaml")
+    stored = cfg.to_dict()
+    del stored["version"]  # a checkpoint from before configs had a version
+    stored["model"]["dropout"] = 0.5  # a key this version does not know
+    path = tmp_path / "old.pth"
+    torch.save({"model": build_model(cfg).state_dict(), "config": stored}, path)
+    with caplog.at_level("WARNING", logger="ssd.config"):
+        model, loaded = build_model_from_weights(path)
+    assert loaded.model.backbone == "ssd7" and "dropout" not in loaded.model
+    assert "model.dropout" in caplog.text and "old.pth" in caplog.text
+
+
+def test_checkpoint_config_means_the_same_data_from_any_directory(tmp_path, monkeypatch):
+    project = tmp_path / "project"
+    (project / "configs").mkdir(parents=True)
+    config_file = project / "configs" / "mine.yaml"
+    config_file.write_text(f"_base_: {REPO_ROOT / 'configs' / 'shapes.yaml'}\n"
+                           "data:\n  root: ../data/shapes\n")
+    monkeypatch.chdir(project)
+    cfg = load_config(config_file)
+    path = tmp_path / "ckpt.pth"
+    torch.save({"model": build_model(cfg).state_dict(), "config": cfg.to_dict()}, path)
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    _, loaded = build_model_from_weights(path)
+    assert loaded.data.root == str(project / "data" / "shapes")
+
+
+_INSTALLED_CHECK = """
+import sys
+from pathlib import Path
+import numpy as np, torch
+import ssd
+from ssd.config import load_config, packaged_config
+from ssd.predictor import Predictor
+from ssd.weights import build_model_from_weights
+assert "site-packages" in ssd.__file__, ssd.__file__
+model, cfg = build_model_from_weights(sys.argv[1])  # a classic state dict: no config inside
+assert cfg.model.backbone == "vgg16" and cfg.model.num_classes == 21
+assert load_config(packaged_config("voc512.yaml")).model.image_size == 512  # _base_ voc300.yaml
+predictor = Predictor(model, cfg, device="cpu", precision="fp32", score_threshold=0.0)
+detections = predictor.predict(np.full((60, 80, 3), 127, np.uint8))
+assert isinstance(detections, list) and all(0 <= d["box"][0] <= 80 for d in detections)
+print("predicted", len(detections))
+"""
+
+
+def test_a_non_editable_install_builds_a_model_without_the_checkout(tmp_path, classic_file):
+    """pip install (not editable) of a copy of the project, then build and predict from a folder
+    outside it: the package must not read the repository checkout."""
+    source = tmp_path / "source"  # a copy: pip's in-tree build leaves build/ folders behind
+    source.mkdir()
+    for name in ("setup.py", "pyproject.toml", "README.md", "LICENSE"):
+        if (REPO_ROOT / name).exists():
+            shutil.copy(REPO_ROOT / name, source / name)
+    for folder in ("ssd", "configs"):
+        shutil.copytree(REPO_ROOT / folder, source / folder,
+                        ignore=shutil.ignore_patterns("__pycache__"))
+    venv = tmp_path / "venv"
+    subprocess.run([sys.executable, "-m", "venv", "--system-site-packages", str(venv)], check=True)
+    python = venv / "bin" / "python"
+    install = [str(python), "-m", "pip", "install", "-q", "--no-deps", str(source)]
+    done = subprocess.run([*install[:-1], "--no-build-isolation", install[-1]], capture_output=True,
+                          text=True)
+    if done.returncode != 0:  # no `wheel` in the system site-packages: let pip isolate the build
+        done = subprocess.run(install, capture_output=True, text=True)
+    if done.returncode != 0:
+        pytest.skip(f"pip cannot install the project offline here: {done.stderr[-500:]}")
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    env = {key: value for key, value in os.environ.items() if key != "PYTHONPATH"}
+    run = subprocess.run([str(python), "-c", _INSTALLED_CHECK, str(classic_file)], cwd=outside,
+                         capture_output=True, text=True, env=env)
+    assert run.returncode == 0, run.stderr
+    assert "predicted" in run.stdout

@@ -16,7 +16,7 @@ import time
 import numpy as np
 
 from benchmarks import best_time
-from ssd.config import VOC_CLASSES
+from ssd.data.voc import VOC_CLASSES
 from ssd.evaluation import voc_evaluate
 
 NUM_IMAGES = 4952

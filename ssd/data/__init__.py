@@ -12,11 +12,20 @@ Readers: `VOCDataset` (VOCdevkit layout: PASCAL VOC, custom sets, the synthetic 
 `YOLODataset` reads the YOLO layout (images/<split>/, labels/<split>/, data.yaml).
 """
 
-from ssd.data.build import DATASET_BUILDERS, build_dataset, build_transform, ensure_shapes
+from ssd.data.build import (
+    DATASET_BUILDERS,
+    build_dataset,
+    build_transform,
+    class_names_for,
+    configured_class_names,
+    ensure_shapes,
+)
 from ssd.data.coco import COCODataset
 from ssd.data.common import DataError, DetectionDataset, LoadReport, read_image
 from ssd.data.loader import (
+    DetectionLoader,
     InfiniteSampler,
+    LoadFailure,
     TransformedDataset,
     detection_collate,
     make_test_loader,
@@ -24,7 +33,7 @@ from ssd.data.loader import (
 )
 from ssd.data.shapes import SHAPES_CLASSES, make_shapes
 from ssd.data.transforms import AugmentParams, BaseTransform, SSDAugmentation
-from ssd.data.voc import VOCDataset, parse_voc_xml
+from ssd.data.voc import VOC_CLASSES, VOCDataset, parse_voc_xml
 from ssd.data.yolo import YOLODataset
 
 __all__ = [
@@ -34,15 +43,20 @@ __all__ = [
     "DATASET_BUILDERS",
     "DataError",
     "DetectionDataset",
+    "DetectionLoader",
     "InfiniteSampler",
+    "LoadFailure",
     "LoadReport",
     "SHAPES_CLASSES",
     "SSDAugmentation",
     "TransformedDataset",
+    "VOC_CLASSES",
     "VOCDataset",
     "YOLODataset",
     "build_dataset",
     "build_transform",
+    "class_names_for",
+    "configured_class_names",
     "detection_collate",
     "ensure_shapes",
     "make_shapes",

@@ -9,26 +9,34 @@ Formats (cfg.data.format):
     coco    cfg.data.root holds cfg.data.coco.{train,test}_{annotations,images}.
     yolo    cfg.data.root holds images/<split>/, labels/<split>/ and cfg.data.yolo.names_file;
             the splits are cfg.data.yolo.{train,test}_split.
-    shapes  the synthetic set under cfg.data.root/VOCshapes, generated on first use (or when
-            cfg.data.shapes changed) with cfg.data.shapes; always read as the ("shapes",
-            "trainval") and ("shapes", "test") splits, whatever train_sets / test_sets say.
+    shapes  the synthetic set under cfg.data.root/VOCshapes, generated for training on first
+            use (or when cfg.data.shapes changed) with cfg.data.shapes; evaluation never
+            generates it. Always read as the ("shapes", "trainval") and ("shapes", "test")
+            splits, whatever train_sets / test_sets say.
 
 The class count must agree with the model: model.num_classes = len(class names) + 1.
+`class_names_for(cfg)` is the one rule for a config's class names.
 """
 
 from __future__ import annotations
 
 import contextlib
+import logging
 from pathlib import Path
 from typing import Callable
 
-from ssd.config import VOC_CLASSES, ConfigError
+from ssd.config import ConfigError
 from ssd.data.coco import COCODataset
-from ssd.data.common import DetectionDataset
+from ssd.data.common import DataError, DetectionDataset
 from ssd.data.shapes import SHAPES_CLASSES, make_shapes, read_shapes_settings, shapes_settings
 from ssd.data.transforms import BaseTransform, SSDAugmentation
-from ssd.data.voc import VOCDataset
+from ssd.data.voc import VOC_CLASSES, VOCDataset
 from ssd.data.yolo import YOLODataset
+
+logger = logging.getLogger(__name__)
+
+# Class names of the formats whose classes are fixed (COCO's and YOLO's come from their files).
+BUILTIN_CLASS_NAMES: dict[str, tuple[str, ...]] = {"voc": VOC_CLASSES, "shapes": SHAPES_CLASSES}
 
 try:
     import fcntl
@@ -57,7 +65,10 @@ def ensure_shapes(root: str | Path, num_train: int, num_test: int, image_size: i
     Processes that call this together (DDP ranks) take turns: the first generates, the
     others then find the finished set.
 
-    Returns True if it was (re)generated (and says so on stdout).
+    Returns True if it was (re)generated (and logs so).
+
+    Raises:
+        DataError: root/VOCshapes exists but was not written by the generator (see make_shapes).
     """
     wanted = shapes_settings(num_train, num_test, image_size, seed)
     with _file_lock(Path(root) / ".VOCshapes.lock"):
@@ -65,16 +76,36 @@ def ensure_shapes(root: str | Path, num_train: int, num_test: int, image_size: i
         if found == wanted:
             return False
         why = "not found" if found is None else f"settings changed (was {found})"
-        print(f"[data] shapes data set under {root}: {why}; generating {num_train} train + "
-              f"{num_test} test images of {image_size} px (seed {seed})...", flush=True)
+        logger.info("shapes data set under %s: %s; generating %d train + %d test images of %d px "
+                    "(seed %d)...", root, why, num_train, num_test, image_size, seed)
         make_shapes(root, num_train, num_test, image_size, seed, progress=True)
-    print(f"[data] wrote {Path(root) / 'VOCshapes'}", flush=True)
+    logger.info("wrote %s", Path(root) / "VOCshapes")
     return True
+
+
+def configured_class_names(cfg) -> list[str] | None:
+    """data.class_names when set, else the built-in classes of data.format (VOC's 20, the
+    shapes' 6), else None (COCO: the annotation file names them)."""
+    if cfg.data.class_names is not None:
+        return list(cfg.data.class_names)
+    builtin = BUILTIN_CLASS_NAMES.get(cfg.data.format)
+    return list(builtin) if builtin is not None else None
+
+
+def class_names_for(cfg) -> list[str]:
+    """Foreground class names in label order, for a model without its data set at hand:
+    `configured_class_names` when they fit model.num_classes, else generic class_<label> names
+    (e.g. a COCO model, whose names live in the annotation file)."""
+    count = cfg.model.num_classes - 1
+    names = configured_class_names(cfg)
+    if names is not None and len(names) == count:
+        return names
+    return [f"class_{label}" for label in range(count)]
 
 
 def _voc(cfg, train: bool) -> VOCDataset:
     data = cfg.data
-    names = list(data.class_names) if data.class_names is not None else list(VOC_CLASSES)
+    names = configured_class_names(cfg)
     sets = data.train_sets if train else data.test_sets
     return VOCDataset(data.root, sets, class_names=names, keep_difficult=data.keep_difficult,
                       keep_empty=data.keep_empty or not train, skip_bad=data.skip_bad)
@@ -83,14 +114,34 @@ def _voc(cfg, train: bool) -> VOCDataset:
 def _shapes(cfg, train: bool) -> VOCDataset:
     data = cfg.data
     shapes = data.shapes
-    ensure_shapes(data.root, shapes.num_train, shapes.num_test, shapes.image_size, shapes.seed)
-    names = list(data.class_names) if data.class_names is not None else list(SHAPES_CLASSES)
+    if train:
+        ensure_shapes(data.root, shapes.num_train, shapes.num_test, shapes.image_size, shapes.seed)
+    else:
+        _require_shapes(data.root, shapes)
+    names = configured_class_names(cfg)
     if names != list(SHAPES_CLASSES):
         raise ConfigError(f"data.class_names {names} do not match the shapes data set's classes "
                           f"{list(SHAPES_CLASSES)}; set data.class_names to those (or null)")
     sets = [("shapes", "trainval" if train else "test")]
     return VOCDataset(data.root, sets, class_names=names, keep_difficult=data.keep_difficult,
                       keep_empty=data.keep_empty or not train, skip_bad=data.skip_bad)
+
+
+def _require_shapes(root: str, shapes) -> None:
+    """Evaluation reads the shapes set training wrote; it never generates one."""
+    wanted = shapes_settings(shapes.num_train, shapes.num_test, shapes.image_size, shapes.seed)
+    found = read_shapes_settings(root)
+    if found == wanted:
+        return
+    folder = Path(root) / "VOCshapes"
+    state = "does not exist" if found is None else f"was made with other settings ({found})"
+    raise DataError(
+        f"No shapes data set with data.shapes={dict(shapes.to_dict())} under {folder}: it {state}. "
+        "Evaluation does not generate data sets: make it with python scripts/make_shapes.py "
+        f"--root {root} --num-train {shapes.num_train} --num-test {shapes.num_test} --image-size "
+        f"{shapes.image_size} --seed {shapes.seed}, or train with this config first "
+        "(python scripts/train.py --config ...), which generates it",
+        "missing data set", folder)
 
 
 def _coco(cfg, train: bool) -> COCODataset:
@@ -134,6 +185,10 @@ def build_dataset(cfg, train: bool) -> DetectionDataset:
         raise ConfigError(f"No data format named '{fmt}' (data.format); known: "
                           f"{', '.join(sorted(DATASET_BUILDERS))}")
     dataset = DATASET_BUILDERS[fmt](cfg, train)
+    if train and len(dataset) == 0:
+        raise DataError(f"The training set is empty: {dataset.report.summary()}. Check "
+                        f"data.root ({cfg.data.root}) and {_split_keys(cfg)}",
+                        "empty data set", cfg.data.root)
     expected = len(dataset.class_names) + 1
     if cfg.model.num_classes != expected:
         raise ConfigError(
@@ -141,6 +196,18 @@ def build_dataset(cfg, train: bool) -> DetectionDataset:
             f"has {len(dataset.class_names)} classes; expected {expected} (classes + background)"
         )
     return dataset
+
+
+def _split_keys(cfg) -> str:
+    """Which config keys name the training images of `cfg.data.format`."""
+    data = cfg.data
+    if data.format == "coco":
+        return (f"data.coco.train_annotations ({data.coco.train_annotations}) / train_images "
+                f"({data.coco.train_images})")
+    if data.format == "shapes":
+        return f"data.shapes.num_train ({data.shapes.num_train})"
+    return (f"data.train_sets ({data.train_sets}: ImageSets/Main/<split>.txt of each VOC<year>); "
+            "images without objects are left out unless data.keep_empty=true")
 
 
 def build_transform(cfg, train: bool) -> Callable:

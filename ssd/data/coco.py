@@ -75,7 +75,7 @@ class COCODataset(DetectionDataset):
         self.category_id_to_label = {cat: label for label, cat in
                                      enumerate(self.label_to_category_id)}
         self.class_names = [self.coco.cats[cat]["name"] for cat in self.label_to_category_id]
-        self.report.name = f"COCO {self.annotation_file.name}"
+        self.report.name = f"COCO {self.annotation_file}"
         images = {p.name for p in self.image_dir.iterdir()} if self.image_dir.is_dir() else set()
         for image_id in sorted(self.coco.imgs):
             try:
@@ -104,7 +104,8 @@ class COCODataset(DetectionDataset):
         self.report.clipped += clipped
         self.report.degenerate += int((~valid).sum())
         return Record(image_id=str(image_id), image_path=image_path, width=width, height=height,
-                      boxes=boxes[valid], labels=labels[valid], difficult=crowd[valid])
+                      boxes=boxes[valid], labels=labels[valid], difficult=crowd[valid],
+                      annotation_path=self.annotation_file)
 
     def _objects(self, annotations: list[dict[str, Any]], where: str):
         """-> boxes [n, 4] xyxy pixels, labels int64 [n], crowd bool [n]."""

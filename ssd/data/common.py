@@ -7,7 +7,7 @@ can count objects, skip bad files and drop empty images) and reads images lazily
 
 from __future__ import annotations
 
-import warnings
+import logging
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,6 +17,11 @@ import numpy as np
 import torch
 
 from ssd.fileio import decode_image_file
+
+logger = logging.getLogger(__name__)
+
+# What to do about a bad file when it stops a run (not said when data.skip_bad is already on).
+SKIP_BAD_HINT = "fix or remove it, or set data.skip_bad=true to skip bad files"
 
 # Image file types the readers look for when the annotation does not name the file.
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
@@ -90,10 +95,14 @@ def read_image(path: str | Path) -> np.ndarray:
     except OSError as err:
         raise DataError(f"Cannot read image {path}: {err}", "unreadable image", path) from None
     if image is None:
-        raise DataError(f"Cannot decode image {path} (empty, corrupt or not an image file); fix "
-                        "or remove it, or set data.skip_bad=true to skip bad files",
+        raise DataError(f"Cannot decode image {path} (empty, corrupt or not an image file)",
                         "unreadable image", path)
     return image
+
+
+def with_skip_bad_hint(error: DataError) -> DataError:
+    """`error` with SKIP_BAD_HINT appended (same reason and path)."""
+    return DataError(f"{error}; {SKIP_BAD_HINT}", error.reason, error.path)
 
 
 def list_images(directory: Path) -> dict[str, str]:
@@ -155,6 +164,7 @@ class Record:
     labels: np.ndarray  # [n] int64, 0-based
     difficult: np.ndarray  # [n] bool (VOC difficult, COCO iscrowd)
     extra: dict = field(default_factory=dict)  # format-specific arrays, e.g. "truncated"
+    annotation_path: Path | None = None  # the file holding width, height and boxes
 
 
 class DetectionDataset(torch.utils.data.Dataset):
@@ -205,16 +215,28 @@ class DetectionDataset(torch.utils.data.Dataset):
             image uint8 [H, W, 3] BGR; boxes float32 [n, 4] xyxy normalised to [0, 1]
             ((value - origin) / width or height); labels int64 [n] 0-based. Difficult (and crowd)
             objects are left out unless `keep_difficult`.
+
+        When the decoded image's size differs from the annotation's, a warning names the file
+        (once per file and process) and the boxes are clipped to and normalised by the image's
+        real size.
         """
         record = self.records[index]
         image = self._read_image(record)
         if image is None:  # unreadable and skip_bad: a black image without objects
             image = np.zeros((record.height, record.width, 3), dtype=np.uint8)
             return image, np.zeros((0, 4), np.float32), np.zeros((0,), np.int64)
-        keep = np.ones(len(record.labels), bool) if self.keep_difficult else ~record.difficult
-        scale = np.array([record.width, record.height] * 2, dtype=np.float32)
-        boxes = (record.boxes[keep] - self.coordinate_origin) / scale
-        return image, boxes.astype(np.float32), record.labels[keep].astype(np.int64)
+        height, width = image.shape[:2]
+        boxes, labels, difficult = record.boxes, record.labels, record.difficult
+        if (width, height) != (record.width, record.height):
+            self._warn_once(str(record.image_path), (
+                f"{record.annotation_path or 'The annotation'} gives the size of "
+                f"{record.image_path} as {record.width}x{record.height}, but the image is "
+                f"{width}x{height}; its boxes are clipped to and normalised by the real size"))
+            boxes, labels, difficult = self._objects_at_size(record, width, height)
+        keep = np.ones(len(labels), bool) if self.keep_difficult else ~difficult
+        scale = np.array([width, height] * 2, dtype=np.float32)
+        normalised = (boxes[keep] - self.coordinate_origin) / scale
+        return image, normalised.astype(np.float32), labels[keep].astype(np.int64)
 
     def __getitem__(self, index: int):
         """Without a transform: (image uint8 [H, W, 3] BGR, target float32 ndarray [n, 5]).
@@ -235,12 +257,22 @@ class DetectionDataset(torch.utils.data.Dataset):
             return read_image(record.image_path)
         except DataError as err:
             if not self.skip_bad:
-                raise
-            if err.path not in self._warned:  # once per file (and per loader worker)
-                self._warned.add(err.path)
-                warnings.warn(f"{err} -- skip_bad: using a black image without objects",
-                              stacklevel=2)
+                raise with_skip_bad_hint(err) from None
+            self._warn_once(err.path, f"{err} -- data.skip_bad: using a black image without objects")
             return None
+
+    def _warn_once(self, path: str, message: str) -> None:
+        """Log `message` as a warning the first time `path` comes up (per loader worker)."""
+        if path not in self._warned:
+            self._warned.add(path)
+            logger.warning(message)
+
+    def _objects_at_size(self, record: Record, width: int, height: int):
+        """(boxes [n, 4], labels [n], difficult [n]) of `record` clipped to a `width` x `height`
+        image (the record's boxes were clipped to the annotated size); boxes left without area
+        are dropped. Formats that can re-read the original boxes override this."""
+        boxes, valid, _ = sanitize_boxes(record.boxes, self.coordinate_origin, width, height)
+        return boxes[valid], record.labels[valid], record.difficult[valid]
 
     def _add(self, record: Record, keep_empty: bool) -> None:
         """Keep `record` unless it has no training objects and empty images are not wanted."""
@@ -257,9 +289,9 @@ class DetectionDataset(torch.utils.data.Dataset):
     def _handle(self, error: DataError) -> None:
         """Per-file error: raise it, or count it as a skip when `skip_bad`."""
         if not self.skip_bad:
-            raise error
+            raise with_skip_bad_hint(error)
         self.report.skip(error)
 
     def _print_summary(self, verbose: bool) -> None:
         if verbose:
-            print(f"[data] {self.report.summary()}", flush=True)
+            logger.info(self.report.summary())

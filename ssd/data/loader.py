@@ -7,11 +7,15 @@ reads its own shard), and every sample is augmented with the generator
 global stream. A batch therefore depends only on (seed, iteration): not on the number of
 workers, and a run resumed at iteration k (``start_iter=k``) reads exactly the batches an
 uninterrupted run would have read from iteration k, without loading the skipped images.
+
+A DataError raised while reading a sample (in a worker process or not) reaches the caller as
+that same DataError, with its own message, instead of torch's wrapped worker traceback.
 """
 
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from typing import Callable, Iterator, Sequence
 
 import cv2
@@ -19,16 +23,36 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-from ssd.data.common import to_tensors
+from ssd.data.common import DataError, to_tensors
 
 
-def detection_collate(batch: Sequence[tuple[torch.Tensor, torch.Tensor, int]]):
+@dataclass(frozen=True)
+class LoadFailure:
+    """A DataError caught while reading a sample, carried to the main process as a batch."""
+
+    message: str
+    reason: str
+    path: str
+
+    @classmethod
+    def of(cls, error: DataError) -> LoadFailure:
+        return cls(str(error), error.reason, error.path)
+
+    def error(self) -> DataError:
+        return DataError(self.message, self.reason, self.path)
+
+
+def detection_collate(batch: Sequence[tuple[torch.Tensor, torch.Tensor, int] | LoadFailure]):
     """Stack a list of (image [3, S, S], target [n_i, 5], index) items.
 
     Returns:
         images [B, 3, S, S]; targets: list of B tensors [n_i, 5] (xmin, ymin, xmax, ymax,
         label); indices LongTensor [B] (data set indices, e.g. for `get_annotation`).
+        A batch holding a LoadFailure collates to that LoadFailure.
     """
+    failure = next((item for item in batch if isinstance(item, LoadFailure)), None)
+    if failure is not None:
+        return failure
     images = torch.stack([item[0] for item in batch])
     targets = [item[1] for item in batch]
     indices = torch.tensor([item[2] for item in batch], dtype=torch.long)
@@ -141,8 +165,12 @@ class TransformedDataset(Dataset):
         return len(self.dataset)
 
     def __getitem__(self, key):
+        """The sample of `key`, or a LoadFailure when reading it raised a DataError."""
         position, index = key if isinstance(key, tuple) else (key, key)
-        image, boxes, labels = raw_sample(self.dataset, index)
+        try:
+            image, boxes, labels = raw_sample(self.dataset, index)
+        except DataError as error:
+            return LoadFailure.of(error)
         rng = np.random.default_rng([self.seed, position])
         image, boxes, labels = self.transform(image, boxes, labels, rng=rng)
         image, target = to_tensors(image, boxes, labels)
@@ -154,11 +182,22 @@ def _init_worker(worker_id: int) -> None:
     cv2.setNumThreads(0)
 
 
+class DetectionLoader(DataLoader):
+    """A DataLoader that raises the DataError of a sample that could not be read (carried out
+    of the worker as a LoadFailure) with its own message."""
+
+    def __iter__(self):
+        for batch in super().__iter__():
+            if isinstance(batch, LoadFailure):
+                raise batch.error()
+            yield batch
+
+
 def _loader(dataset: Dataset, batch_size: int, num_workers: int, pin_memory: bool, seed: int,
             sampler: Sampler | None = None) -> DataLoader:
     generator = torch.Generator()  # workers' base seed: keeps the global torch RNG untouched
     generator.manual_seed(seed)
-    return DataLoader(
+    return DetectionLoader(
         dataset, batch_size=batch_size, sampler=sampler, shuffle=False,
         num_workers=num_workers, collate_fn=detection_collate,
         pin_memory=pin_memory and torch.cuda.is_available(),
@@ -194,6 +233,11 @@ def make_train_loader(
         (images [B, 3, S, S] float32, targets list of B [n_i, 5] float32, indices LongTensor[B]).
         The same seed gives the same batches for any num_workers.
     """
+    if len(dataset) == 0:
+        report = getattr(dataset, "report", None)
+        what = report.summary() if report is not None else type(dataset).__name__
+        raise DataError(f"The training set is empty ({what}); check data.root and the training "
+                        "split", "empty data set")
     sampler = InfiniteSampler(len(dataset), shuffle=True, seed=seed,
                               start=start_iter * batch_size, rank=rank, world_size=world_size)
     return _loader(TransformedDataset(dataset, transform, seed), batch_size, num_workers,

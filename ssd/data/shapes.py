@@ -37,6 +37,8 @@ import cv2
 import numpy as np
 from tqdm import tqdm
 
+from ssd.data.common import DataError
+
 SHAPES_CLASSES = ("circle", "square", "triangle", "star", "hexagon", "cross")
 SHAPES_FORMAT_VERSION = 1  # bump when the images change for the same settings
 MIN_SIZE, MAX_SIZE = 0.08, 0.80  # longer box side / image side
@@ -47,7 +49,8 @@ MAX_COVER = 0.3  # intersection / area of the smaller box
 PLACEMENT_TRIES = 30  # per object; an object that finds no place is left out
 ASPECT_JITTER = 0.15  # shapes are stretched by up to +-15% before rotation
 JPEG_QUALITY = 92
-SPLIT_STREAMS = {"trainval": 0, "test": 1}  # seeds the per-image generators of each split
+MANIFEST = "shapes.json"  # the generation settings; marks a folder the generator wrote
+SPLIT_STREAMS = {"trainval": 0, "test": 1}  # selects the per-image generators of each split
 CHUNK_SIZE = 100  # images per task handed to a worker process
 JOBS_PER_WORKER_MIN = 200  # fewer images than this per worker: not worth another process
 
@@ -234,7 +237,11 @@ def shapes_settings(num_train: int, num_test: int, image_size: int, seed: int) -
 def make_shapes(root: str | Path, num_train: int = 2000, num_test: int = 300,
                 image_size: int = 300, seed: int = 0, workers: int | None = None,
                 progress: bool = False) -> list[str]:
-    """Write the shapes data set under root/VOCshapes (replacing an existing one).
+    """Write the shapes data set under root/VOCshapes (replacing one this generator wrote).
+
+    An existing root/VOCshapes is replaced only when it is the generator's own: it holds the
+    shapes.json manifest and no file the generator does not write. Anything else (a hand-made or
+    hand-extended folder) is left untouched and stops with a DataError naming the folder.
 
     The files are written to a temporary folder that is renamed into place at the end, so an
     interrupted run (or another process reading) never sees a half-written data set. Images are
@@ -249,6 +256,7 @@ def make_shapes(root: str | Path, num_train: int = 2000, num_test: int = 300,
                          f"{num_train}, {num_test}, {image_size}")
     root = Path(root)
     target = root / "VOCshapes"
+    check_replaceable(target)
     staging = root / f".VOCshapes-tmp-{os.getpid()}"
     shutil.rmtree(staging, ignore_errors=True)
     for sub in ("JPEGImages", "Annotations", "ImageSets/Main"):
@@ -262,7 +270,7 @@ def make_shapes(root: str | Path, num_train: int = 2000, num_test: int = 300,
         start += count
     _write_images(staging, jobs, image_size, seed, workers, progress)
     settings = shapes_settings(num_train, num_test, image_size, seed)
-    (staging / "shapes.json").write_text(json.dumps(settings, indent=2))
+    (staging / MANIFEST).write_text(json.dumps(settings, indent=2))
     _replace_dir(staging, target)
     return list(SHAPES_CLASSES)
 
@@ -315,9 +323,41 @@ def _replace_dir(source: Path, target: Path) -> None:
     os.replace(source, target)
 
 
+def generated_files(settings: dict) -> set[str]:
+    """The files (relative to VOCshapes/) that make_shapes writes for `settings`."""
+    count = int(settings["num_train"]) + int(settings["num_test"])
+    files = {MANIFEST, "ImageSets/Main/trainval.txt", "ImageSets/Main/test.txt"}
+    for k in range(count):
+        files |= {f"JPEGImages/{k:06d}.jpg", f"Annotations/{k:06d}.xml"}
+    return files
+
+
+def check_replaceable(target: Path) -> None:
+    """Raise DataError unless `target` is missing or holds only what make_shapes wrote."""
+    if not target.exists():
+        return
+    keep = ("it is left untouched: move it away, or point data.root (make_shapes.py --root) "
+            "at another folder")
+    settings = read_shapes_settings(target.parent)
+    if settings is None:
+        raise DataError(f"{target} exists but has no {MANIFEST} manifest, so the shapes generator "
+                        f"did not write it (or it was edited); {keep}", "not generated", target)
+    try:
+        expected = generated_files(settings)
+    except (KeyError, TypeError, ValueError):
+        raise DataError(f"{target / MANIFEST} is not a shapes manifest; {keep}", "not generated",
+                        target) from None
+    found = {path.relative_to(target).as_posix() for path in target.rglob("*") if path.is_file()}
+    foreign = sorted(found - expected)
+    if foreign:
+        shown = ", ".join(foreign[:5]) + (f" and {len(foreign) - 5} more" if len(foreign) > 5 else "")
+        raise DataError(f"{target} holds files the shapes generator did not write ({shown}); {keep}",
+                        "not generated", target)
+
+
 def read_shapes_settings(root: str | Path) -> dict | None:
     """The settings of the shapes data set under `root`, or None if there is none."""
-    path = Path(root) / "VOCshapes" / "shapes.json"
+    path = Path(root) / "VOCshapes" / MANIFEST
     try:
         return json.loads(path.read_text())
     except (OSError, ValueError):

@@ -5,7 +5,7 @@
     root/VOC{year}/JPEGImages/{id}.jpg          (other image extensions are found too)
 
 XML coordinates are 1-based pixels; the training targets are ``(value - 1) / width`` (or
-height), the convention of the published SSD ports that DESIGN.md fixes.
+height), the convention of the published SSD ports.
 """
 
 from __future__ import annotations
@@ -17,9 +17,13 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-from ssd.config import VOC_CLASSES
 from ssd.data.common import DataError, DetectionDataset, Record, list_images, sanitize_boxes
 
+VOC_CLASSES = (
+    "aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair", "cow",
+    "diningtable", "dog", "horse", "motorbike", "person", "pottedplant", "sheep", "sofa",
+    "train", "tvmonitor",
+)  # fmt: skip
 BOX_FIELDS = ("xmin", "ymin", "xmax", "ymax")
 VOC_DOWNLOAD_HINT = (
     "PASCAL VOC cannot be downloaded by this project: get VOCtrainval_06-Nov-2007.tar, "
@@ -166,8 +170,9 @@ class VOCDataset(DetectionDataset):
         class_to_label = {name: label for label, name in enumerate(self.class_names)}
         if len(class_to_label) != len(self.class_names):
             raise ValueError(f"class_names has duplicates: {self.class_names}")
+        self._class_to_label = class_to_label
         sets = [(str(year), str(split)) for year, split in image_sets]
-        self.report.name = "VOC " + " + ".join(f"{year}/{split}" for year, split in sets)
+        self.report.name = f"VOC {self.root}: " + " + ".join(f"VOC{year}/{split}" for year, split in sets)
         for year, split in sets:
             self._load_split(year, split, class_to_label, keep_empty)
         self._print_summary(verbose)
@@ -210,4 +215,15 @@ class VOCDataset(DetectionDataset):
             labels=parsed.labels[valid],
             difficult=parsed.difficult[valid],
             extra={"truncated": parsed.truncated[valid]},
+            annotation_path=xml_path,
         )
+
+    def _objects_at_size(self, record: Record, width: int, height: int):
+        """The XML's boxes clipped to the real image size (those clipped to the annotated size
+        at load time may reach further)."""
+        try:
+            parsed = parse_voc_xml(record.annotation_path, self._class_to_label)
+        except DataError:  # changed since loading: clip what was loaded
+            return super()._objects_at_size(record, width, height)
+        boxes, valid, _ = sanitize_boxes(parsed.boxes, self.coordinate_origin, width, height)
+        return boxes[valid], parsed.labels[valid], parsed.difficult[valid]

@@ -48,6 +48,12 @@ class SSD(nn.Module):
         )
         self.register_buffer("priors", priors, persistent=False)
 
+    @classmethod
+    def from_config(cls, model_cfg) -> SSD:
+        """The model of `cfg.model`: num_classes, image_size and the priors. A backbone with
+        options of its own (e.g. ssd7's channels) overrides this to read them too."""
+        return cls(model_cfg.num_classes, model_cfg.image_size, **prior_options(model_cfg))
+
     def num_anchors_per_location(self) -> list[int]:
         """Default boxes per cell for each feature map (2 + 2 * number of aspect ratios)."""
         return [boxes_per_location(ratios) for ratios in self.aspect_ratios]
@@ -102,6 +108,13 @@ class SSD(nn.Module):
                 conf_head(feature).permute(0, 2, 3, 1).reshape(batch, -1, self.num_classes)
             )
         return torch.cat(locs, dim=1), torch.cat(confs, dim=1)
+
+
+def prior_options(model_cfg) -> dict:
+    """The keyword arguments of `SSD.__init__` that `cfg.model.priors` holds."""
+    priors = model_cfg.priors
+    return dict(feature_maps=priors.feature_maps, steps=priors.steps, min_sizes=priors.min_sizes,
+                max_sizes=priors.max_sizes, aspect_ratios=priors.aspect_ratios, clip=priors.clip)
 
 
 def xavier_init(module: nn.Module) -> None:

@@ -1,6 +1,6 @@
-"""SSD7: a small batch-norm network trainable from scratch (seed 003).
+"""SSD7: a small batch-norm network trainable from scratch.
 
-Seven 3x3 conv blocks with 32-48-64-64-48-48-32 channels (the seed's widths; `model.channels`
+Seven 3x3 conv blocks with 32-48-64-64-48-48-32 channels (the default widths; `model.channels`
 sets others), each followed by a 2x2 max pool except the last; predictions from the last four
 blocks.
 """
@@ -12,7 +12,7 @@ from typing import Sequence
 import torch
 from torch import nn
 
-from ssd.modeling.ssd import SSD, xavier_init
+from ssd.modeling.ssd import SSD, prior_options, xavier_init
 
 SSD7_CHANNELS = (32, 48, 64, 64, 48, 48, 32)
 SSD7_NUM_SOURCES = 4  # the last four blocks feed the heads
@@ -55,6 +55,12 @@ class SSD7(SSD):
         self.source_names = [f"block{b + 1}" for b in self.source_blocks]
         self._build_heads([channels[b] for b in self.source_blocks])
         self._check_feature_maps()
+
+    @classmethod
+    def from_config(cls, model_cfg) -> SSD7:
+        """SSD7 of `cfg.model`, with model.batch_norm and model.channels."""
+        return cls(model_cfg.num_classes, model_cfg.image_size, batch_norm=model_cfg.batch_norm,
+                   channels=model_cfg.channels, **prior_options(model_cfg))
 
     def extract_features(self, images: torch.Tensor) -> list[torch.Tensor]:
         """images [B, 3, S, S] -> the outputs of blocks 4-7 (S=300: 37, 18, 9, 4)."""

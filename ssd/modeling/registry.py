@@ -1,0 +1,32 @@
+"""The backbone registry: name (model.backbone) -> an SSD subclass that builds itself.
+
+    BACKBONES["mynet"] = MyNetSSD        # MyNetSSD.from_config(cfg.model) -> SSD
+    model = build_model(cfg)             # with model.backbone: mynet
+
+Config validation reads the valid names of model.backbone from here.
+"""
+
+from __future__ import annotations
+
+from ssd.modeling.ssd import SSD
+from ssd.modeling.ssd7 import SSD7
+from ssd.modeling.vgg import VGGSSD
+
+BACKBONES: dict[str, type[SSD]] = {
+    "vgg16": VGGSSD,
+    "ssd7": SSD7,
+}
+
+
+def build_model(cfg) -> SSD:
+    """The SSD of `cfg.model`: backbone, heads and priors (feature map sizes checked).
+
+    Returns an nn.Module whose forward maps images [B, 3, S, S] to (loc [B, P, 4],
+    conf [B, P, C]); `model.priors` is [P, 4] (cx, cy, w, h).
+    """
+    name = cfg.model.backbone
+    if name not in BACKBONES:
+        raise KeyError(
+            f"No backbone named '{name}' (model.backbone); known: {', '.join(sorted(BACKBONES))}"
+        )
+    return BACKBONES[name].from_config(cfg.model)
