@@ -502,7 +502,7 @@ def test_empty_data_set_error_names_the_split_file(tmp_path):
 def test_eval_loader_yields_no_sample_for_an_unreadable_image(tmp_path, num_workers):
     """skip_bad: the unreadable image comes back as a SkippedImage naming the file (also from a
     worker process), the others as samples; without skip_bad the read error is raised."""
-    from ssd.data import BaseTransform, DataError, VOCDataset, make_shapes
+    from ssd.data import BaseTransform, DataError, LoadFailure, VOCDataset, make_shapes
     from ssd.engine.inference import SkippedImage, make_eval_loader
 
     make_shapes(tmp_path, num_train=1, num_test=3, image_size=64, seed=0, progress=False)
@@ -517,9 +517,13 @@ def test_eval_loader_yields_no_sample_for_an_unreadable_image(tmp_path, num_work
     assert batches[0].skipped == [SkippedImage(1, str(dataset.records[1].image_path),
                                                batches[0].skipped[0].message)]
     assert str(dataset.records[1].image_path) in batches[0].skipped[0].message
-    dataset.skip_bad = False
+    dataset.skip_bad = False  # the failure reaches the main process, where it is raised
+    failures = [batch for batch in make_eval_loader(dataset, BaseTransform(32), batch_size=2,
+                                                    num_workers=num_workers)
+                if isinstance(batch, LoadFailure)]
+    assert len(failures) == 1
     with pytest.raises(DataError, match="Cannot decode"):
-        list(make_eval_loader(dataset, BaseTransform(32), batch_size=2))
+        raise failures[0].error()
 
 
 def test_predict_batches_records_skipped_images_and_evaluated_indices():

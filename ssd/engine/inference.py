@@ -28,8 +28,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
-from ssd.data.common import DataError
-from ssd.data.loader import TransformedDataset, _init_worker
+from ssd.data.loader import LoadFailure, TransformedDataset, _init_worker
 from ssd.evaluation.dataset_eval import check_has_images, evaluate_detections
 from ssd.postprocess import PostProcessor
 from ssd.precision import autocast_context, uses_channels_last
@@ -84,16 +83,19 @@ class _EvaluationSamples(Dataset):
         return len(self.samples)
 
     def __getitem__(self, index: int):
-        try:
-            return self.samples[index]
-        except DataError as error:
-            if not self.skip_bad:
-                raise
-            return SkippedImage(int(index), error.path, str(error))
+        sample = self.samples[index]
+        if isinstance(sample, LoadFailure) and self.skip_bad:
+            return SkippedImage(int(index), sample.path, sample.message)
+        return sample
 
 
-def _collate(items: Sequence) -> EvalBatch:
-    """(image [3, S, S], target, index) samples and SkippedImage markers -> one EvalBatch."""
+def _collate(items: Sequence) -> EvalBatch | LoadFailure:
+    """(image [3, S, S], target, index) samples and SkippedImage markers -> one EvalBatch; a
+    batch holding an image that could not be read (not skipped) -> its LoadFailure, which
+    `predict_batches` raises in the main process with the file's own message."""
+    failure = next((item for item in items if isinstance(item, LoadFailure)), None)
+    if failure is not None:
+        return failure
     samples = [item for item in items if not isinstance(item, SkippedImage)]
     skipped = [item for item in items if isinstance(item, SkippedImage)]
     images = torch.stack([sample[0] for sample in samples]) if samples else None  # [B, 3, S, S]
@@ -146,6 +148,8 @@ def predict_batches(
     skipped: list[SkippedImage] = []
     for batch in tqdm(loader, desc="inference", unit="batch", disable=not progress,
                       dynamic_ncols=True):
+        if isinstance(batch, LoadFailure):
+            raise batch.error()
         images, indices, batch_skipped = _as_eval_batch(batch)
         skipped.extend(batch_skipped)
         if images is None:
