@@ -4,13 +4,17 @@ from __future__ import annotations
 
 from typing import Callable
 
-from ssd.modeling.ssd import SSD
+from ssd.modeling.mobilenet import SSDLiteMobileNetV3
+from ssd.modeling.resnet import ResNet50SSD
+from ssd.modeling.ssd import SSD, prior_args_of
 from ssd.modeling.ssd7 import SSD7
 from ssd.modeling.vgg import VGGSSD
 
 BACKBONES: dict[str, Callable[..., SSD]] = {
     "vgg16": VGGSSD,
     "ssd7": SSD7,
+    "mobilenet_v3_large": SSDLiteMobileNetV3,
+    "resnet50": ResNet50SSD,
 }
 
 
@@ -26,17 +30,11 @@ def build_model(cfg) -> SSD:
         raise KeyError(
             f"No backbone named '{name}' (model.backbone); known: {', '.join(sorted(BACKBONES))}"
         )
-    priors = model_cfg.priors
-    prior_args = dict(
-        feature_maps=priors.feature_maps,
-        steps=priors.steps,
-        min_sizes=priors.min_sizes,
-        max_sizes=priors.max_sizes,
-        aspect_ratios=priors.aspect_ratios,
-        clip=priors.clip,
-    )
+    if hasattr(BACKBONES[name], "from_config"):
+        return BACKBONES[name].from_config(model_cfg)
+    prior_args = prior_args_of(model_cfg)
     extra = {"batch_norm": model_cfg.batch_norm, "channels": model_cfg.channels} if name == "ssd7" else {}
     return BACKBONES[name](model_cfg.num_classes, model_cfg.image_size, **extra, **prior_args)
 
 
-__all__ = ["BACKBONES", "SSD", "SSD7", "VGGSSD", "build_model"]
+__all__ = ["BACKBONES", "SSD", "SSD7", "ResNet50SSD", "SSDLiteMobileNetV3", "VGGSSD", "build_model"]
