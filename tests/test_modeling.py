@@ -121,7 +121,8 @@ def test_feature_map_mismatch_names_layer_and_sizes():
 
 
 def test_unknown_backbone_lists_known():
-    with pytest.raises(KeyError, match="No backbone named 'vgg19'.*known: mobilenet_v3_large, resnet50, ssd7, vgg16"):
+    known = "mobilenet_v3_large, resnet50, ssd7, vgg16"
+    with pytest.raises(KeyError, match=f"No backbone named 'vgg19'.*known: {known}"):
         build_model(load_config(overrides=["model.backbone=vgg19"]))
 
 

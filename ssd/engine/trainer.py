@@ -43,7 +43,7 @@ class Trainer:
         dist_info: rank / world size when launched by torchrun.
         resume: a checkpoint path, "auto" (newest in output_dir, if any), or None.
         init_weights: a weights file (checkpoint or classic state_dict) to start the whole
-            model from; model.pretrained initialises only the VGG backbone.
+            model from; model.pretrained initialises only the backbone.
         progress: show the tqdm bar.
     """
 
@@ -97,19 +97,14 @@ class Trainer:
     # ----------------------------------------------------------------------------- building
     def _build_model(self, init_weights) -> nn.Module:
         from ssd.modeling import build_model
-        from ssd.weights import load_model_weights, load_vgg_backbone, read_checkpoint
+        from ssd.weights import load_model_weights, load_pretrained_backbone, read_checkpoint
 
         model = build_model(self.cfg)
         if init_weights is not None:
             state_dict, _ = read_checkpoint(init_weights)
             load_model_weights(model, state_dict, source=str(init_weights))
         elif self.cfg.model.pretrained:
-            if not hasattr(model, "vgg"):
-                raise TrainingError(
-                    f"model.pretrained={self.cfg.model.pretrained!r} loads VGG16 weights, but "
-                    f"model.backbone is '{self.cfg.model.backbone}'; set model.pretrained=null"
-                )
-            load_vgg_backbone(model, self.cfg.model.pretrained)
+            load_pretrained_backbone(model, self.cfg.model.pretrained)
         model.to(self.device)
         if self.cfg.train.channels_last:
             model.to(memory_format=torch.channels_last)
