@@ -30,7 +30,9 @@ _DEFAULTS: dict[str, Any] = {
         "backbone": "vgg16",  # see ssd.modeling.BACKBONES
         "num_classes": 21,  # foreground classes + 1 background
         "image_size": 300,
-        "pretrained": None,  # path to a reduced-fc VGG16 state_dict, or null (from scratch)
+        # Backbone weights: vgg16: a reduced-fc VGG16 file; mobilenet_v3_large / resnet50: a
+        # torchvision ImageNet state_dict file or "torchvision" (torch hub folder); null: scratch.
+        "pretrained": None,
         "batch_norm": True,  # ssd7 only
         "channels": None,  # ssd7 only: the 7 block widths (null: the seed's 32-48-64-64-48-48-32)
         "priors": {
