@@ -3,6 +3,8 @@ weights, and the backbone registry's extension point."""
 
 from __future__ import annotations
 
+import importlib.util
+from pathlib import Path
 from urllib.error import URLError
 
 import numpy as np
@@ -48,6 +50,7 @@ def _num_priors(feature_maps, aspect_ratios) -> int:
 @pytest.mark.parametrize("config, maps, channels, priors", [
     (MOBILENET_CONFIG, [20, 10, 5, 3, 2, 1], [672, 960, 512, 256, 256, 128], 3234),
     (RESNET_CONFIG, [38, 19, 10, 5, 3, 1], [1024, 512, 512, 256, 256, 256], 8732),
+    ("configs/shapes_mobilenet.yaml", [10, 5, 3, 2, 1, 1], [672, 960, 512, 256, 256, 128], 560),
 ])
 def test_config_builds_feature_maps_and_priors(config, maps, channels, priors):
     cfg = load_config(config)
@@ -66,7 +69,7 @@ def test_config_builds_feature_maps_and_priors(config, maps, channels, priors):
 
 
 def test_configs_use_the_imagenet_mean_the_input_scaling_assumes():
-    for config in (MOBILENET_CONFIG, RESNET_CONFIG):
+    for config in (MOBILENET_CONFIG, RESNET_CONFIG, "configs/shapes_mobilenet.yaml"):
         assert tuple(load_config(config).data.mean) == IMAGENET_MEAN_BGR_255
 
 
@@ -256,3 +259,14 @@ def test_a_new_backbone_is_one_registry_entry(monkeypatch):
     (parts["loss_loc"] + parts["loss_conf"]).backward()
     assert torch.isfinite(parts["loss_conf"]) and parts["loss_conf"] > 0
     assert model.body[0].weight.grad.abs().sum() > 0
+
+
+def test_benchmark_counts_a_multiply_add_as_two_flops():
+    """The backbones benchmark's GFLOPs: a 3x3 conv 3 -> 8 on 16x16 (stride 1, padding 1) is
+    16 * 16 * 8 * 3 * 9 multiply-adds."""
+    scripts = Path(__file__).resolve().parents[1] / "scripts"
+    spec = importlib.util.spec_from_file_location("_bench_backbones", scripts / "benchmarks" / "backbones.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)  # imports only ssd and torch
+    conv = nn.Conv2d(3, 8, kernel_size=3, padding=1, bias=False)
+    assert module.count_gflops(conv, 16) * 1e9 == 2 * 16 * 16 * 8 * 3 * 9
