@@ -179,6 +179,13 @@ def test_vgg_refuses_the_torchvision_keyword():
         load_pretrained_backbone(model, "torchvision")
 
 
+def test_backbone_without_pretrained_weights_says_so():
+    model = build_model(load_config("configs/shapes.yaml"))
+    with pytest.raises(WeightsError, match="SSD7 has no pretrained backbone weights to load; set "
+                                           "model.pretrained=null"):
+        load_pretrained_backbone(model, "weights/anything.pth")
+
+
 def _shapes_batch(size: int, count: int) -> tuple[torch.Tensor, list[torch.Tensor]]:
     """`count` synthetic shapes images through the test transform: images [count, 3, size,
     size] and targets [n, 5] (normalised xyxy, 0-based label)."""
