@@ -41,7 +41,9 @@ _DEFAULTS: dict[str, Any] = {
         "backbone": "vgg16",  # see ssd.modeling.BACKBONES
         "num_classes": 21,  # foreground classes + 1 background
         "image_size": 300,
-        "pretrained": None,  # path to a reduced-fc VGG16 state_dict, or null (from scratch)
+        # Backbone weights: vgg16: a reduced-fc VGG16 file; mobilenet_v3_large / resnet50: a
+        # torchvision ImageNet state_dict file or "torchvision" (torch hub folder); null: scratch.
+        "pretrained": None,
         "batch_norm": True,  # ssd7 only
         "channels": None,  # ssd7 only: the 7 block widths (null: the default 32-48-64-64-48-48-32)
         "priors": {
@@ -144,6 +146,9 @@ _NULLABLE_TYPES: dict[str, type] = {
 
 # Keys holding file or folder paths: relative values are resolved when the config is loaded.
 PATH_KEYS = ("data.root", "model.pretrained", "train.output_dir")
+# Values of path keys that are keywords, not paths (model.pretrained: torchvision asks
+# torchvision's weights API for the backbone's ImageNet file).
+PATH_KEYWORDS = ("torchvision",)
 
 # Keys with a fixed set of values. model.backbone, loss.name and data.format are checked against
 # their registries (ssd.modeling.BACKBONES, ssd.loss.LOSSES, ssd.data.build.DATASET_BUILDERS).
@@ -395,6 +400,8 @@ def _resolve_paths(config: dict[str, Any], base: Path) -> None:
         for name in parents:
             section = section.get(name) if isinstance(section, Mapping) else None
         if not isinstance(section, dict) or not isinstance(section.get(leaf), str):
+            continue
+        if section[leaf] in PATH_KEYWORDS:
             continue
         path = Path(section[leaf]).expanduser()
         section[leaf] = os.path.normpath(path if path.is_absolute() else base / path)

@@ -8,7 +8,10 @@ because training checkpoints store the numpy RNG state):
 - bare state_dicts in the classic layout (``vgg.0.weight`` ... ``conf.5.bias``, as in
   ``ssd300_mAP_77.43_v2.pth``), with or without the ``module.`` prefix of DataParallel;
 - reduced-fc VGG16 backbones (``0.weight`` ... ``33.bias``, as ``vgg16_reducedfc.pth``) for
-  ``model.pretrained``, made from torchvision's ImageNet VGG16 by `convert_torchvision_vgg16`.
+  ``model.pretrained``, made from torchvision's ImageNet VGG16 by `convert_torchvision_vgg16`;
+- torchvision's ImageNet classifiers (``mobilenet_v3_large-8738ca79.pth``,
+  ``resnet50-0676ba61.pth``) for ``model.pretrained`` of the mobilenet_v3_large and resnet50
+  backbones, or ``model.pretrained: torchvision`` for the same files from the torch hub folder.
 
 Anything else is an error that says what the file holds and what was expected.
 """
@@ -26,6 +29,7 @@ from torch import nn
 from ssd.config import Config, load_checkpoint_config, load_config
 from ssd.fileio import UnsafeFileError, safe_torch_load
 from ssd.modeling import build_model
+from ssd.modeling.imagenet import TorchvisionWeights
 from ssd.modeling.vgg import vgg16_reducedfc_layers
 
 TORCHVISION_VGG16_FILE = "vgg16-397923af.pth"
@@ -40,7 +44,11 @@ UNIT_STEP = 4
 TAP_STEP = 3
 
 _MAX_LISTED = 8  # keys listed per category in a mismatch message
-_BACKBONE_PREFIXES = {"vgg.": "vgg16", "base.": "ssd7"}  # state_dict prefix -> backbone name
+# state_dict prefix -> backbone name
+_BACKBONE_PREFIXES = {"vgg.": "vgg16", "base.": "ssd7", "mobilenet.": "mobilenet_v3_large",
+                      "resnet.": "resnet50"}
+# model.pretrained value that asks torchvision's weights API for a backbone's ImageNet weights
+TORCHVISION_PRETRAINED = "torchvision"
 
 
 class WeightsError(ValueError):
@@ -329,6 +337,101 @@ def load_vgg_backbone(model: nn.Module, path: str | Path) -> None:
     check_state_dict(vgg, state_dict, f"{path} (model.pretrained)", hint=hint,
                      target="the VGG16 backbone (model.vgg)")
     vgg.load_state_dict(state_dict, strict=True)
+
+
+def load_pretrained_backbone(model: nn.Module, pretrained: str) -> None:
+    """Initialise the backbone of `model` as `model.pretrained` asks.
+
+    Backbones that declare `TORCHVISION_WEIGHTS` (ssd.modeling.imagenet.TorchvisionWeights)
+    take torchvision's ImageNet weights: `pretrained` is a file in torchvision's layout or
+    "torchvision" (`load_torchvision_backbone`); the VGG16 backbone takes a reduced-fc file
+    (`load_vgg_backbone`).
+
+    Raises:
+        FileNotFoundError: the weights are not there (the message says where to put them).
+        WeightsError: the backbone takes no pretrained weights, or the file does not fit.
+    """
+    spec = getattr(model, "TORCHVISION_WEIGHTS", None)
+    if spec is not None:
+        load_torchvision_backbone(model, spec, pretrained)
+    elif isinstance(getattr(model, "vgg", None), nn.Module):
+        if pretrained == TORCHVISION_PRETRAINED:
+            raise WeightsError(
+                f"model.pretrained={TORCHVISION_PRETRAINED} is for the backbones with torchvision "
+                f"ImageNet weights (mobilenet_v3_large, resnet50); vgg16 takes a reduced-fc VGG16 "
+                f"file such as {REDUCED_FC_FILE} (made by scripts/convert_vgg.py)"
+            )
+        load_vgg_backbone(model, pretrained)
+    else:
+        raise WeightsError(
+            f"model.pretrained={pretrained!r}: {type(model).__name__} has no pretrained backbone "
+            f"weights to load; set model.pretrained=null"
+        )
+
+
+def load_torchvision_backbone(model: nn.Module, spec: TorchvisionWeights, pretrained: str | Path) -> None:
+    """Load torchvision's ImageNet weights into `model.<spec.target>` strictly.
+
+    Args:
+        model: the detector.
+        spec: its `TorchvisionWeights` (which weights, which file, which attribute, which keys).
+        pretrained: a state_dict file in torchvision's layout (e.g. resnet50-0676ba61.pth), or
+            "torchvision": the file in the torch hub checkpoints folder, downloaded there by
+            torchvision's weights API when missing.
+
+    Raises:
+        FileNotFoundError: the file is missing, or "torchvision" could not download it (the
+            message names the file, its URL and where to put it).
+        WeightsError: keys or shapes differ from the backbone's.
+    """
+    path = _torchvision_weights_file(spec) if pretrained == TORCHVISION_PRETRAINED else Path(pretrained)
+    missing = (
+        f"{spec.backbone} ImageNet weights not found: {path} (model.pretrained). Use torchvision's "
+        f"{spec.file_name} ({spec.weights}): put it in {_hub_checkpoints()} and set "
+        f"model.pretrained={TORCHVISION_PRETRAINED}, or set model.pretrained to its path. To "
+        f"train from scratch instead, set model.pretrained=null."
+    )
+    state_dict, _ = _read_weights_file(path, missing)
+    state_dict = {
+        key[len(spec.source_prefix):]: value
+        for key, value in state_dict.items()
+        if key.startswith(spec.source_prefix) and not key.startswith(spec.unused_prefixes)
+    }
+    target = getattr(model, spec.target)
+    check_state_dict(target, state_dict, f"{path} (model.pretrained)",
+                     hint=f"Expected torchvision's {spec.backbone} state_dict ({spec.file_name}).",
+                     target=f"the {spec.backbone} backbone (model.{spec.target})")
+    target.load_state_dict(state_dict, strict=True)
+
+
+def _hub_checkpoints() -> Path:
+    """The folder where torchvision's weights API keeps downloaded weights."""
+    return Path(torch.hub.get_dir()) / "checkpoints"
+
+
+def _torchvision_weights_file(spec: TorchvisionWeights) -> Path:
+    """The hub checkpoints file of `spec`, downloaded by torchvision's weights API if missing.
+
+    Raises:
+        FileNotFoundError: not there and the download failed (offline); says where to put it.
+    """
+    import torchvision
+
+    weights = torchvision.models.get_weight(spec.weights)
+    path = _hub_checkpoints() / spec.file_name
+    if path.is_file():
+        return path
+    try:
+        # Downloads to the hub checkpoints folder (hash-checked); read below with safe_torch_load.
+        weights.get_state_dict(progress=False, check_hash=True)
+    except OSError as err:  # URLError, socket and HTTP errors are OSErrors
+        raise FileNotFoundError(
+            f"model.pretrained={TORCHVISION_PRETRAINED}: {spec.backbone} ImageNet weights "
+            f"{spec.file_name} are not in {path.parent} and could not be downloaded from "
+            f"{weights.url} ({err}). Download that file where there is internet and put it at "
+            f"{path}, or set model.pretrained to its path (or null to train from scratch)."
+        ) from err
+    return path
 
 
 def build_model_from_weights(

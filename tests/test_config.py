@@ -292,3 +292,9 @@ def test_one_rule_for_class_names():
     assert class_names_for(seven) == [f"class_{label}" for label in range(7)]
     named = load_config(overrides=["model.num_classes=3", "data.class_names=[cat, dog]"])
     assert class_names_for(named) == configured_class_names(named) == ["cat", "dog"]
+
+
+def test_the_torchvision_keyword_of_model_pretrained_is_not_a_path(tmp_path):
+    config = tmp_path / "mine.yaml"
+    config.write_text("model:\n  pretrained: torchvision\n")
+    assert load_config(config).model.pretrained == "torchvision"

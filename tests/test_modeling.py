@@ -124,7 +124,8 @@ def test_feature_map_mismatch_names_layer_and_sizes():
 
 
 def test_unknown_backbone_lists_known():
-    with pytest.raises(ConfigError, match="model.backbone' must be one of vgg16, ssd7, got 'vgg19'"):
+    known = "vgg16, ssd7, mobilenet_v3_large, resnet50"
+    with pytest.raises(ConfigError, match=f"model.backbone' must be one of {known}, got 'vgg19'"):
         load_config(overrides=["model.backbone=vgg19"])
 
 

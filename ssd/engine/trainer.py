@@ -35,7 +35,7 @@ from ssd.loss import build_loss
 from ssd.modeling import build_model
 from ssd.postprocess import build_postprocessor
 from ssd.precision import autocast_context, precision_label, training_precision
-from ssd.weights import load_model_weights, load_vgg_backbone, read_checkpoint
+from ssd.weights import load_model_weights, load_pretrained_backbone, read_checkpoint
 
 logger = logging.getLogger(__name__)
 
@@ -223,7 +223,7 @@ class Trainer:
             output_dir: default cfg.train.output_dir.
             device: "cpu", "cuda", "cuda:1", ... (default: cuda when available).
             init_weights: a weights file (checkpoint or classic state_dict) to start the whole
-                model from; model.pretrained initialises only the VGG backbone.
+                model from; model.pretrained initialises only the backbone.
             the rest: as for `Trainer`.
         """
         dist = dist_info or DistInfo()
@@ -565,19 +565,14 @@ def _refuse_another_run(output_dir: Path, resume, overwrite: bool) -> None:
 
 
 def _build_model(cfg, device: torch.device, init_weights) -> nn.Module:
-    """The config's detector on `device`, from `init_weights`, the VGG backbone of
+    """The config's detector on `device`, from `init_weights`, the ImageNet backbone of
     model.pretrained, or from scratch."""
     model = build_model(cfg)
     if init_weights is not None:
         state_dict, _ = read_checkpoint(init_weights)
         load_model_weights(model, state_dict, source=str(init_weights))
     elif cfg.model.pretrained:
-        if not hasattr(model, "vgg"):
-            raise TrainingError(
-                f"model.pretrained={cfg.model.pretrained!r} loads VGG16 weights, but "
-                f"model.backbone is '{cfg.model.backbone}'; set model.pretrained=null"
-            )
-        load_vgg_backbone(model, cfg.model.pretrained)
+        load_pretrained_backbone(model, cfg.model.pretrained)
     model.to(device)
     if cfg.train.channels_last:
         model.to(memory_format=torch.channels_last)

@@ -8,6 +8,8 @@ Config validation reads the valid names of model.backbone from here.
 
 from __future__ import annotations
 
+from ssd.modeling.mobilenet import SSDLiteMobileNetV3
+from ssd.modeling.resnet import ResNet50SSD
 from ssd.modeling.ssd import SSD
 from ssd.modeling.ssd7 import SSD7
 from ssd.modeling.vgg import VGGSSD
@@ -15,6 +17,8 @@ from ssd.modeling.vgg import VGGSSD
 BACKBONES: dict[str, type[SSD]] = {
     "vgg16": VGGSSD,
     "ssd7": SSD7,
+    "mobilenet_v3_large": SSDLiteMobileNetV3,
+    "resnet50": ResNet50SSD,
 }
 
 

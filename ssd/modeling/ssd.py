@@ -62,22 +62,28 @@ class SSD(nn.Module):
         raise NotImplementedError
 
     def _build_heads(self, source_channels: Sequence[int]) -> None:
-        """3x3 loc and conf convolutions on every source feature map."""
+        """loc and conf heads (`_make_head`, then `_init_head`) on every source feature map."""
         if len(source_channels) != len(self.feature_maps):
             raise ValueError(
                 f"{type(self).__name__} has {len(source_channels)} source feature maps but the "
                 f"prior config lists {len(self.feature_maps)} (model.priors.feature_maps)"
             )
         anchors = self.num_anchors_per_location()
-        self.loc = nn.ModuleList(
-            nn.Conv2d(ch, a * 4, kernel_size=3, padding=1) for ch, a in zip(source_channels, anchors)
-        )
+        self.loc = nn.ModuleList(self._make_head(ch, a * 4) for ch, a in zip(source_channels, anchors))
         self.conf = nn.ModuleList(
-            nn.Conv2d(ch, a * self.num_classes, kernel_size=3, padding=1)
-            for ch, a in zip(source_channels, anchors)
+            self._make_head(ch, a * self.num_classes) for ch, a in zip(source_channels, anchors)
         )
         for head in (*self.loc, *self.conf):
-            xavier_init(head)
+            self._init_head(head)
+
+    def _make_head(self, in_channels: int, out_channels: int) -> nn.Module:
+        """One prediction head, [B, in_channels, H, W] -> [B, out_channels, H, W]: a 3x3
+        convolution. A subclass overrides this (and `_init_head`) for another head design."""
+        return nn.Conv2d(in_channels, out_channels, kernel_size=3, padding=1)
+
+    def _init_head(self, head: nn.Module) -> None:
+        """Initialise one head made by `_make_head` (Xavier-uniform weights, zero bias)."""
+        xavier_init(head)
 
     @torch.no_grad()
     def _check_feature_maps(self) -> None:
