@@ -136,8 +136,8 @@ def safe_torch_load(path: str | Path) -> Any:
             f"{path} holds a pickled Python object ({refused.group(1)}; e.g. a whole "
             f"nn.Module or arbitrary code), not only tensors, plain containers and numpy data; "
             f"it is not loaded because unpickling it can run code. Save `model.state_dict()` "
-            f"instead. If you trust the file: torch.save(torch.load(path, "
-            f"weights_only=False).state_dict(), new_path)"
+            f"instead; if you trust the file, load it once with pickle loading "
+            f"enabled (torch.load's weights_only off) and save its state_dict()"
         ) from err
     except Exception as err:  # torch.load fails on foreign or truncated files in many ways
         raise UnsafeFileError(f"{path} is not a PyTorch weights file that torch.load can read "

@@ -62,8 +62,8 @@ def test_resume_reproduces_the_uninterrupted_run(data_root, tmp_path, solver):
     assert sorted(split) == [1, 2, 3, 4, 5, 6]
     for iteration in (4, 5, 6):
         assert split[iteration] == pytest.approx(full[iteration], rel=1e-6, abs=1e-7)
-    a = torch.load(ckpt.checkpoint_path(full_dir, 6), weights_only=False)["model"]
-    b = torch.load(ckpt.checkpoint_path(split_dir, 6), weights_only=False)["model"]
+    a = ckpt.load_checkpoint(ckpt.checkpoint_path(full_dir, 6))["model"]
+    b = ckpt.load_checkpoint(ckpt.checkpoint_path(split_dir, 6))["model"]
     for key in a:
         torch.testing.assert_close(a[key], b[key], rtol=1e-5, atol=1e-6)
 
