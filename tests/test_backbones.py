@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 import torch
 import torchvision
+from conftest import CONFIGS
 from torch import nn
 
 from ssd.config import load_config
@@ -25,8 +26,8 @@ from ssd.modeling.resnet import ResNet50SSD
 from ssd.modeling.ssd import prior_options
 from ssd.weights import WeightsError, load_pretrained_backbone
 
-MOBILENET_CONFIG = "configs/ssdlite320_mobilenet_v3.yaml"
-RESNET_CONFIG = "configs/ssd300_resnet50.yaml"
+MOBILENET_CONFIG = CONFIGS / "ssdlite320_mobilenet_v3.yaml"
+RESNET_CONFIG = CONFIGS / "ssd300_resnet50.yaml"
 # mobilenet_v3_large at 160 px: maps ceil(160 / 16) = 10, 5, then halved rounding up.
 SMALL_MOBILENET = [
     "model.image_size=160", "model.pretrained=null",
@@ -50,7 +51,7 @@ def _num_priors(feature_maps, aspect_ratios) -> int:
 @pytest.mark.parametrize("config, maps, channels, priors", [
     (MOBILENET_CONFIG, [20, 10, 5, 3, 2, 1], [672, 960, 512, 256, 256, 128], 3234),
     (RESNET_CONFIG, [38, 19, 10, 5, 3, 1], [1024, 512, 512, 256, 256, 256], 8732),
-    ("configs/shapes_mobilenet.yaml", [10, 5, 3, 2, 1, 1], [672, 960, 512, 256, 256, 128], 560),
+    (CONFIGS / "shapes_mobilenet.yaml", [10, 5, 3, 2, 1, 1], [672, 960, 512, 256, 256, 128], 560),
 ])
 def test_config_builds_feature_maps_and_priors(config, maps, channels, priors):
     cfg = load_config(config)
@@ -69,7 +70,7 @@ def test_config_builds_feature_maps_and_priors(config, maps, channels, priors):
 
 
 def test_configs_use_the_imagenet_mean_the_input_scaling_assumes():
-    for config in (MOBILENET_CONFIG, RESNET_CONFIG, "configs/shapes_mobilenet.yaml"):
+    for config in (MOBILENET_CONFIG, RESNET_CONFIG, CONFIGS / "shapes_mobilenet.yaml"):
         assert tuple(load_config(config).data.mean) == IMAGENET_MEAN_BGR_255
 
 
@@ -95,7 +96,7 @@ def test_small_image_size_and_mismatch_message():
 
 def test_default_heads_keep_their_state_dict_keys():
     """The overridable head builder leaves the 3x3-conv backbones' keys as before."""
-    keys = build_model(load_config("configs/shapes.yaml")).state_dict()
+    keys = build_model(load_config(CONFIGS / "shapes.yaml")).state_dict()
     assert {"loc.0.weight", "loc.0.bias", "conf.3.weight", "conf.3.bias"} <= set(keys)
     assert not any(key.startswith("loc.0.0") for key in keys)
 
@@ -174,13 +175,13 @@ def test_pretrained_torchvision_reads_the_hub_file(offline_hub):
 
 
 def test_vgg_refuses_the_torchvision_keyword():
-    model = build_model(load_config("configs/voc300.yaml", overrides=["model.pretrained=null"]))
+    model = build_model(load_config(CONFIGS / "voc300.yaml", overrides=["model.pretrained=null"]))
     with pytest.raises(WeightsError, match="vgg16 takes a reduced-fc VGG16 file"):
         load_pretrained_backbone(model, "torchvision")
 
 
 def test_backbone_without_pretrained_weights_says_so():
-    model = build_model(load_config("configs/shapes.yaml"))
+    model = build_model(load_config(CONFIGS / "shapes.yaml"))
     with pytest.raises(WeightsError, match="SSD7 has no pretrained backbone weights to load; set "
                                            "model.pretrained=null"):
         load_pretrained_backbone(model, "weights/anything.pth")

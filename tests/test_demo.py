@@ -20,7 +20,7 @@ def demo_run(tmp_path_factory):
     opts = [f"data.root={folder / 'shapes'}", f"train.output_dir={folder / 'run'}", *TINY]
     previous = os.umask(0o022)
     try:
-        code = load_script("demo").main(["--config", "tests/configs/ssd7_160.yaml",
+        code = load_script("demo").main(["--config", str(REPO_ROOT / "tests" / "configs" / "ssd7_160.yaml"),
                                          "--out", str(folder / "out"), "--opts", *opts])
     finally:
         os.umask(previous)
@@ -47,7 +47,7 @@ def test_everything_the_demo_writes_is_0644(demo_run):
 
 def test_demo_stops_at_a_failed_step(tmp_path, capsys):
     """Training fails (no VOC data under data.root): the demo stops there with status 1."""
-    code = load_script("demo").main(["--config", "configs/voc300.yaml",
+    code = load_script("demo").main(["--config", str(REPO_ROOT / "configs" / "voc300.yaml"),
                                      "--out", str(tmp_path / "out"),
                                      "--opts", f"data.root={tmp_path / 'no_voc'}",
                                      f"train.output_dir={tmp_path / 'run'}"])
