@@ -33,14 +33,51 @@ def pairwise_iou(boxes_a: torch.Tensor, boxes_b: torch.Tensor) -> torch.Tensor:
     """IoU of every pair: a (..., N, 4) xyxy, b (..., M, 4) xyxy -> (..., N, M).
 
     Leading dimensions broadcast, so a batch of padded ground truth [B, n, 4] against
-    priors [P, 4] gives [B, n, P] in one call.
+    priors [P, 4] gives [B, n, P] in one call. Each coordinate is broadcast on its own, so
+    every step works on contiguous (..., N, M) planes, in place where possible; the float
+    operations are those of torchvision's NMS (inter / (area_a + area_b - inter)).
     """
-    low = torch.maximum(boxes_a[..., :, None, :2], boxes_b[..., None, :, :2])  # (..., N, M, 2)
-    high = torch.minimum(boxes_a[..., :, None, 2:], boxes_b[..., None, :, 2:])  # (..., N, M, 2)
-    inter_wh = (high - low).clamp(min=0)
-    inter = inter_wh[..., 0] * inter_wh[..., 1]  # (..., N, M)
+    a_x1, a_y1, a_x2, a_y2 = (c[..., :, None] for c in boxes_a.unbind(dim=-1))  # (..., N, 1)
+    b_x1, b_y1, b_x2, b_y2 = (c[..., None, :] for c in boxes_b.unbind(dim=-1))  # (..., 1, M)
+    inter = (torch.minimum(a_x2, b_x2) - torch.maximum(a_x1, b_x1)).clamp_(min=0)  # (..., N, M)
+    inter_h = (torch.minimum(a_y2, b_y2) - torch.maximum(a_y1, b_y1)).clamp_(min=0)
+    inter.mul_(inter_h)
     union = box_area(boxes_a)[..., :, None] + box_area(boxes_b)[..., None, :] - inter
-    return inter / union.clamp(min=torch.finfo(inter.dtype).tiny)
+    return inter.div_(union.clamp_(min=torch.finfo(inter.dtype).tiny))
+
+
+def prior_iou(boxes: torch.Tensor, priors_xyxy: torch.Tensor) -> torch.Tensor:
+    """`pairwise_iou` (bit for bit) of boxes (..., N, 4) xyxy against priors [P, 4] xyxy.
+
+    Priors lie on grids, so the P priors have only a few hundred distinct x intervals and y
+    intervals (333 of each for SSD300's 8732). The overlap along each axis is computed for
+    those alone and then spread to all priors, which saves most of the full-size passes.
+
+    Returns:
+        (..., N, P) IoU.
+    """
+    x_low, x_high, x_index = _distinct_intervals(priors_xyxy[:, 0], priors_xyxy[:, 2])
+    y_low, y_high, y_index = _distinct_intervals(priors_xyxy[:, 1], priors_xyxy[:, 3])
+    inter = _overlap_length(boxes[..., 0], boxes[..., 2], x_low, x_high).index_select(-1, x_index)
+    inter.mul_(_overlap_length(boxes[..., 1], boxes[..., 3], y_low, y_high).index_select(-1, y_index))
+    union = box_area(boxes)[..., :, None] + box_area(priors_xyxy) - inter  # (..., N, P)
+    return inter.div_(union.clamp_(min=torch.finfo(inter.dtype).tiny))
+
+
+def _distinct_intervals(low: torch.Tensor, high: torch.Tensor):
+    """Distinct (low, high) pairs of [P] coordinates: lows [U], highs [U] and index [P]
+    with pair p == (lows[index[p]], highs[index[p]]). Pairs are told apart by their bits."""
+    bits = 32
+    key = low.view(torch.int32).long() << bits | (high.view(torch.int32).long() & (1 << bits) - 1)
+    distinct, index = torch.unique(key, return_inverse=True)  # [U], [P]
+    first = torch.empty_like(distinct).scatter_(0, index, torch.arange(len(index), device=low.device))
+    return low[first], high[first], index
+
+
+def _overlap_length(low_a: torch.Tensor, high_a: torch.Tensor, low_b: torch.Tensor,
+                    high_b: torch.Tensor) -> torch.Tensor:
+    """Overlap (>= 0) of intervals a (..., N) with intervals b [U] -> (..., N, U)."""
+    return (torch.minimum(high_a[..., None], high_b) - torch.maximum(low_a[..., None], low_b)).clamp_(min=0)
 
 
 def encode(
@@ -121,11 +158,11 @@ def match(
         positive [B, P] bool;
         best_iou [B, P] float: IoU of each prior with its assigned ground truth.
     """
-    batch, num_gt = gt_valid.shape
-    num_priors = priors_cxcywh.shape[0]
     priors_xyxy = cxcywh_to_xyxy(priors_cxcywh)
-    iou = pairwise_iou(gt_boxes, priors_xyxy)  # [B, n, P]
-    iou = iou.masked_fill(~gt_valid[..., None], -1.0)  # padding never wins
+    batch, num_gt = gt_valid.shape
+    num_priors = priors_xyxy.shape[0]
+    iou = prior_iou(gt_boxes, priors_xyxy)  # [B, n, P]
+    iou.masked_fill_(~gt_valid[..., None], -1.0)  # padding never wins
 
     best_iou, matched_index = iou.max(dim=1)  # [B, P]: best ground truth per prior
     best_prior = iou.argmax(dim=2)  # [B, n]: best prior per ground truth
@@ -134,11 +171,10 @@ def match(
     # of increasing ground-truth index makes the last ground truth win ties, like the loop
     # `for j in range(n): best_truth_idx[best_prior_idx[j]] = j` of the classic port.
     gt_ids = torch.arange(num_gt, device=gt_valid.device).expand(batch, num_gt)
-    claim = torch.full((batch, num_priors), -1, dtype=torch.long, device=gt_valid.device)
     masked_prior = torch.where(gt_valid, best_prior, torch.full_like(best_prior, num_priors))
-    claim_ext = torch.cat([claim, claim[:, :1]], dim=1)  # extra column swallows padding
-    claim_ext = claim_ext.scatter_reduce(1, masked_prior, gt_ids, reduce="amax")
-    claim = claim_ext[:, :num_priors]  # [B, P], -1 where no ground truth claims the prior
+    # [B, P + 1]: the extra column swallows padding; -1 where no ground truth claims a prior.
+    claim = torch.full((batch, num_priors + 1), -1, dtype=torch.long, device=gt_valid.device)
+    claim = claim.scatter_reduce_(1, masked_prior, gt_ids, reduce="amax")[:, :num_priors]
     claimed = claim >= 0
     matched_index = torch.where(claimed, claim, matched_index)
     best_iou = torch.where(claimed, iou.gather(1, claim.clamp(min=0)[:, None]).squeeze(1),

@@ -166,7 +166,7 @@ def softmax_focal_loss(
     """Summed softmax focal loss  -alpha_t (1 - p_t)^gamma log p_t  over all priors.
 
     p_t is the softmax probability of the target class; alpha_t is `alpha` for foreground
-    targets and `1 - alpha` for background ones (RetinaNet's weighting, seed 002).
+    targets and `1 - alpha` for background ones (RetinaNet's weighting).
 
     Args:
         conf: [M, C] float32 logits.
@@ -300,7 +300,7 @@ class MultiBoxLoss(_DetectionLoss):
 class FocalLoss(_DetectionLoss):
     """Localisation as MultiBoxLoss + softmax focal loss over every prior (no mining).
 
-    Both terms are normalised by the number of positives (RetinaNet, seed 002).
+    Both terms are normalised by the number of positives (as RetinaNet).
     """
 
     def __init__(
