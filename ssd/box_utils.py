@@ -6,7 +6,7 @@ batch shape unless the docstring says otherwise.
 
 from __future__ import annotations
 
-from typing import Sequence
+from typing import NamedTuple, Sequence
 
 import torch
 
@@ -46,21 +46,45 @@ def pairwise_iou(boxes_a: torch.Tensor, boxes_b: torch.Tensor) -> torch.Tensor:
     return inter.div_(union.clamp_(min=torch.finfo(inter.dtype).tiny))
 
 
-def prior_iou(boxes: torch.Tensor, priors_xyxy: torch.Tensor) -> torch.Tensor:
+class PriorIntervals(NamedTuple):
+    """The distinct x and y intervals of a set of priors [P, 4] xyxy (see `prior_iou`).
+
+    x_low, x_high: [U] distinct (xmin, xmax) pairs; x_index: [P], prior p has pair
+    x_index[p]; the same for y; area: [P] prior areas.
+    """
+
+    x_low: torch.Tensor
+    x_high: torch.Tensor
+    x_index: torch.Tensor
+    y_low: torch.Tensor
+    y_high: torch.Tensor
+    y_index: torch.Tensor
+    area: torch.Tensor
+
+
+def prior_intervals(priors_xyxy: torch.Tensor) -> PriorIntervals:
+    """[P, 4] xyxy priors -> their PriorIntervals."""
+    return PriorIntervals(*_distinct_intervals(priors_xyxy[:, 0], priors_xyxy[:, 2]),
+                          *_distinct_intervals(priors_xyxy[:, 1], priors_xyxy[:, 3]),
+                          box_area(priors_xyxy))
+
+
+def prior_iou(boxes: torch.Tensor, priors_xyxy: torch.Tensor,
+              intervals: PriorIntervals | None = None) -> torch.Tensor:
     """`pairwise_iou` (bit for bit) of boxes (..., N, 4) xyxy against priors [P, 4] xyxy.
 
     Priors lie on grids, so the P priors have only a few hundred distinct x intervals and y
     intervals (333 of each for SSD300's 8732). The overlap along each axis is computed for
     those alone and then spread to all priors, which saves most of the full-size passes.
+    `intervals` (from `prior_intervals(priors_xyxy)`) may be passed to reuse them.
 
     Returns:
         (..., N, P) IoU.
     """
-    x_low, x_high, x_index = _distinct_intervals(priors_xyxy[:, 0], priors_xyxy[:, 2])
-    y_low, y_high, y_index = _distinct_intervals(priors_xyxy[:, 1], priors_xyxy[:, 3])
-    inter = _overlap_length(boxes[..., 0], boxes[..., 2], x_low, x_high).index_select(-1, x_index)
-    inter.mul_(_overlap_length(boxes[..., 1], boxes[..., 3], y_low, y_high).index_select(-1, y_index))
-    union = box_area(boxes)[..., :, None] + box_area(priors_xyxy) - inter  # (..., N, P)
+    p = prior_intervals(priors_xyxy) if intervals is None else intervals
+    inter = _overlap_length(boxes[..., 0], boxes[..., 2], p.x_low, p.x_high).index_select(-1, p.x_index)
+    inter.mul_(_overlap_length(boxes[..., 1], boxes[..., 3], p.y_low, p.y_high).index_select(-1, p.y_index))
+    union = box_area(boxes)[..., :, None] + p.area - inter  # (..., N, P)
     return inter.div_(union.clamp_(min=torch.finfo(inter.dtype).tiny))
 
 
@@ -138,6 +162,7 @@ def match(
     gt_valid: torch.Tensor,
     priors_cxcywh: torch.Tensor,
     iou_threshold: float = 0.5,
+    images_per_chunk: int | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Assign every prior of every image to a ground truth box, for a whole batch at once.
 
@@ -151,6 +176,8 @@ def match(
         gt_valid: [B, n] bool, False for padding.
         priors_cxcywh: [P, 4] default boxes.
         iou_threshold: minimum IoU for a positive prior.
+        images_per_chunk: match this many images at a time (None: all). A chunk's
+            [chunk, n, P] IoU steps can stay in a CPU cache; the results do not depend on it.
 
     Returns:
         matched_index [B, P] long: index into n of each prior's ground truth (valid for all
@@ -159,10 +186,30 @@ def match(
         best_iou [B, P] float: IoU of each prior with its assigned ground truth.
     """
     priors_xyxy = cxcywh_to_xyxy(priors_cxcywh)
+    intervals = prior_intervals(priors_xyxy)
+    chunk = images_per_chunk or max(gt_valid.shape[0], 1)
+    parts = [
+        _match_chunk(boxes, valid, priors_xyxy, intervals, iou_threshold)
+        for boxes, valid in zip(gt_boxes.split(chunk), gt_valid.split(chunk))
+    ]
+    if len(parts) == 1:
+        return parts[0]
+    matched_index, positive, best_iou = (torch.cat(results) for results in zip(*parts))
+    return matched_index, positive, best_iou
+
+
+def _match_chunk(
+    gt_boxes: torch.Tensor,
+    gt_valid: torch.Tensor,
+    priors_xyxy: torch.Tensor,
+    intervals: PriorIntervals,
+    iou_threshold: float,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """`match` of gt_boxes [B, n, 4] / gt_valid [B, n] (B: this chunk's images)."""
     batch, num_gt = gt_valid.shape
     num_priors = priors_xyxy.shape[0]
-    iou = prior_iou(gt_boxes, priors_xyxy)  # [B, n, P]
-    iou.masked_fill_(~gt_valid[..., None], -1.0)  # padding never wins
+    iou = prior_iou(gt_boxes, priors_xyxy, intervals)  # [B, n, P]
+    iou[~gt_valid] = -1.0  # padding rows never win (writes only those rows)
 
     best_iou, matched_index = iou.max(dim=1)  # [B, P]: best ground truth per prior
     best_prior = iou.argmax(dim=2)  # [B, n]: best prior per ground truth

@@ -22,6 +22,18 @@ from ssd.box_utils import encode, match, pad_targets
 
 LOC_LOSSES = ("smooth_l1", "l1")
 BOX_TOLERANCE = 1e-3  # how far outside [0, 1] a normalised coordinate may lie (rounding)
+# On CPU the per-prior steps (matching IoU, mining log-softmax) run over chunks of images
+# whose tensors have about this many elements (2 MiB of float32), so that their temporaries
+# stay in cache instead of streaming through memory shared with the other cores.
+CPU_CHUNK_ELEMENTS = 1 << 19
+
+
+def images_per_chunk(device: torch.device, elements_per_image: int) -> int | None:
+    """Images per chunk of a per-prior step: cache-sized on CPU; None (the whole batch at
+    once, fewest kernel launches) on other devices."""
+    if device.type != "cpu":
+        return None
+    return max(1, CPU_CHUNK_ELEMENTS // max(elements_per_image, 1))
 
 
 class PriorTargets(NamedTuple):
@@ -115,7 +127,8 @@ def assign_targets(
         PriorTargets(labels [B, P], positive [B, P], loc_targets [K, 4]).
     """
     with torch.no_grad():
-        matched_index, positive, _ = match(gt[..., :4], valid, priors, iou_threshold)  # [B, P]
+        chunk = images_per_chunk(gt.device, gt.shape[1] * priors.shape[0])  # IoU [chunk, n, P]
+        matched_index, positive, _ = match(gt[..., :4], valid, priors, iou_threshold, chunk)  # [B, P]
         gt_labels = gt[..., 4].long() + 1  # [B, n], background is 0
         labels = gt_labels.gather(1, matched_index).masked_fill(~positive, 0)  # [B, P]
         image, prior = positive.nonzero(as_tuple=True)  # K positives, row-major
@@ -292,8 +305,12 @@ class MultiBoxLoss(_DetectionLoss):
     def mine_negatives(self, conf: torch.Tensor, positive: torch.Tensor) -> torch.Tensor:
         """[B, P, C] logits + [B, P] positives -> [B, P] bool mined negatives."""
         with torch.no_grad():
-            # One fused log-softmax pass; about twice as fast as logsumexp - conf[..., 0].
-            background_loss = -F.log_softmax(conf, dim=-1)[..., 0]  # [B, P, C] -> [B, P]
+            # Fused log-softmax (about twice as fast as logsumexp - conf[..., 0]) over chunks
+            # of images: [chunk, P, C] -> [chunk, P], concatenated to [B, P].
+            per_image = conf.shape[1] * conf.shape[2]  # P * C
+            chunk = images_per_chunk(conf.device, per_image) or max(len(conf), 1)
+            background_loss = torch.cat([-F.log_softmax(part, dim=-1)[..., 0]
+                                         for part in conf.split(chunk)])
         return hard_negative_mask(background_loss, positive, self.neg_pos_ratio)
 
 

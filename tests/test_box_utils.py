@@ -94,3 +94,20 @@ def test_prior_iou_is_pairwise_iou_bit_for_bit():
     odd = torch.tensor([[-0.2, -0.1, 0.3, 0.4], [-0.2, 0.5, 0.3, 0.9], [0.1, -0.1, 0.6, 0.4],
                         [-0.2, -0.1, 0.3, 0.4], [0.0, 0.0, 0.0, 0.0]])
     assert torch.equal(prior_iou(boxes, odd), pairwise_iou(boxes, odd))
+
+
+def test_match_in_chunks_of_images_equals_the_whole_batch():
+    generator = torch.Generator().manual_seed(1)
+    priors = torch.cat([torch.rand(300, 2, generator=generator),
+                        0.05 + 0.4 * torch.rand(300, 2, generator=generator)], dim=1)
+    rows = []
+    for count in (3, 0, 1, 4, 2):
+        low = torch.rand(count, 2, generator=generator) * 0.6
+        rows.append(torch.cat([low, low + 0.1 + 0.3 * torch.rand(count, 2, generator=generator),
+                               torch.zeros(count, 1)], dim=1))
+    gt, valid = pad_targets(rows)
+    whole = match(gt[..., :4], valid, priors, 0.5)
+    for chunk in (1, 2, 3):
+        for got, expected in zip(match(gt[..., :4], valid, priors, 0.5, images_per_chunk=chunk), whole):
+            assert torch.equal(got, expected)
+    assert whole[1].any() and not whole[1][1].any()  # positives, none in the empty image
