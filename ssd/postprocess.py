@@ -186,11 +186,12 @@ def _overlap_matrix(boxes: torch.Tensor, threshold: float) -> torch.Tensor:
     with a float64 threshold, so both NMS forms take the same decisions.
     """
     num_groups, limit = boxes.shape[:2]
+    if num_groups == 0:
+        return boxes.new_zeros(0, limit, limit, dtype=torch.bool)
     strict_threshold = _float32_below_or_at(threshold)
-    chunk = max(1, OVERLAP_CHUNK_ELEMENTS // max(limit * limit, 1))
-    return torch.cat([
-        pairwise_iou(part, part) > strict_threshold for part in boxes.split(chunk)
-    ]) if num_groups else boxes.new_zeros(0, limit, limit, dtype=torch.bool)
+    groups_per_chunk = max(1, OVERLAP_CHUNK_ELEMENTS // max(limit * limit, 1))
+    return torch.cat([pairwise_iou(part, part) > strict_threshold  # [chunk, k, k] each
+                      for part in boxes.split(groups_per_chunk)])
 
 
 def _float32_below_or_at(threshold: float) -> float:
