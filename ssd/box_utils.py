@@ -6,7 +6,7 @@ batch shape unless the docstring says otherwise.
 
 from __future__ import annotations
 
-from typing import Sequence
+from typing import NamedTuple, Sequence
 
 import torch
 
@@ -33,14 +33,79 @@ def pairwise_iou(boxes_a: torch.Tensor, boxes_b: torch.Tensor) -> torch.Tensor:
     """IoU of every pair: a (..., N, 4) xyxy, b (..., M, 4) xyxy -> (..., N, M).
 
     Leading dimensions broadcast, so a batch of padded ground truth [B, n, 4] against
-    priors [P, 4] gives [B, n, P] in one call.
+    priors [P, 4] gives [B, n, P] in one call. Each coordinate is broadcast on its own, so
+    every step works on contiguous (..., N, M) planes, in place where possible; the float
+    operations are those of torchvision's NMS (inter / (area_a + area_b - inter)).
     """
-    low = torch.maximum(boxes_a[..., :, None, :2], boxes_b[..., None, :, :2])  # (..., N, M, 2)
-    high = torch.minimum(boxes_a[..., :, None, 2:], boxes_b[..., None, :, 2:])  # (..., N, M, 2)
-    inter_wh = (high - low).clamp(min=0)
-    inter = inter_wh[..., 0] * inter_wh[..., 1]  # (..., N, M)
+    a_x1, a_y1, a_x2, a_y2 = (c[..., :, None] for c in boxes_a.unbind(dim=-1))  # (..., N, 1)
+    b_x1, b_y1, b_x2, b_y2 = (c[..., None, :] for c in boxes_b.unbind(dim=-1))  # (..., 1, M)
+    inter = (torch.minimum(a_x2, b_x2) - torch.maximum(a_x1, b_x1)).clamp_(min=0)  # (..., N, M)
+    inter_h = (torch.minimum(a_y2, b_y2) - torch.maximum(a_y1, b_y1)).clamp_(min=0)
+    inter.mul_(inter_h)
     union = box_area(boxes_a)[..., :, None] + box_area(boxes_b)[..., None, :] - inter
-    return inter / union.clamp(min=torch.finfo(inter.dtype).tiny)
+    return inter.div_(union.clamp_(min=torch.finfo(inter.dtype).tiny))
+
+
+class PriorIntervals(NamedTuple):
+    """The distinct x and y intervals of a set of priors [P, 4] xyxy (see `prior_iou`).
+
+    x_low, x_high: [U] distinct (xmin, xmax) pairs; x_index: [P], prior p has pair
+    x_index[p]; the same for y; area: [P] prior areas.
+    """
+
+    x_low: torch.Tensor
+    x_high: torch.Tensor
+    x_index: torch.Tensor
+    y_low: torch.Tensor
+    y_high: torch.Tensor
+    y_index: torch.Tensor
+    area: torch.Tensor
+
+
+def prior_intervals(priors_xyxy: torch.Tensor) -> PriorIntervals:
+    """[P, 4] xyxy priors -> their PriorIntervals."""
+    return PriorIntervals(*_distinct_intervals(priors_xyxy[:, 0], priors_xyxy[:, 2]),
+                          *_distinct_intervals(priors_xyxy[:, 1], priors_xyxy[:, 3]),
+                          box_area(priors_xyxy))
+
+
+def prior_iou(boxes: torch.Tensor, priors_xyxy: torch.Tensor,
+              intervals: PriorIntervals | None = None) -> torch.Tensor:
+    """`pairwise_iou` (bit for bit) of boxes (..., N, 4) xyxy against priors [P, 4] xyxy.
+
+    Priors lie on grids, so the P priors have only a few hundred distinct x intervals and y
+    intervals (333 of each for SSD300's 8732). The overlap along each axis is computed for
+    those alone and then spread to all priors, which saves most of the full-size passes.
+    `intervals` (from `prior_intervals(priors_xyxy)`) may be passed to reuse them.
+
+    Returns:
+        (..., N, P) IoU.
+    """
+    p = prior_intervals(priors_xyxy) if intervals is None else intervals
+    spread_shape = (*boxes.shape[:-1], len(p.area))  # (..., N, P)
+    # gather with an expanded index: about 2.5x faster than index_select on the last dim.
+    inter = _overlap_length(boxes[..., 0], boxes[..., 2], p.x_low, p.x_high).gather(
+        -1, p.x_index.expand(spread_shape))
+    inter.mul_(_overlap_length(boxes[..., 1], boxes[..., 3], p.y_low, p.y_high).gather(
+        -1, p.y_index.expand(spread_shape)))
+    union = box_area(boxes)[..., :, None] + p.area  # (..., N, P)
+    return inter.div_(union.sub_(inter).clamp_(min=torch.finfo(inter.dtype).tiny))
+
+
+def _distinct_intervals(low: torch.Tensor, high: torch.Tensor):
+    """Distinct (low, high) pairs of [P] coordinates: lows [U], highs [U] and index [P]
+    with pair p == (lows[index[p]], highs[index[p]]). Pairs are told apart by their bits."""
+    bits = 32
+    key = low.view(torch.int32).long() << bits | (high.view(torch.int32).long() & (1 << bits) - 1)
+    distinct, index = torch.unique(key, return_inverse=True)  # [U], [P]
+    first = torch.empty_like(distinct).scatter_(0, index, torch.arange(len(index), device=low.device))
+    return low[first], high[first], index
+
+
+def _overlap_length(low_a: torch.Tensor, high_a: torch.Tensor, low_b: torch.Tensor,
+                    high_b: torch.Tensor) -> torch.Tensor:
+    """Overlap (>= 0) of intervals a (..., N) with intervals b [U] -> (..., N, U)."""
+    return (torch.minimum(high_a[..., None], high_b) - torch.maximum(low_a[..., None], low_b)).clamp_(min=0)
 
 
 def encode(
@@ -101,6 +166,7 @@ def match(
     gt_valid: torch.Tensor,
     priors_cxcywh: torch.Tensor,
     iou_threshold: float = 0.5,
+    images_per_chunk: int | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Assign every prior of every image to a ground truth box, for a whole batch at once.
 
@@ -114,6 +180,8 @@ def match(
         gt_valid: [B, n] bool, False for padding.
         priors_cxcywh: [P, 4] default boxes.
         iou_threshold: minimum IoU for a positive prior.
+        images_per_chunk: match this many images at a time (None: all). A chunk's
+            [chunk, n, P] IoU steps can stay in a CPU cache; the results do not depend on it.
 
     Returns:
         matched_index [B, P] long: index into n of each prior's ground truth (valid for all
@@ -121,11 +189,31 @@ def match(
         positive [B, P] bool;
         best_iou [B, P] float: IoU of each prior with its assigned ground truth.
     """
-    batch, num_gt = gt_valid.shape
-    num_priors = priors_cxcywh.shape[0]
     priors_xyxy = cxcywh_to_xyxy(priors_cxcywh)
-    iou = pairwise_iou(gt_boxes, priors_xyxy)  # [B, n, P]
-    iou = iou.masked_fill(~gt_valid[..., None], -1.0)  # padding never wins
+    intervals = prior_intervals(priors_xyxy)
+    chunk = images_per_chunk or max(gt_valid.shape[0], 1)
+    parts = [
+        _match_chunk(boxes, valid, priors_xyxy, intervals, iou_threshold)
+        for boxes, valid in zip(gt_boxes.split(chunk), gt_valid.split(chunk))
+    ]
+    if len(parts) == 1:
+        return parts[0]
+    matched_index, positive, best_iou = (torch.cat(results) for results in zip(*parts))
+    return matched_index, positive, best_iou
+
+
+def _match_chunk(
+    gt_boxes: torch.Tensor,
+    gt_valid: torch.Tensor,
+    priors_xyxy: torch.Tensor,
+    intervals: PriorIntervals,
+    iou_threshold: float,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """`match` of gt_boxes [B, n, 4] / gt_valid [B, n] (B: this chunk's images)."""
+    batch, num_gt = gt_valid.shape
+    num_priors = priors_xyxy.shape[0]
+    iou = prior_iou(gt_boxes, priors_xyxy, intervals)  # [B, n, P]
+    iou[~gt_valid] = -1.0  # padding rows never win (writes only those rows)
 
     best_iou, matched_index = iou.max(dim=1)  # [B, P]: best ground truth per prior
     best_prior = iou.argmax(dim=2)  # [B, n]: best prior per ground truth
@@ -134,11 +222,10 @@ def match(
     # of increasing ground-truth index makes the last ground truth win ties, like the loop
     # `for j in range(n): best_truth_idx[best_prior_idx[j]] = j` of the classic port.
     gt_ids = torch.arange(num_gt, device=gt_valid.device).expand(batch, num_gt)
-    claim = torch.full((batch, num_priors), -1, dtype=torch.long, device=gt_valid.device)
     masked_prior = torch.where(gt_valid, best_prior, torch.full_like(best_prior, num_priors))
-    claim_ext = torch.cat([claim, claim[:, :1]], dim=1)  # extra column swallows padding
-    claim_ext = claim_ext.scatter_reduce(1, masked_prior, gt_ids, reduce="amax")
-    claim = claim_ext[:, :num_priors]  # [B, P], -1 where no ground truth claims the prior
+    # [B, P + 1]: the extra column swallows padding; -1 where no ground truth claims a prior.
+    claim = torch.full((batch, num_priors + 1), -1, dtype=torch.long, device=gt_valid.device)
+    claim = claim.scatter_reduce_(1, masked_prior, gt_ids, reduce="amax")[:, :num_priors]
     claimed = claim >= 0
     matched_index = torch.where(claimed, claim, matched_index)
     best_iou = torch.where(claimed, iou.gather(1, claim.clamp(min=0)[:, None]).squeeze(1),

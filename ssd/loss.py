@@ -22,6 +22,18 @@ from ssd.box_utils import encode, match, pad_targets
 
 LOC_LOSSES = ("smooth_l1", "l1")
 BOX_TOLERANCE = 1e-3  # how far outside [0, 1] a normalised coordinate may lie (rounding)
+# On CPU the per-prior steps (matching IoU, mining log-softmax) run over chunks of images
+# whose tensors have about this many elements (2 MiB of float32), so that their temporaries
+# stay in cache instead of streaming through memory shared with the other cores.
+CPU_CHUNK_ELEMENTS = 1 << 19
+
+
+def images_per_chunk(device: torch.device, elements_per_image: int) -> int | None:
+    """Images per chunk of a per-prior step: cache-sized on CPU; None (the whole batch at
+    once, fewest kernel launches) on other devices."""
+    if device.type != "cpu":
+        return None
+    return max(1, CPU_CHUNK_ELEMENTS // max(elements_per_image, 1))
 
 
 class PriorTargets(NamedTuple):
@@ -115,7 +127,8 @@ def assign_targets(
         PriorTargets(labels [B, P], positive [B, P], loc_targets [K, 4]).
     """
     with torch.no_grad():
-        matched_index, positive, _ = match(gt[..., :4], valid, priors, iou_threshold)  # [B, P]
+        chunk = images_per_chunk(gt.device, gt.shape[1] * priors.shape[0])  # IoU [chunk, n, P]
+        matched_index, positive, _ = match(gt[..., :4], valid, priors, iou_threshold, chunk)  # [B, P]
         gt_labels = gt[..., 4].long() + 1  # [B, n], background is 0
         labels = gt_labels.gather(1, matched_index).masked_fill(~positive, 0)  # [B, P]
         image, prior = positive.nonzero(as_tuple=True)  # K positives, row-major
@@ -153,6 +166,16 @@ def hard_negative_mask(
         return torch.zeros_like(positive).scatter_(1, top, keep)
 
 
+def _rows(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """values[mask] for values [B, P, ...] and mask [B, P], rows in `mask.nonzero()` order.
+
+    An index_select of the flattened rows: its backward is an index_add into the gradient,
+    much faster on CPU than the accumulating index_put of boolean indexing.
+    """
+    flat = values.reshape(mask.numel(), *values.shape[2:])  # [B, P, ...] -> [B*P, ...]
+    return flat.index_select(0, mask.reshape(-1).nonzero().squeeze(1))
+
+
 def localization_loss(loc_pred: torch.Tensor, loc_targets: torch.Tensor, kind: str) -> torch.Tensor:
     """Summed Smooth L1 (beta 1, as SSD) or L1 over [K, 4] offsets -> scalar."""
     if kind == "smooth_l1":
@@ -166,7 +189,7 @@ def softmax_focal_loss(
     """Summed softmax focal loss  -alpha_t (1 - p_t)^gamma log p_t  over all priors.
 
     p_t is the softmax probability of the target class; alpha_t is `alpha` for foreground
-    targets and `1 - alpha` for background ones (RetinaNet's weighting, seed 002).
+    targets and `1 - alpha` for background ones (RetinaNet's weighting).
 
     Args:
         conf: [M, C] float32 logits.
@@ -231,7 +254,7 @@ class _DetectionLoss(nn.Module):
             priors = priors.to(loc.device, torch.float32)
             assigned = assign_targets(gt, valid, priors, self.iou_threshold, self.variances)
             num_pos = assigned.positive.sum().clamp(min=1).float()
-            loc_pred = loc[assigned.positive]  # [B, P, 4] -> [K, 4]
+            loc_pred = _rows(loc, assigned.positive)  # [B, P, 4] -> [K, 4]
             loss_loc = localization_loss(loc_pred, assigned.loc_targets, self.loc_loss)
             loss_conf = self.confidence_loss(conf, assigned)
         return {"loss_loc": self.loc_weight * loss_loc / num_pos, "loss_conf": loss_conf / num_pos}
@@ -285,22 +308,26 @@ class MultiBoxLoss(_DetectionLoss):
     def confidence_loss(self, conf: torch.Tensor, assigned: PriorTargets) -> torch.Tensor:
         """Cross-entropy summed over positives and mined negatives; conf [B, P, C]."""
         selected = assigned.positive | self.mine_negatives(conf, assigned.positive)  # [B, P]
-        image, prior = selected.nonzero(as_tuple=True)  # S selected priors
         # Only the selected rows enter the graph: [B, P, C] -> [S, C].
-        return F.cross_entropy(conf[image, prior], assigned.labels[image, prior], reduction="sum")
+        return F.cross_entropy(_rows(conf, selected), _rows(assigned.labels, selected),
+                               reduction="sum")
 
     def mine_negatives(self, conf: torch.Tensor, positive: torch.Tensor) -> torch.Tensor:
         """[B, P, C] logits + [B, P] positives -> [B, P] bool mined negatives."""
         with torch.no_grad():
-            # One fused log-softmax pass; about twice as fast as logsumexp - conf[..., 0].
-            background_loss = -F.log_softmax(conf, dim=-1)[..., 0]  # [B, P, C] -> [B, P]
+            # Fused log-softmax (about twice as fast as logsumexp - conf[..., 0]) over chunks
+            # of images: [chunk, P, C] -> [chunk, P], concatenated to [B, P].
+            per_image = conf.shape[1] * conf.shape[2]  # P * C
+            chunk = images_per_chunk(conf.device, per_image) or max(len(conf), 1)
+            background_loss = torch.cat([-F.log_softmax(part, dim=-1)[..., 0]
+                                         for part in conf.split(chunk)])
         return hard_negative_mask(background_loss, positive, self.neg_pos_ratio)
 
 
 class FocalLoss(_DetectionLoss):
     """Localisation as MultiBoxLoss + softmax focal loss over every prior (no mining).
 
-    Both terms are normalised by the number of positives (RetinaNet, seed 002).
+    Both terms are normalised by the number of positives (as RetinaNet).
     """
 
     def __init__(

@@ -7,6 +7,7 @@ from ssd.box_utils import (
     match,
     pad_targets,
     pairwise_iou,
+    prior_iou,
     xyxy_to_cxcywh,
 )
 
@@ -75,3 +76,38 @@ def test_match_two_objects_competing_for_one_prior():
     index, positive, _ = match(gt[..., :4], valid, priors, iou_threshold=0.5)
     assert index[0, 0].item() == 1 and positive[0, 0]
     assert not positive[0, 1]
+
+
+def test_prior_iou_is_pairwise_iou_bit_for_bit():
+    from ssd.config import load_config
+    from ssd.priors import priors_from_config
+
+    cfg = load_config()
+    priors = cxcywh_to_xyxy(priors_from_config(cfg.model.priors, cfg.model.image_size))
+    generator = torch.Generator().manual_seed(0)
+    low = torch.rand(3, 5, 2, generator=generator) * 0.7
+    boxes = torch.cat([low, low + 0.02 + 0.3 * torch.rand(3, 5, 2, generator=generator)], -1)
+    boxes[0, 0] = priors[100]  # a box equal to a prior: IoU exactly 1
+    assert torch.equal(prior_iou(boxes, priors), pairwise_iou(boxes, priors))
+    assert prior_iou(boxes, priors)[0, 0, 100] == 1.0
+    # Unclipped priors with negative coordinates and repeated intervals.
+    odd = torch.tensor([[-0.2, -0.1, 0.3, 0.4], [-0.2, 0.5, 0.3, 0.9], [0.1, -0.1, 0.6, 0.4],
+                        [-0.2, -0.1, 0.3, 0.4], [0.0, 0.0, 0.0, 0.0]])
+    assert torch.equal(prior_iou(boxes, odd), pairwise_iou(boxes, odd))
+
+
+def test_match_in_chunks_of_images_equals_the_whole_batch():
+    generator = torch.Generator().manual_seed(1)
+    priors = torch.cat([torch.rand(300, 2, generator=generator),
+                        0.05 + 0.4 * torch.rand(300, 2, generator=generator)], dim=1)
+    rows = []
+    for count in (3, 0, 1, 4, 2):
+        low = torch.rand(count, 2, generator=generator) * 0.6
+        rows.append(torch.cat([low, low + 0.1 + 0.3 * torch.rand(count, 2, generator=generator),
+                               torch.zeros(count, 1)], dim=1))
+    gt, valid = pad_targets(rows)
+    whole = match(gt[..., :4], valid, priors, 0.5)
+    for chunk in (1, 2, 3):
+        for got, expected in zip(match(gt[..., :4], valid, priors, 0.5, images_per_chunk=chunk), whole):
+            assert torch.equal(got, expected)
+    assert whole[1].any() and not whole[1][1].any()  # positives, none in the empty image

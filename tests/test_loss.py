@@ -1,4 +1,7 @@
+import importlib
 import math
+import sys
+from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
@@ -8,7 +11,7 @@ from torchvision.ops import box_iou
 
 from ssd.config import load_config
 from ssd.loss import FocalLoss, MultiBoxLoss, assign_targets, build_loss, hard_negative_mask, prepare_targets
-from ssd.priors import default_boxes
+from ssd.priors import default_boxes, priors_from_config
 
 VARIANCES = (0.1, 0.2)
 
@@ -57,7 +60,7 @@ def _reference_multibox(loc, conf, priors, targets, neg_pos_ratio=3, loc_loss="s
         ce = F.cross_entropy(conf[i], labels, reduction="none")  # [P]
         mining = ce.detach().clone()
         mining[pos] = -1.0
-        _, order = mining.sort(descending=True)  # the double-sort rank trick (seed 004)
+        _, order = mining.sort(descending=True)  # the double-sort rank trick of the classic port
         _, rank = order.sort()
         num_neg = min(neg_pos_ratio * num_pos, len(labels) - num_pos)
         selected = pos | (rank < num_neg)
@@ -413,3 +416,41 @@ def test_build_loss_unknown_name_lists_known():
     fake = SimpleNamespace(loss=SimpleNamespace(**{**cfg.loss.to_dict(), "name": "hinge"}), model=cfg.model)
     with pytest.raises(ValueError, match="No loss named 'hinge'; known: multibox, focal"):
         build_loss(fake)
+
+
+# ---------------------------------------------------------------------------------------------
+# The classic port's algorithm (the speed benchmark's baseline) gives the same loss
+# ---------------------------------------------------------------------------------------------
+
+
+def _classic_benchmark():
+    """scripts/benchmarks/loss.py, imported as the benchmark script imports it."""
+    scripts = str(Path(__file__).resolve().parents[1] / "scripts")
+    if scripts not in sys.path:
+        sys.path.insert(0, scripts)
+    return importlib.import_module("benchmarks.loss")
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_multibox_equals_the_classic_algorithm_on_ssd300_priors(seed):
+    bench = _classic_benchmark()
+    cfg = load_config()
+    priors = priors_from_config(cfg.model.priors, cfg.model.image_size)
+    loc, conf, targets = bench.make_batch(priors, batch=4, seed=seed)
+    loc_a, conf_a, loc_b, conf_b = _leaves(loc, conf, loc, conf)
+    got = MultiBoxLoss(num_classes=bench.NUM_CLASSES)(loc_a, conf_a, priors, targets)
+    expected = bench.classic_multibox_loss(loc_b, conf_b, priors, targets)
+    assert expected["loss_conf"] > 0 and expected["loss_loc"] > 0
+    for name in got:
+        torch.testing.assert_close(got[name], expected[name], rtol=1e-5, atol=1e-6)
+    (got["loss_loc"] + got["loss_conf"]).backward()
+    (expected["loss_loc"] + expected["loss_conf"]).backward()
+    torch.testing.assert_close(loc_a.grad, loc_b.grad, rtol=1e-5, atol=1e-7)
+    torch.testing.assert_close(conf_a.grad, conf_b.grad, rtol=1e-5, atol=1e-7)
+
+
+def test_multibox_equals_the_classic_algorithm_on_small_priors():
+    loc, conf, priors, targets = _random_batch(counts=(3, 1, 5, 2, 4), seed=10)
+    got = MultiBoxLoss(num_classes=5)(loc, conf, priors, targets)
+    expected = _classic_benchmark().classic_multibox_loss(loc, conf, priors, targets)
+    _assert_losses_close(got, expected)

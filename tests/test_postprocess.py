@@ -3,9 +3,11 @@ import math
 import pytest
 import torch
 
+from ssd import postprocess
 from ssd.box_utils import cxcywh_to_xyxy, decode, pairwise_iou
 from ssd.config import load_config
 from ssd.postprocess import PostProcessor, build_postprocessor, detect, scale_boxes
+from ssd.priors import priors_from_config
 
 # Default boxes (cx, cy, w, h): A, B overlapping A (IoU 0.68), then three apart from all.
 PRIORS = torch.tensor([
@@ -170,3 +172,116 @@ def test_build_postprocessor_reads_the_config_and_overrides():
     result = post(torch.zeros(1, 5, 4), _logits(probabilities), PRIORS)[0]
     assert result["labels"].tolist() == [0] and math.isclose(result["scores"].item(), 0.6,
                                                              rel_tol=1e-6)
+
+
+# ---------------------------------------------------------------------------------------------
+# The two NMS forms: "loop" (torchvision per image and class) and "batched" (tensor steps)
+# ---------------------------------------------------------------------------------------------
+
+
+def _ssd300_outputs(batch, distribution, seed, prior_step=1):
+    """loc [B, P, 4], conf [B, P, 21], priors [P, 4]: every `prior_step`-th of SSD300's 8732.
+
+    "random": logits N(0, 3), a few confident classes per prior. "half_trained": background
+    logit +3.5 over N(0, 1.2) foreground logits, so about half of the priors pass 0.01 in every
+    class. "tied": half-trained logit rows drawn from a palette of 16, so many priors have
+    exactly equal scores.
+    """
+    cfg = load_config()
+    priors = priors_from_config(cfg.model.priors, cfg.model.image_size)[::prior_step]
+    generator = torch.Generator().manual_seed(seed)
+    loc = 0.5 * torch.randn(batch, len(priors), 4, generator=generator)
+    conf = torch.randn(batch, len(priors), cfg.model.num_classes, generator=generator)
+    if distribution == "random":
+        conf = 3.0 * conf
+    else:
+        conf = 1.2 * conf
+        conf[..., 0] += 3.5
+    if distribution == "tied":
+        palette = conf[0, :16]  # [16, C]
+        conf = palette[torch.randint(0, 16, conf.shape[:2], generator=generator)]  # [B, P, C]
+    return loc, conf, priors
+
+
+def _assert_same_detections(got, expected):
+    assert len(got) == len(expected)
+    for a, b in zip(got, expected):
+        for key in ("boxes", "scores", "labels"):
+            assert a[key].dtype == b[key].dtype and torch.equal(a[key], b[key]), key
+
+
+@pytest.mark.parametrize("distribution", ["random", "half_trained", "tied"])
+@pytest.mark.parametrize("batch, prior_step, candidates", [(1, 1, 400), (32, 4, 60)])
+def test_loop_and_batched_forms_give_identical_detections(distribution, batch, prior_step,
+                                                          candidates, monkeypatch):
+    monkeypatch.setattr(postprocess, "OVERLAP_CHUNK_ELEMENTS", 7 * candidates**2)  # 7 groups
+    loc, conf, priors = _ssd300_outputs(batch, distribution, batch, prior_step)
+    settings = dict(conf_threshold=0.01, nms_threshold=0.45, candidates_per_class=candidates)
+    loop = detect(loc, conf, priors, **settings, top_k=200, method="loop")
+    _assert_same_detections(detect(loc, conf, priors, **settings, top_k=200, method="batched"), loop)
+    everything = detect(loc, conf, priors, **settings, top_k=0, method="loop")
+    _assert_same_detections(detect(loc, conf, priors, **settings, top_k=0, method="batched"),
+                            everything)
+    candidates_in = (conf.softmax(-1)[..., 1:] > 0.01).sum(1).clamp(max=candidates).sum(1)
+    kept = torch.tensor([len(result["scores"]) for result in everything])
+    assert (kept > 20).all() and (kept < candidates_in).all()  # NMS suppressed boxes
+    for result in loop:  # decreasing score, equal scores by increasing label
+        order = sorted(range(len(result["scores"])),
+                       key=lambda i: (-result["scores"][i].item(), result["labels"][i].item()))
+        assert order == list(range(len(order)))
+    if distribution == "tied":
+        scores = torch.cat([result["scores"] for result in loop])
+        assert len(scores.unique()) < len(scores) // 2  # the ties are real
+
+
+@pytest.mark.parametrize("method", ["loop", "batched"])
+def test_equal_scores_prefer_the_lower_prior_then_the_lower_class(method):
+    # Priors 0 and 1 overlap (IoU 0.68) and have the same class-0 score: prior 0 is kept
+    # whichever of the two boxes it is.
+    tied = [[0.4, 0.0], [0.4, 0.0], [0.0, 0.0], [0.0, 0.0], [0.0, 0.0]]
+    for order in ([0, 1, 2, 3, 4], [1, 0, 2, 3, 4]):
+        priors = PRIORS[order]
+        result = detect(torch.zeros(1, 5, 4), _logits(tied), priors, method=method)[0]
+        torch.testing.assert_close(result["boxes"], cxcywh_to_xyxy(priors[:1]))
+    # Equal scores in two classes: the lower class comes first, also when top_k cuts.
+    across = [[0.0, 0.0], [0.0, 0.0], [0.0, 0.3], [0.3, 0.0], [0.0, 0.0]]
+    result = detect(torch.zeros(1, 5, 4), _logits(across), PRIORS, method=method)[0]
+    assert result["labels"].tolist() == [0, 1]
+    _assert_boxes_are_priors(result, [3, 2])
+    cut = detect(torch.zeros(1, 5, 4), _logits(across), PRIORS, top_k=1, method=method)[0]
+    assert cut["labels"].tolist() == [0]
+
+
+@pytest.mark.parametrize("method", ["loop", "batched"])
+def test_both_forms_pass_the_hand_written_cases(method):
+    same_class = [[0.6, 0.0], [0.5, 0.0], [0.0, 0.0], [0.0, 0.0], [0.0, 0.0]]
+    _assert_boxes_are_priors(_detect(same_class, method=method), [0])
+    _assert_boxes_are_priors(_detect(same_class, nms_threshold=0.7, method=method), [0, 1])
+    probabilities = [[0.5, 0.0], [0.4, 0.0], [0.3, 0.0], [0.0, 0.03], [0.2, 0.0]]
+    result = _detect(probabilities, candidates_per_class=2, method=method)
+    _assert_boxes_are_priors(result, [0, 3])
+    _assert_boxes_are_priors(_detect(probabilities, candidates_per_class=0, method=method),
+                             [0, 2, 4, 3])
+    empty = detect(torch.zeros(2, 5, 4), torch.zeros(2, 5, 1), PRIORS, method=method)
+    assert [r["boxes"].shape for r in empty] == [(0, 4), (0, 4)]
+
+
+def test_auto_method_is_the_loop_on_cpu_and_batched_on_cuda():
+    assert postprocess._resolve_method("auto", torch.device("cpu"), 400) == "loop"
+    assert postprocess._resolve_method("auto", torch.device("cuda", 0), 400) == "batched"
+    assert postprocess._resolve_method("auto", torch.device("cuda", 0), 0) == "loop"
+    assert postprocess._resolve_method("batched", torch.device("cpu"), 400) == "batched"
+    with pytest.raises(ValueError, match="method must be one of auto, loop, batched, got 'fast'"):
+        detect(torch.zeros(1, 5, 4), torch.zeros(1, 5, 3), PRIORS, method="fast")
+
+
+@pytest.mark.parametrize("threshold", [0.3, 0.45, 0.5, 0.7])
+def test_overlap_threshold_is_compared_as_torchvision_does_in_float64(threshold):
+    # torchvision's NMS compares the float32 IoU with the threshold as a double; 0.3 and 0.7
+    # round up in float32, so a plain float32 comparison would disagree at IoU == float32(t).
+    strict = postprocess._float32_below_or_at(threshold)
+    at_threshold = torch.tensor(threshold, dtype=torch.float32)
+    below = torch.nextafter(at_threshold, torch.tensor(0.0))
+    above = torch.nextafter(at_threshold, torch.tensor(1.0))
+    for iou in (below, at_threshold, above):
+        assert bool(iou > strict) == (iou.double().item() > threshold)
