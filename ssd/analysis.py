@@ -26,6 +26,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from ssd import defaults
 from ssd.box_utils import cxcywh_to_xyxy, match, pairwise_iou
 from ssd.data import BaseTransform, VOCDataset, parse_voc_xml
 from ssd.data.common import pack_target, sanitize_boxes
@@ -138,7 +139,8 @@ class PriorMatches(NamedTuple):
 
 
 def match_priors(target: torch.Tensor, priors: torch.Tensor, num_classes: int,
-                 iou_threshold: float = 0.5, variances: Sequence[float] = (0.1, 0.2)) -> PriorMatches:
+                 iou_threshold: float = defaults.MATCH_IOU_THRESHOLD,
+                 variances: Sequence[float] = defaults.VARIANCES) -> PriorMatches:
     """How the loss assigns the priors [P, 4] to one image's target [n, 5]."""
     gt, valid = prepare_targets([target], num_classes)  # [1, n, 5], [1, n]
     priors = priors.float()
@@ -166,8 +168,9 @@ class MinedNegatives(NamedTuple):
 
 
 def mine_negatives(target: torch.Tensor, priors: torch.Tensor, conf: torch.Tensor,
-                   neg_pos_ratio: float = 3, iou_threshold: float = 0.5,
-                   variances: Sequence[float] = (0.1, 0.2)) -> MinedNegatives:
+                   neg_pos_ratio: float = defaults.NEG_POS_RATIO,
+                   iou_threshold: float = defaults.MATCH_IOU_THRESHOLD,
+                   variances: Sequence[float] = defaults.VARIANCES) -> MinedNegatives:
     """The negatives `MultiBoxLoss` keeps for one image.
 
     Args:

@@ -10,6 +10,8 @@ from typing import NamedTuple, Sequence
 
 import torch
 
+from ssd import defaults
+
 
 def cxcywh_to_xyxy(boxes: torch.Tensor) -> torch.Tensor:
     """(..., 4) centre form -> (..., 4) corner form."""
@@ -165,7 +167,7 @@ def match(
     gt_boxes: torch.Tensor,
     gt_valid: torch.Tensor,
     priors_cxcywh: torch.Tensor,
-    iou_threshold: float = 0.5,
+    iou_threshold: float = defaults.MATCH_IOU_THRESHOLD,
     images_per_chunk: int | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Assign every prior of every image to a ground truth box, for a whole batch at once.

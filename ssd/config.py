@@ -29,6 +29,8 @@ from typing import Any, Iterable, Mapping
 
 import yaml
 
+from ssd import defaults
+
 logger = logging.getLogger(__name__)
 
 # Bump when a key is renamed or removed, and add the step to _MIGRATIONS.
@@ -54,7 +56,7 @@ _DEFAULTS: dict[str, Any] = {
             "aspect_ratios": [[2], [2, 3], [2, 3], [2, 3], [2], [2]],
             "clip": True,
         },
-        "variances": [0.1, 0.2],
+        "variances": list(defaults.VARIANCES),
     },
     "data": {
         "format": "voc",  # voc | coco | yolo | shapes
@@ -95,8 +97,8 @@ _DEFAULTS: dict[str, Any] = {
     },
     "loss": {
         "name": "multibox",  # multibox | focal
-        "iou_threshold": 0.5,
-        "neg_pos_ratio": 3,
+        "iou_threshold": defaults.MATCH_IOU_THRESHOLD,
+        "neg_pos_ratio": defaults.NEG_POS_RATIO,
         "loc_loss": "smooth_l1",  # smooth_l1 | l1
         "loc_weight": 1.0,
         "alpha": 0.25,  # focal only
@@ -127,10 +129,10 @@ _DEFAULTS: dict[str, Any] = {
         "output_dir": "runs/ssd",
     },
     "test": {
-        "conf_threshold": 0.01,
-        "nms_threshold": 0.45,
-        "top_k": 200,
-        "candidates_per_class": 400,
+        "conf_threshold": defaults.CONF_THRESHOLD,
+        "nms_threshold": defaults.NMS_THRESHOLD,
+        "top_k": defaults.TOP_K,
+        "candidates_per_class": defaults.CANDIDATES_PER_CLASS,
         "batch_size": 8,
         "metric": "voc07",  # voc07 | voc10 | coco
     },

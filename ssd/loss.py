@@ -18,6 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ssd import defaults
 from ssd.box_utils import encode, match, pad_targets
 
 LOC_LOSSES = ("smooth_l1", "l1")
@@ -210,8 +211,8 @@ class _DetectionLoss(nn.Module):
     def __init__(
         self,
         num_classes: int,
-        iou_threshold: float = 0.5,
-        variances: Sequence[float] = (0.1, 0.2),
+        iou_threshold: float = defaults.MATCH_IOU_THRESHOLD,
+        variances: Sequence[float] = defaults.VARIANCES,
         loc_weight: float = 1.0,
         loc_loss: str = "smooth_l1",
     ):
@@ -294,9 +295,9 @@ class MultiBoxLoss(_DetectionLoss):
     def __init__(
         self,
         num_classes: int,
-        iou_threshold: float = 0.5,
-        neg_pos_ratio: float = 3,
-        variances: Sequence[float] = (0.1, 0.2),
+        iou_threshold: float = defaults.MATCH_IOU_THRESHOLD,
+        neg_pos_ratio: float = defaults.NEG_POS_RATIO,
+        variances: Sequence[float] = defaults.VARIANCES,
         loc_weight: float = 1.0,
         loc_loss: str = "smooth_l1",
     ):
@@ -333,8 +334,8 @@ class FocalLoss(_DetectionLoss):
     def __init__(
         self,
         num_classes: int,
-        iou_threshold: float = 0.5,
-        variances: Sequence[float] = (0.1, 0.2),
+        iou_threshold: float = defaults.MATCH_IOU_THRESHOLD,
+        variances: Sequence[float] = defaults.VARIANCES,
         loc_weight: float = 1.0,
         loc_loss: str = "smooth_l1",
         alpha: float = 0.25,

@@ -26,6 +26,7 @@ from typing import Sequence
 import torch
 from torchvision.ops import nms
 
+from ssd import defaults
 from ssd.box_utils import decode, pairwise_iou
 
 METHODS = ("auto", "loop", "batched")
@@ -37,11 +38,11 @@ def detect(
     loc: torch.Tensor,
     conf: torch.Tensor,
     priors: torch.Tensor,
-    conf_threshold: float = 0.01,
-    nms_threshold: float = 0.45,
-    top_k: int = 200,
-    candidates_per_class: int = 400,
-    variances: Sequence[float] = (0.1, 0.2),
+    conf_threshold: float = defaults.CONF_THRESHOLD,
+    nms_threshold: float = defaults.NMS_THRESHOLD,
+    top_k: int = defaults.TOP_K,
+    candidates_per_class: int = defaults.CANDIDATES_PER_CLASS,
+    variances: Sequence[float] = defaults.VARIANCES,
     method: str = "auto",
 ) -> list[dict[str, torch.Tensor]]:
     """Final detections of a batch, as the original SSD's DetectionOutput layer.

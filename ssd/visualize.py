@@ -24,6 +24,7 @@ import cv2
 import numpy as np
 import torch
 
+from ssd import defaults
 from ssd.analysis import (
     MinedNegatives,
     PriorMatches,
@@ -94,7 +95,7 @@ def _prior_panel(image: np.ndarray, priors: torch.Tensor, feature_maps: Sequence
 
 
 def draw_matches(image: np.ndarray, target: torch.Tensor, priors: torch.Tensor,
-                 class_names: Sequence[str], iou_threshold: float = 0.5,
+                 class_names: Sequence[str], iou_threshold: float = defaults.MATCH_IOU_THRESHOLD,
                  layers: torch.Tensor | None = None, display: int = DISPLAY,
                  max_objects: int = 8, ignored: torch.Tensor | None = None) -> np.ndarray:
     """The ground truth and the positive default boxes matched to each object, with IoU.
@@ -153,8 +154,8 @@ def _object_panel(image, target, obj, matches: PriorMatches, boxes, class_names,
 
 
 def draw_mining(image: np.ndarray, target: torch.Tensor, priors: torch.Tensor,
-                conf: torch.Tensor, class_names: Sequence[str], neg_pos_ratio: float = 3,
-                iou_threshold: float = 0.5, layers: torch.Tensor | None = None,
+                conf: torch.Tensor, class_names: Sequence[str], neg_pos_ratio: float = defaults.NEG_POS_RATIO,
+                iou_threshold: float = defaults.MATCH_IOU_THRESHOLD, layers: torch.Tensor | None = None,
                 image_size: int = 300, max_tiles: int = 36, note: str = "",
                 ignored: torch.Tensor | None = None) -> np.ndarray:
     """The negatives hard negative mining selects for this image, next to the ground truth.
@@ -174,7 +175,8 @@ def draw_mining(image: np.ndarray, target: torch.Tensor, priors: torch.Tensor,
                          "class names (+ background)")
     matches = match_priors(target, priors, conf.shape[-1], iou_threshold)
     # The variances only shape the localisation targets, which mining does not use.
-    mined = mine_given_matches(matches, target, priors, conf, neg_pos_ratio, iou_threshold, (0.1, 0.2))
+    mined = mine_given_matches(matches, target, priors, conf, neg_pos_ratio, iou_threshold,
+                               defaults.VARIANCES)
     boxes = cxcywh_to_xyxy(priors.float())  # [P, 4]
     left = panel_grid([_truth_panel(image, target, matches, boxes, class_names, ignored),
                   _negatives_panel(image, target, mined, boxes, class_names, ignored)], columns=1)

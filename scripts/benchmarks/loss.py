@@ -17,13 +17,14 @@ from typing import Callable, Sequence
 import torch
 import torch.nn.functional as F
 
+from ssd import defaults
 from ssd.config import load_config
 from ssd.loss import MultiBoxLoss
 from ssd.priors import priors_from_config
 
 BATCH, NUM_CLASSES = 32, 21
 MIN_OBJECTS, MAX_OBJECTS = 3, 6
-VARIANCES = (0.1, 0.2)
+VARIANCES = defaults.VARIANCES
 IOU_THRESHOLD, NEG_POS_RATIO = 0.5, 3
 TARGET_RATIO = 3.0  # the batched loss must be at least this much faster than the classic one
 FORCED_OVERLAP = 2.0  # the classic port marks each object's best prior with an impossible IoU

@@ -21,12 +21,14 @@ from typing import Callable
 import torch
 from torchvision.ops import batched_nms
 
+from ssd import defaults
 from ssd.box_utils import decode
 from ssd.config import load_config
 from ssd.postprocess import _resolve_method, detect
 from ssd.priors import priors_from_config
 
-SETTINGS = dict(conf_threshold=0.01, nms_threshold=0.45, top_k=200, candidates_per_class=400)
+SETTINGS = dict(conf_threshold=defaults.CONF_THRESHOLD, nms_threshold=defaults.NMS_THRESHOLD,
+                top_k=defaults.TOP_K, candidates_per_class=defaults.CANDIDATES_PER_CLASS)
 DISTRIBUTIONS = ("random", "half_trained")
 BATCH = 32
 
@@ -49,7 +51,7 @@ def previous_detect(loc, conf, priors, conf_threshold, nms_threshold, top_k, can
     """The implementation ``detect`` replaced: batched candidates, then per image one
     ``batched_nms`` over its classes (a host synchronisation for the per-image counts)."""
     batch = conf.shape[0]
-    boxes = decode(loc.float(), priors.float(), (0.1, 0.2))  # [B, P, 4]
+    boxes = decode(loc.float(), priors.float(), defaults.VARIANCES)  # [B, P, 4]
     scores = conf.float().softmax(dim=-1)[..., 1:].transpose(1, 2)  # [B, C-1, P]
     limit = min(candidates_per_class, scores.shape[-1])
     top_scores, top_priors = scores.topk(limit, dim=-1, sorted=True)  # [B, C-1, k]

@@ -22,6 +22,7 @@ import numpy as np
 import torch
 
 from benchmarks import best_time
+from ssd import defaults
 from ssd.box_utils import decode
 from ssd.config import load_config
 from ssd.modeling import build_model
@@ -29,7 +30,8 @@ from ssd.postprocess import detect
 from ssd.precision import default_precision
 from ssd.priors import priors_from_config
 
-SETTINGS = dict(conf_threshold=0.01, nms_threshold=0.45, top_k=200, candidates_per_class=400)
+SETTINGS = dict(conf_threshold=defaults.CONF_THRESHOLD, nms_threshold=defaults.NMS_THRESHOLD,
+                top_k=defaults.TOP_K, candidates_per_class=defaults.CANDIDATES_PER_CLASS)
 TARGET_RATIO = 20.0
 
 
@@ -78,7 +80,7 @@ def classic_detect(loc: torch.Tensor, conf: torch.Tensor, priors: torch.Tensor,
     probabilities = conf.float().softmax(dim=-1)
     results = []
     for image_loc, image_probabilities in zip(loc.float(), probabilities):
-        boxes = decode(image_loc, priors, (0.1, 0.2))
+        boxes = decode(image_loc, priors, defaults.VARIANCES)
         kept_scores, kept_boxes, kept_labels = [], [], []
         for label in range(1, conf.shape[-1]):
             scores = image_probabilities[:, label]
