@@ -173,6 +173,7 @@ def test_frozen_parameters_stay_and_are_not_optimised(tmp_path, caplog):
     assert not torch.equal(after["conf.0.weight"], before["conf.0.weight"])
     batch_norms = frozen_batchnorm_layers(model, ["base"])
     assert batch_norms and model.training and not any(layer.training for layer in batch_norms)
+    assert f"{len(batch_norms)} BatchNorm layers there keep their running statistics" in caplog.text
 
 
 def test_freeze_prefix_matching_nothing_names_it_and_the_modules():

@@ -56,11 +56,14 @@ def freeze_modules(model: nn.Module, prefixes: Sequence[str]) -> int:
               if any(matches_prefix(name, prefix) for prefix in prefixes)]
     for param in frozen:
         param.requires_grad_(False)
-    _keep_frozen_batchnorm_in_eval(model, tuple(prefixes))
+    batch_norms = len(frozen_batchnorm_layers(model, prefixes))
+    if batch_norms:
+        _keep_frozen_batchnorm_in_eval(model, tuple(prefixes))
     frozen_count = sum(param.numel() for param in frozen)
     total = sum(param.numel() for param in named.values())
-    logger.info("model.freeze %s: %d of %d parameters frozen (%d tensors); BatchNorm there keeps "
-                "its running statistics", list(prefixes), frozen_count, total, len(frozen))
+    kept = f"; {batch_norms} BatchNorm layers there keep their running statistics" if batch_norms else ""
+    logger.info("model.freeze %s: %d of %d parameters frozen (%d tensors)%s", list(prefixes),
+                frozen_count, total, len(frozen), kept)
     return frozen_count
 
 
