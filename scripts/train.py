@@ -3,6 +3,7 @@
     python scripts/train.py --config configs/shapes.yaml
     python scripts/train.py --config configs/voc300.yaml --opts solver.lr=0.002 --resume auto
     torchrun --nproc_per_node=2 scripts/train.py --config configs/voc300.yaml
+    python scripts/train.py --config my.yaml --weights detector.pth   # fine-tune to my.yaml's classes
 
 solver.batch_size is the global batch: under torchrun each of the N processes takes
 batch_size / N images per iteration and solver.lr applies to the global batch unchanged.
@@ -27,7 +28,8 @@ def parse_args(argv=None):
     parser.add_argument("--resume", help="checkpoint to continue from, or 'auto' for the newest "
                                          "in the output folder")
     parser.add_argument("--weights", help="initialise the whole model from these weights "
-                                          "(a checkpoint or a classic state_dict)")
+                                          "(a checkpoint or a classic state_dict); weights trained "
+                                          "on other classes are fine-tuned to the config's")
     parser.add_argument("--device", help="cpu, cuda or cuda:N (default: cuda when available)")
     parser.add_argument("--output", help="output folder (default: train.output_dir of the config)")
     parser.add_argument("--overwrite", action="store_true",

@@ -48,6 +48,11 @@ _DEFAULTS: dict[str, Any] = {
         "pretrained": None,
         "batch_norm": True,  # ssd7 only
         "channels": None,  # ssd7 only: the 7 block widths (null: the default 32-48-64-64-48-48-32)
+        # Fine-tuning with --weights trained on other classes: {new class: source class} for
+        # renamed classes (others are matched by name); see ssd.transfer.
+        "class_map": None,
+        # Module-name prefixes (e.g. [vgg], [base, extras]) whose parameters are not trained.
+        "freeze": [],
         "priors": {
             "feature_maps": [38, 19, 10, 5, 3, 1],
             "steps": [8, 16, 32, 64, 100, 300],
@@ -143,6 +148,7 @@ _NULLABLE_TYPES: dict[str, type] = {
     "model.pretrained": str,
     "data.class_names": list,
     "model.channels": list,
+    "model.class_map": dict,
     "solver.clip_grad_norm": float,
 }
 
@@ -638,6 +644,7 @@ def _check_cross_keys(config: dict[str, Any]) -> None:
             "Config keys model.priors.{feature_maps, steps, min_sizes, max_sizes, aspect_ratios} "
             f"must have one entry per feature map; got lengths {lengths}"
         )
+    _check_fine_tuning_keys(config["model"])
     names = config["data"]["class_names"]
     if names is not None and len(names) + 1 != config["model"]["num_classes"]:
         raise ConfigError(
@@ -645,3 +652,17 @@ def _check_cross_keys(config: dict[str, Any]) -> None:
             f"data.class_names lists {len(names)} classes; expected num_classes = "
             f"{len(names) + 1} (classes + background)"
         )
+
+
+def _check_fine_tuning_keys(model: dict[str, Any]) -> None:
+    """model.class_map must map names to names, model.freeze must list module-name prefixes
+    (whether they match the model is checked when it is built: ssd.engine.freeze)."""
+    class_map = model["class_map"]
+    if class_map is not None and not all(isinstance(new, str) and isinstance(old, str)
+                                         for new, old in class_map.items()):
+        raise ConfigError(f"Config key 'model.class_map' must map new class names to source class "
+                          f"names, e.g. {{lorry: truck}}; got {class_map!r}")
+    freeze = model["freeze"]
+    if not all(isinstance(prefix, str) and prefix for prefix in freeze):
+        raise ConfigError(f"Config key 'model.freeze' must be a list of module-name prefixes, e.g. "
+                          f"[vgg] or [base, extras]; got {freeze!r}")

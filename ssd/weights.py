@@ -14,23 +14,32 @@ because training checkpoints store the numpy RNG state):
   backbones, or ``model.pretrained: torchvision`` for the same files from the torch hub folder.
 
 Anything else is an error that says what the file holds and what was expected.
+
+`load_training_weights` starts training from a detector trained on other classes (fine-tuning):
+see `ssd.transfer` for what is loaded and copied.
 """
 
 from __future__ import annotations
 
+import logging
 import re
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 
 import torch
 import yaml
 from torch import nn
 
 from ssd.config import Config, load_checkpoint_config, load_config
+from ssd.data.build import class_names_for
+from ssd.data.voc import VOC_CLASSES
 from ssd.fileio import UnsafeFileError, safe_torch_load
 from ssd.modeling import build_model
 from ssd.modeling.imagenet import TorchvisionWeights
 from ssd.modeling.vgg import vgg16_reducedfc_layers
+from ssd.transfer import TransferReport, transfer_weights
+
+logger = logging.getLogger(__name__)
 
 TORCHVISION_VGG16_FILE = "vgg16-397923af.pth"
 REDUCED_FC_FILE = "weights/vgg16_reducedfc.pth"
@@ -260,6 +269,7 @@ def check_state_dict(
     source: str,
     hint: str = "",
     target: str | None = None,
+    class_rows_may_differ: bool = False,
 ) -> None:
     """Raise WeightsError listing missing keys, unexpected keys and shape mismatches.
 
@@ -269,12 +279,14 @@ def check_state_dict(
         source: where they come from (a path), for the message.
         hint: a closing sentence for the message (what to do).
         target: what `module` is, for the message (default: the model and its class).
+        class_rows_may_differ: accept confidence head tensors (``conf.*``) whose first
+            dimension (anchors x classes) differs, as a transfer to other classes rebuilds them.
     """
     expected = module.state_dict()
     missing = [key for key in expected if key not in state_dict]
     unexpected = [key for key in state_dict if key not in expected]
-    mismatched = [key for key in expected
-                  if key in state_dict and state_dict[key].shape != expected[key].shape]
+    mismatched = [key for key in expected if key in state_dict
+                  and not _shapes_fit(key, state_dict[key], expected[key], class_rows_may_differ)]
     if not (missing or unexpected or mismatched):
         return
     target = target or f"the model ({type(module).__name__})"
@@ -305,6 +317,81 @@ def load_model_weights(model: nn.Module, state_dict: Mapping[str, torch.Tensor],
             "this project, which stores its config.")
     check_state_dict(model, state_dict, source, hint=hint)
     model.load_state_dict(state_dict, strict=True)
+
+
+def _shapes_fit(key: str, given: torch.Tensor, expected: torch.Tensor, class_rows_may_differ: bool) -> bool:
+    if given.shape == expected.shape:
+        return True
+    return (class_rows_may_differ and key.startswith("conf.") and given.dim() == expected.dim() >= 1
+            and given.shape[1:] == expected.shape[1:])
+
+
+def trained_class_names(
+    state_dict: Mapping[str, torch.Tensor], stored_config: Mapping[str, Any] | None, source: str
+) -> list[str] | None:
+    """Foreground class names (label order) a detector's weights were trained on.
+
+    Args:
+        state_dict: the detector's weights (conf.0.weight and loc.0.weight give its class count
+            when the file has no config).
+        stored_config: the config stored in the checkpoint, or None (a classic state_dict).
+        source: the file, for messages.
+
+    Returns:
+        the stored config's data.class_names, or the built-in names of its data.format (VOC's
+        20, the shapes' 6); for a classic state_dict of 21 classes VOC's 20; otherwise generic
+        names ``class_0``, ``class_1``, ... (for `model.class_map`). None when the weights hold
+        no confidence head (not a detector).
+    """
+    if stored_config is not None:
+        return class_names_for(load_checkpoint_config(stored_config, source=f"the config stored in {source}"))
+    if "conf.0.weight" not in state_dict or "loc.0.weight" not in state_dict:
+        return None
+    columns = _classes_of(state_dict["conf.0.weight"], state_dict["loc.0.weight"])
+    if columns is None:
+        return None
+    if columns == len(VOC_CLASSES) + 1:
+        return list(VOC_CLASSES)
+    return [f"class_{label}" for label in range(columns - 1)]
+
+
+def load_training_weights(
+    model: nn.Module, path: str | Path, class_names: Sequence[str],
+    class_map: Mapping[str, str] | None = None,
+) -> TransferReport | None:
+    """Initialise `model` (built for `class_names`) from a detector weights file (--weights).
+
+    Weights trained on the same classes load strictly (`load_model_weights`). Weights trained
+    on other classes (another count, other names or order, or a `class_map` given) are
+    transferred (`ssd.transfer.transfer_weights`): every tensor that fits loads, the confidence
+    heads are rebuilt with the rows of background and of the classes found in both lists.
+
+    Args:
+        model: the detector to train (in place).
+        path: a checkpoint of this project or a classic state_dict.
+        class_names: the foreground classes of `model` in label order.
+        class_map: model.class_map, {new class: source class} for renamed classes.
+
+    Returns:
+        the transfer's report (also logged), or None when the weights loaded strictly.
+
+    Raises:
+        WeightsError: the file does not fit the model apart from the classes (another backbone,
+            other priors: the message lists the keys).
+        ClassMapError: `class_map` names a class in neither list.
+    """
+    state_dict, stored = read_checkpoint(path)
+    source_names = trained_class_names(state_dict, stored, str(path))
+    if source_names is None or (list(source_names) == list(class_names) and not class_map):
+        load_model_weights(model, state_dict, source=str(path))
+        return None
+    logger.info("%s was trained for %d classes (%s); this config has %d (%s): fine-tuning",
+                path, len(source_names), _preview(list(source_names)), len(class_names),
+                _preview(list(class_names)))
+    hint = ("Apart from the classes, fine-tuning needs the weights of the same architecture: use "
+            "the model.backbone, model.image_size and model.priors the weights were trained with.")
+    check_state_dict(model, state_dict, str(path), hint=hint, class_rows_may_differ=True)
+    return transfer_weights(model, state_dict, source_names, class_names, class_map)
 
 
 def load_vgg_backbone(model: nn.Module, path: str | Path) -> None:

@@ -3,6 +3,7 @@ weights, and the backbone registry's extension point."""
 
 from __future__ import annotations
 
+import copy
 import importlib.util
 from pathlib import Path
 from urllib.error import URLError
@@ -12,8 +13,10 @@ import pytest
 import torch
 import torchvision
 from conftest import CONFIGS
+from test_export_onnx import needs_onnx, needs_onnxruntime
 from torch import nn
 
+from ssd import export as onnx_export
 from ssd.config import load_config
 from ssd.data.shapes import render_image
 from ssd.data.transforms import BaseTransform
@@ -27,6 +30,7 @@ from ssd.modeling.ssd import prior_options
 from ssd.weights import WeightsError, load_pretrained_backbone
 
 MOBILENET_CONFIG = CONFIGS / "ssdlite320_mobilenet_v3.yaml"
+FLOAT32_EPSILON = 2.0**-23  # spacing of float32 numbers at 1
 RESNET_CONFIG = CONFIGS / "ssd300_resnet50.yaml"
 # mobilenet_v3_large at 160 px: maps ceil(160 / 16) = 10, 5, then halved rounding up.
 SMALL_MOBILENET = [
@@ -278,3 +282,54 @@ def test_benchmark_counts_a_multiply_add_as_two_flops():
     spec.loader.exec_module(module)  # imports only ssd and torch
     conv = nn.Conv2d(3, 8, kernel_size=3, padding=1, bias=False)
     assert module.count_gflops(conv, 16) * 1e9 == 2 * 16 * 16 * 8 * 3 * 9
+
+
+# ------------------------------------------------------------------------------ ONNX export
+def calibrate_batch_norm(model: nn.Module, images: torch.Tensor) -> nn.Module:
+    """Running statistics of every BatchNorm from one forward pass over `images` (then eval).
+
+    A randomly initialised MobileNetV3 in eval mode (running mean 0, variance 1) shrinks its
+    activations to ~1e-14 at the heads, where any two runtimes agree trivially; with the
+    statistics of real activations its outputs vary as a trained model's do.
+    """
+    for layer in model.modules():
+        if isinstance(layer, nn.modules.batchnorm._BatchNorm):
+            layer.reset_running_stats()
+            layer.momentum = None  # cumulative average: exactly this batch's statistics
+    with torch.no_grad():
+        model.train()(images)
+    return model.eval()
+
+
+@pytest.mark.parametrize("config, overrides", [
+    (MOBILENET_CONFIG, SMALL_MOBILENET),
+    (RESNET_CONFIG, SMALL_RESNET),
+], ids=["mobilenet_v3_large", "resnet50"])
+def test_onnx_export_matches_pytorch_in_onnxruntime(tmp_path, config, overrides, one_thread):
+    """The project's exporter (ssd.export) on the backbone at its smallest image size, two
+    classes: onnxruntime's boxes and scores equal PyTorch's at batch 1 and 2.
+
+    Tolerance: both runtimes compute in float32, in other summation orders (onnxruntime also
+    folds BatchNorm into the convolutions), so each is off the exact result by its rounding
+    error. PyTorch's own error is measured against a float64 run of the same model; the two
+    runtimes may differ by the sum of two such errors, allowed twice over for the other kernels.
+    """
+    needs_onnx()
+    needs_onnxruntime()
+    cfg = load_config(config, overrides=[*overrides, "model.num_classes=3", "data.class_names=[a, b]"])
+    size = cfg.model.image_size
+    images = onnx_export.example_batch(onnx_export.synthetic_image(size), size, cfg.data.mean)
+    torch.manual_seed(0)
+    model = calibrate_batch_norm(build_model(cfg), images)
+    wrapper = onnx_export.ExportedSSD(model, cfg.model.variances).eval()
+    # TorchScript-based exporter: the dynamo one takes 3x longer on ResNet-50.
+    onnx_export.export(wrapper, size, tmp_path / "model.onnx", exporter="torchscript")
+    with torch.no_grad():
+        boxes, scores = wrapper(images)
+        exact = [output.float() for output in copy.deepcopy(wrapper).double()(images.double())]
+    assert scores.max() - scores.min() > 0.5  # outputs that vary: the comparison means something
+    rounding = {name: onnx_export._scaled_difference(ours, reference)
+                for name, ours, reference in zip(onnx_export.OUTPUTS, (boxes, scores), exact)}
+    differences = onnx_export.onnxruntime_differences(wrapper, tmp_path / "model.onnx", images)
+    for name, error in rounding.items():
+        assert differences[name] <= 4 * error + FLOAT32_EPSILON, (name, differences, rounding)

@@ -474,3 +474,20 @@ def test_a_non_editable_install_builds_a_model_without_the_checkout(tmp_path, cl
                          capture_output=True, text=True, env=env)
     assert run.returncode == 0, run.stderr
     assert "predicted" in run.stdout
+
+
+def test_trained_class_names_come_from_the_config_or_the_classic_layout():
+    from ssd.data.voc import VOC_CLASSES
+    from ssd.weights import trained_class_names
+
+    seed_widths = REPO_ROOT / "tests" / "configs" / "ssd7_160.yaml"
+    shapes = load_config(seed_widths)
+    assert trained_class_names({}, shapes.to_dict(), "x.pth") == list(shapes.data.class_names)
+    voc = load_config(seed_widths, overrides=["model.num_classes=21", "data.format=voc",
+                                              "data.class_names=null"])
+    assert trained_class_names({}, voc.to_dict(), "x.pth") == list(VOC_CLASSES)  # data set's own
+    classic = build_model(voc).state_dict()
+    assert trained_class_names(classic, None, "x.pth") == list(VOC_CLASSES)  # 21 classes: VOC's
+    five = build_model(load_config(seed_widths, overrides=["model.num_classes=6", "data.class_names=null"]))
+    assert trained_class_names(five.state_dict(), None, "x.pth") == [f"class_{i}" for i in range(5)]
+    assert trained_class_names({"0.weight": torch.zeros(1)}, None, "x.pth") is None  # not a detector

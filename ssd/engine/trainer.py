@@ -25,8 +25,10 @@ from torch import nn
 from tqdm import tqdm
 
 from ssd.data import DataError, build_dataset, build_transform, make_train_loader
+from ssd.data.build import class_names_for
 from ssd.engine import checkpoint as ckpt
 from ssd.engine.distributed import DistInfo, barrier, ranks_agree
+from ssd.engine.freeze import freeze_modules
 from ssd.engine.inference import evaluate_model, make_eval_loader
 from ssd.engine.metrics_log import MetricsLog, plot_metrics
 from ssd.engine.solver import advance_schedule, build_optimizer, build_scheduler
@@ -35,7 +37,7 @@ from ssd.loss import build_loss
 from ssd.modeling import build_model
 from ssd.postprocess import build_postprocessor
 from ssd.precision import autocast_context, precision_label, training_precision
-from ssd.weights import load_model_weights, load_pretrained_backbone, read_checkpoint
+from ssd.weights import load_pretrained_backbone, load_training_weights
 
 logger = logging.getLogger(__name__)
 
@@ -253,7 +255,7 @@ class Trainer:
                 world_size=dist.world_size,
             ))
 
-        model = _build_model(cfg, device, init_weights)
+        model = _build_model(cfg, device, init_weights, class_names=train_set.class_names)
         solver = cfg.solver
         optimizer = build_optimizer(model, solver.lr, solver.momentum, solver.weight_decay,
                                     name=solver.optimizer)
@@ -564,15 +566,22 @@ def _refuse_another_run(output_dir: Path, resume, overwrite: bool) -> None:
         )
 
 
-def _build_model(cfg, device: torch.device, init_weights) -> nn.Module:
+def _build_model(cfg, device: torch.device, init_weights, class_names=None) -> nn.Module:
     """The config's detector on `device`, from `init_weights`, the ImageNet backbone of
-    model.pretrained, or from scratch."""
+    model.pretrained, or from scratch; then model.freeze.
+
+    Weights trained on other classes than `class_names` (the training set's, default the
+    config's) are fine-tuned to them (`ssd.weights.load_training_weights`).
+    """
     model = build_model(cfg)
     if init_weights is not None:
-        state_dict, _ = read_checkpoint(init_weights)
-        load_model_weights(model, state_dict, source=str(init_weights))
+        if class_names is None or len(class_names) != cfg.model.num_classes - 1:
+            class_names = class_names_for(cfg)
+        class_map = cfg.model.class_map.to_dict() if cfg.model.class_map is not None else None
+        load_training_weights(model, init_weights, class_names, class_map)
     elif cfg.model.pretrained:
         load_pretrained_backbone(model, cfg.model.pretrained)
+    freeze_modules(model, cfg.model.freeze)
     model.to(device)
     if cfg.train.channels_last:
         model.to(memory_format=torch.channels_last)
