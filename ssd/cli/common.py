@@ -9,7 +9,15 @@ from pathlib import Path
 from typing import Callable, Iterable, NoReturn
 
 import ssd
-from ssd.config import PATH_KEYS, Config, ConfigError, load_config, load_config_from_dict, merge_overrides
+from ssd.config import (
+    PATH_KEYS,
+    Config,
+    ConfigError,
+    load_config,
+    load_config_from_dict,
+    merge_overrides,
+    packaged_config,
+)
 
 # Errors that are the user's input, not a bug: printed as one clear message, exit status 2.
 USER_ERRORS = (FileNotFoundError, ValueError, KeyError, NotADirectoryError, IsADirectoryError)
@@ -45,18 +53,25 @@ def pick_device(requested: str | None) -> str:
 
 
 # ------------------------------------------------------------------------ built-in configs
-def builtin_configs_dir() -> Path | None:
-    """The folder of the configs shipped with the package (installed: ssd/configs/; source
-    checkout: configs/ beside ssd/), or None when neither exists."""
+def builtin_config(name: str) -> Path | None:
+    """The config file `name` shipped with the package (installed: ssd/configs/; source
+    checkout: configs/ beside ssd/), or None when there is none of that name."""
+    try:
+        return packaged_config(name)
+    except ConfigError:
+        path = CHECKOUT_CONFIGS / name
+        return path if path.is_file() else None
+
+
+def builtin_config_names() -> list[str]:
+    """The names of the configs shipped with the package, sorted."""
     from importlib import resources
 
     try:
-        installed = Path(str(resources.files("ssd.configs")))
+        files = [Path(entry.name) for entry in resources.files("ssd.configs").iterdir()]
     except ModuleNotFoundError:
-        installed = None
-    if installed is not None and installed.is_dir():
-        return installed
-    return CHECKOUT_CONFIGS if CHECKOUT_CONFIGS.is_dir() else None
+        files = list(CHECKOUT_CONFIGS.glob("*")) if CHECKOUT_CONFIGS.is_dir() else []
+    return sorted(path.name for path in files if path.suffix == ".yaml")
 
 
 def resolve_config_path(value: str | Path) -> tuple[Path, bool]:
@@ -70,11 +85,10 @@ def resolve_config_path(value: str | Path) -> tuple[Path, bool]:
     path = Path(value)
     if path.is_file():
         return path, False
-    folder = builtin_configs_dir()
-    names_builtin = path.parent in (Path("."), Path(CONFIGS_FOLDER))
-    if folder is not None and names_builtin and (folder / path.name).is_file():
-        return folder / path.name, True
-    known = sorted(p.name for p in folder.glob("*.yaml")) if folder is not None else []
+    builtin = builtin_config(path.name) if path.parent in (Path("."), Path(CONFIGS_FOLDER)) else None
+    if builtin is not None:
+        return builtin, True
+    known = builtin_config_names()
     raise ConfigError(f"Config file not found: {value}"
                       + (f" (built-in configs: {', '.join(known)})" if known else ""))
 
