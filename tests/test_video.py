@@ -149,8 +149,9 @@ def test_predict_command_reports_a_corrupt_video_and_goes_on(checkpoint, tmp_pat
     out = tmp_path / "out"
     code = predict_main([str(broken), str(tmp_path / "still.jpg"), str(missing),
                          str(tmp_path / "good.avi"), "--no-progress", *predict_args(checkpoint, out)])
-    err = capsys.readouterr().err
+    out_text, err = capsys.readouterr()
     assert code == 1
+    assert re.search(r"^1 image, .* images/s \(batch 4\)", out_text, re.MULTILINE)
     assert re.search(r"error: .*broken\.mp4.* \(skipped\)", err)
     assert f"error: Video file not found: {missing} (skipped)" in err
     assert "Traceback" not in err

@@ -35,6 +35,7 @@ import argparse
 import glob
 import json
 import sys
+import time
 from pathlib import Path
 
 from ssd.cli.common import add_version_argument, load_cli_config, pick_device, run_cli
@@ -95,8 +96,10 @@ def main(argv: list[str] | None = None) -> int:
                           nms_threshold=args.nms_threshold, top_k=args.top_k,
                           batch_size=args.batch_size)
     args.out.mkdir(parents=True, exist_ok=True)
+    start = time.perf_counter()
     results, unreadable = run(predictor, images, args.out, args.batch_size,
                               progress=not args.no_progress and len(images) > 1)
+    image_seconds = time.perf_counter() - start
     video_results, broken = run_videos(predictor, videos, args.out, args.json,
                                        progress=not args.no_progress)
     if args.camera is not None:
@@ -110,8 +113,10 @@ def main(argv: list[str] | None = None) -> int:
                    video_results)
     found = sum(len(entry["detections"]) for entry in results.values())
     if images:
+        rate = len(results) / image_seconds if image_seconds > 0 else 0.0
         print(f"{_count(len(results), 'image')}, {_count(found, 'detection')} (score > "
-              f"{args.score_threshold}, {predictor.precision}) -> {args.out}/")
+              f"{args.score_threshold}, {predictor.precision}) in {image_seconds:.1f} s: "
+              f"{rate:.1f} images/s (batch {args.batch_size}) -> {args.out}/")
     if failures:
         print(f"{_count(len(failures), 'input')} failed (see the errors above)")
     return 1 if failures else 0
