@@ -203,3 +203,7 @@ def _is_number(value: float) -> bool:
 def entry_point() -> None:
     """The ssd-eval command."""
     run_cli(main)
+
+
+if __name__ == "__main__":  # python -m ssd.cli.eval, torchrun -m ssd.cli.eval
+    entry_point()

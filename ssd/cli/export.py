@@ -86,3 +86,7 @@ def report(differences: dict[str, float] | None, tolerance: float) -> int:
 def entry_point() -> None:
     """The ssd-export command."""
     run_cli(main)
+
+
+if __name__ == "__main__":  # python -m ssd.cli.export, torchrun -m ssd.cli.export
+    entry_point()

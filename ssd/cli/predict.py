@@ -295,3 +295,7 @@ def _count(number: int, noun: str) -> str:
 def entry_point() -> None:
     """The ssd-predict command."""
     run_cli(main)
+
+
+if __name__ == "__main__":  # python -m ssd.cli.predict, torchrun -m ssd.cli.predict
+    entry_point()

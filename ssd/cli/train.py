@@ -3,13 +3,17 @@
     ssd-train --config configs/shapes.yaml
     ssd-train --config configs/voc300.yaml --opts solver.lr=0.002 --resume auto
     torchrun --nproc_per_node=2 scripts/train.py --config configs/voc300.yaml
+    torchrun --nnodes=2 --nproc_per_node=4 --rdzv_backend=c10d --rdzv_endpoint=HOST:29500 \\
+        scripts/train.py --config configs/voc300.yaml --resume auto     # on each node
 
 --config is a YAML file; a built-in config (voc300.yaml, shapes.yaml, ...; also written
 configs/voc300.yaml) is used when no such file exists, with its data, weights and output
 folders relative to the working directory.
 
-solver.batch_size is the global batch: under torchrun each of the N processes takes
-batch_size / N images per iteration and solver.lr applies to the global batch unchanged.
+solver.batch_size is the global batch: under torchrun each of the N processes (all nodes
+together) takes batch_size / N images per iteration and solver.lr applies to the global batch
+unchanged. Only rank 0 writes checkpoints, to the output folder on its own node: with several
+nodes, use a shared filesystem so that --resume auto finds the same checkpoint everywhere.
 """
 
 from __future__ import annotations
@@ -79,3 +83,7 @@ def main(argv: list[str] | None = None) -> int:
 def entry_point() -> None:
     """The ssd-train command."""
     run_cli(main)
+
+
+if __name__ == "__main__":  # python -m ssd.cli.train, torchrun -m ssd.cli.train
+    entry_point()
