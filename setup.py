@@ -1,8 +1,15 @@
+import re
+from pathlib import Path
+
 from setuptools import find_packages, setup
+
+# The version is set once, in ssd/__init__.py (read as text: building must not import the package).
+VERSION = re.search(r'^__version__ = "([^"]+)"', (Path(__file__).parent / "ssd" / "__init__.py").read_text(),
+                    re.MULTILINE).group(1)
 
 setup(
     name="ssd",
-    version="0.1.0",
+    version=VERSION,
     description="SSD300/SSD512 single-shot multibox detector: train, evaluate, predict",
     license="MIT",
     python_requires=">=3.9",
@@ -21,6 +28,15 @@ setup(
         "pycocotools>=2.0.6",
         "matplotlib>=3.5",
     ],
+    # The commands of scripts/{train,eval,predict,export_onnx}.py, with the same arguments.
+    entry_points={
+        "console_scripts": [
+            "ssd-train = ssd.cli.train:entry_point",
+            "ssd-eval = ssd.cli.eval:entry_point",
+            "ssd-predict = ssd.cli.predict:entry_point",
+            "ssd-export = ssd.cli.export:entry_point",
+        ],
+    },
     extras_require={
         "dev": ["pytest>=7", "ruff>=0.4", "onnx>=1.14", "onnxruntime>=1.16", "onnxscript>=0.1"],
         "onnx": ["onnx>=1.14", "onnxruntime>=1.16", "onnxscript>=0.1"],

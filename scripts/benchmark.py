@@ -26,7 +26,7 @@ sys.path.insert(0, str(SCRIPTS_DIR))
 SECTIONS = ["loss", "data", "eval", "train", "predict", "postprocess", "demo", "backbones"]
 
 
-def main(argv: list[str] | None = None) -> dict:
+def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     parser.add_argument("sections", nargs="*", choices=SECTIONS + [[]], default=[],
                         metavar="SECTION", help=f"any of: {', '.join(SECTIONS)} (default: all)")
@@ -45,8 +45,8 @@ def main(argv: list[str] | None = None) -> dict:
         results[name] = module.run(quick=args.quick, **extra)
     if args.json:
         args.json.write_text(json.dumps(results, indent=2))
-    return results
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

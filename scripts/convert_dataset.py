@@ -45,6 +45,6 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    from _common import run_cli  # scripts/ is on sys.path when run as a script
+    from ssd.cli.common import run_cli
 
     run_cli(main)

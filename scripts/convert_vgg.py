@@ -64,6 +64,6 @@ def describe(src: Path, dst: Path, state_dict: dict[str, torch.Tensor]) -> str:
 
 
 if __name__ == "__main__":
-    from _common import run_cli  # scripts/ is on sys.path when run as a script
+    from ssd.cli.common import run_cli
 
     run_cli(main)

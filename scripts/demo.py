@@ -18,8 +18,9 @@ import sys
 import time
 from pathlib import Path
 
-from _common import REPO_ROOT, run_cli  # noqa: I001  (sets up the import path)
+from _common import REPO_ROOT  # noqa: I001  (sets up the import path)
 
+from ssd.cli.common import run_cli
 from ssd.config import load_config
 from ssd.engine.checkpoint import newest_checkpoint
 

@@ -24,7 +24,7 @@ from ssd.data import VOCDataset, make_shapes  # noqa: E402
 DEMO_CONFIG = Path(__file__).resolve().parent.parent / "configs" / "shapes.yaml"
 
 
-def main(argv: list[str] | None = None) -> list[str]:
+def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     demo = load_config(DEMO_CONFIG).data
@@ -45,10 +45,10 @@ def main(argv: list[str] | None = None) -> list[str]:
           f"{time.perf_counter() - start:.1f} s; classes: {', '.join(names)}")
     for split in ("trainval", "test"):
         VOCDataset(args.root, [("shapes", split)], class_names=names, keep_difficult=True)
-    return names
+    return 0
 
 
 if __name__ == "__main__":
-    from _common import run_cli  # scripts/ is on sys.path when run as a script
+    from ssd.cli.common import run_cli
 
-    run_cli(lambda: main() and None)  # the class names are for callers; exit status 0
+    run_cli(main)

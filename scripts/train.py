@@ -1,78 +1,9 @@
-"""Train an SSD from a YAML config.
+"""ssd-train from a clone, without installing: python scripts/train.py --help (ssd/cli/train.py)."""
 
-    python scripts/train.py --config configs/shapes.yaml
-    python scripts/train.py --config configs/voc300.yaml --opts solver.lr=0.002 --resume auto
-    torchrun --nproc_per_node=2 scripts/train.py --config configs/voc300.yaml
-    python scripts/train.py --config my.yaml --weights detector.pth   # fine-tune to my.yaml's classes
+import _common  # noqa: F401, I001  (puts the clone's ssd package on the import path)
 
-solver.batch_size is the global batch: under torchrun each of the N processes takes
-batch_size / N images per iteration and solver.lr applies to the global batch unchanged.
-"""
-
-from __future__ import annotations
-
-import argparse
-import sys
-
-from _common import pick_device, run_cli  # noqa: I001  (sets up the import path)
-
-from ssd.config import load_config
-
-
-def parse_args(argv=None):
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--config", default="configs/voc300.yaml", help="YAML config file")
-    parser.add_argument("--opts", nargs="*", default=[], metavar="KEY=VALUE",
-                        help="config overrides, e.g. solver.lr=0.002 solver.max_iter=1000")
-    parser.add_argument("--resume", help="checkpoint to continue from, or 'auto' for the newest "
-                                         "in the output folder")
-    parser.add_argument("--weights", help="initialise the whole model from these weights "
-                                          "(a checkpoint or a classic state_dict); weights trained "
-                                          "on other classes are fine-tuned to the config's")
-    parser.add_argument("--device", help="cpu, cuda or cuda:N (default: cuda when available)")
-    parser.add_argument("--output", help="output folder (default: train.output_dir of the config)")
-    parser.add_argument("--overwrite", action="store_true",
-                        help="start a new run in an output folder that holds another run, deleting "
-                             "its checkpoints and metrics first")
-    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
-    return parser.parse_args(argv)
-
-
-def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
-    from ssd.data import DataError
-    from ssd.engine.checkpoint import CheckpointError
-    from ssd.engine.distributed import cleanup, init_distributed
-    from ssd.engine.trainer import OutputFolderError, Trainer, TrainingError
-
-    cfg = load_config(args.config, overrides=args.opts)
-    device = pick_device(args.device)
-    dist_info = init_distributed(device.split(":")[0])
-    try:
-        trainer = Trainer.from_config(cfg, output_dir=args.output, device=device, dist_info=dist_info,
-                                      resume=args.resume, init_weights=args.weights,
-                                      progress=not args.no_progress, overwrite=args.overwrite)
-        result = trainer.train()
-    except (CheckpointError, OutputFolderError, DataError) as err:  # the input is wrong
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    except TrainingError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 3
-    except KeyboardInterrupt as err:
-        print(str(err) or "Interrupted.", file=sys.stderr)
-        return 130
-    finally:
-        cleanup(dist_info)
-    if dist_info.is_main:
-        summary = {k: v for k, v in result.items() if k in ("loss", "loss_loc", "loss_conf")}
-        print(f"Finished at iteration {trainer.iteration}: {summary}")
-        if result.get("eval"):
-            print(f"{cfg.test.metric} mAP: {result['eval']['mAP']:.4f}")
-        print(f"Checkpoints and metrics in {trainer.output_dir}")
-    return 0
-
+from ssd.cli.common import run_cli
+from ssd.cli.train import main
 
 if __name__ == "__main__":
     run_cli(main)

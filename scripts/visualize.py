@@ -22,8 +22,9 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from _common import REPO_ROOT, run_cli  # noqa: I001  (sets up the import path)
+from _common import REPO_ROOT  # noqa: I001  (sets up the import path)
 
+from ssd.cli.common import run_cli
 from ssd.config import load_config, merge_overrides
 
 DEFAULT_CONFIG = REPO_ROOT / "configs" / "voc300.yaml"

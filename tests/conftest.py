@@ -60,3 +60,48 @@ def load_script(name: str):
         del sys.modules[module_name]
         raise
     return module
+
+
+# ------------------------------------------------------------------ a non-editable install
+class InstalledProject:
+    """A virtualenv holding a non-editable install of a copy of the project."""
+
+    def __init__(self, venv: Path):
+        self.venv = venv
+        self.bin = venv / "bin"
+        self.python = self.bin / "python"
+
+    def env(self) -> dict[str, str]:
+        """The environment to run its commands in: without PYTHONPATH, which would put a
+        checkout's ssd package first."""
+        import os
+
+        return {key: value for key, value in os.environ.items() if key != "PYTHONPATH"}
+
+
+@pytest.fixture(scope="session")
+def installed_project(tmp_path_factory) -> InstalledProject:
+    """pip install (not editable, offline, no dependencies: the virtualenv sees the system
+    site-packages) of a copy of the project, done once per test session. Skips the test when
+    pip cannot build the project here."""
+    import shutil
+    import subprocess
+
+    root = tmp_path_factory.mktemp("install")
+    source = root / "source"  # a copy: pip's in-tree build leaves build/ folders behind
+    source.mkdir()
+    for name in ("setup.py", "pyproject.toml", "README.md", "LICENSE"):
+        if (REPO_ROOT / name).exists():
+            shutil.copy(REPO_ROOT / name, source / name)
+    for folder in ("ssd", "configs"):
+        shutil.copytree(REPO_ROOT / folder, source / folder, ignore=shutil.ignore_patterns("__pycache__"))
+    project = InstalledProject(root / "venv")
+    subprocess.run([sys.executable, "-m", "venv", "--system-site-packages", str(project.venv)], check=True)
+    install = [str(project.python), "-m", "pip", "install", "-q", "--no-deps", str(source)]
+    done = subprocess.run([*install[:-1], "--no-build-isolation", install[-1]], capture_output=True,
+                          text=True)
+    if done.returncode != 0:  # no `wheel` in the system site-packages: let pip isolate the build
+        done = subprocess.run(install, capture_output=True, text=True)
+    if done.returncode != 0:
+        pytest.skip(f"pip cannot install the project offline here: {done.stderr[-500:]}")
+    return project

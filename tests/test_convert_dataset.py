@@ -122,7 +122,7 @@ def test_images_are_copied_and_equal_stems_of_two_splits_stay_apart(tmp_path):
 
 
 def _cli_error(capsys, *args: str) -> str:
-    from _common import run_cli
+    from ssd.cli.common import run_cli
 
     with pytest.raises(SystemExit) as info:
         run_cli(lambda: _script().main([*map(str, args), "--no-progress"]))

@@ -1,7 +1,7 @@
-"""scripts/eval.py end to end on a generated shapes data set: in-process ``main([...])`` calls
-(one subprocess smoke test checks the real command line)."""
+"""ssd-eval (ssd/cli/eval.py, run from a clone as scripts/eval.py) end to end on a generated
+shapes data set: in-process ``main([...])`` calls (one subprocess smoke test checks the real
+command line)."""
 
-import importlib.util
 import json
 import math
 import os
@@ -14,6 +14,8 @@ from pathlib import Path
 import pytest
 import torch
 
+from ssd.cli import eval as eval_script
+from ssd.cli.common import run_cli
 from ssd.config import load_config
 from ssd.data import BaseTransform, ensure_shapes
 from ssd.loss import MultiBoxLoss
@@ -28,17 +30,6 @@ CLASSES = ("circle", "square", "triangle", "star", "hexagon", "cross")
 TRAIN_STEPS = 20  # Adam steps on the 8 test images: mAP about 0.75 there, not saturated
 
 pytestmark = pytest.mark.usefixtures("one_thread")
-
-
-def _load_eval_module():
-    sys.path.insert(0, str(REPO_ROOT / "scripts"))
-    spec = importlib.util.spec_from_file_location("eval_script", EVAL_SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-eval_script = _load_eval_module()
 
 
 def _config(data_root, *overrides):
@@ -120,7 +111,7 @@ def _copy_data(data_root, destination):
 def _run_cli(args, capsys):
     """The script's command-line wrapper in process: (exit status, stderr)."""
     with pytest.raises(SystemExit) as stopped:
-        eval_script.run_cli(lambda: eval_script.main(args))
+        run_cli(lambda: eval_script.main(args))
     return stopped.value.code, capsys.readouterr().err
 
 

@@ -1,9 +1,7 @@
 """Weight files: VGG16 -> reduced-fc conversion, checkpoints, classic state_dicts, clear errors."""
 
 import importlib.util
-import os
 import random
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -446,32 +444,14 @@ print("predicted", len(detections))
 """
 
 
-def test_a_non_editable_install_builds_a_model_without_the_checkout(tmp_path, classic_file):
+def test_a_non_editable_install_builds_a_model_without_the_checkout(installed_project, tmp_path,
+                                                                    classic_file):
     """pip install (not editable) of a copy of the project, then build and predict from a folder
     outside it: the package must not read the repository checkout."""
-    source = tmp_path / "source"  # a copy: pip's in-tree build leaves build/ folders behind
-    source.mkdir()
-    for name in ("setup.py", "pyproject.toml", "README.md", "LICENSE"):
-        if (REPO_ROOT / name).exists():
-            shutil.copy(REPO_ROOT / name, source / name)
-    for folder in ("ssd", "configs"):
-        shutil.copytree(REPO_ROOT / folder, source / folder,
-                        ignore=shutil.ignore_patterns("__pycache__"))
-    venv = tmp_path / "venv"
-    subprocess.run([sys.executable, "-m", "venv", "--system-site-packages", str(venv)], check=True)
-    python = venv / "bin" / "python"
-    install = [str(python), "-m", "pip", "install", "-q", "--no-deps", str(source)]
-    done = subprocess.run([*install[:-1], "--no-build-isolation", install[-1]], capture_output=True,
-                          text=True)
-    if done.returncode != 0:  # no `wheel` in the system site-packages: let pip isolate the build
-        done = subprocess.run(install, capture_output=True, text=True)
-    if done.returncode != 0:
-        pytest.skip(f"pip cannot install the project offline here: {done.stderr[-500:]}")
     outside = tmp_path / "outside"
     outside.mkdir()
-    env = {key: value for key, value in os.environ.items() if key != "PYTHONPATH"}
-    run = subprocess.run([str(python), "-c", _INSTALLED_CHECK, str(classic_file)], cwd=outside,
-                         capture_output=True, text=True, env=env)
+    run = subprocess.run([str(installed_project.python), "-c", _INSTALLED_CHECK, str(classic_file)],
+                         cwd=outside, capture_output=True, text=True, env=installed_project.env())
     assert run.returncode == 0, run.stderr
     assert "predicted" in run.stdout
 

@@ -1,0 +1,117 @@
+"""The commands: ssd-train, ssd-eval, ssd-predict and ssd-export as installed by a non-editable
+`pip install .` and run from a folder outside the clone, and how their --config values resolve."""
+
+import json
+import subprocess
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+import torch
+
+import ssd
+from ssd.cli import eval as eval_cli
+from ssd.cli import export as export_cli
+from ssd.cli import predict as predict_cli
+from ssd.cli import train as train_cli
+from ssd.cli.common import load_cli_config
+from ssd.config import ConfigError, load_config
+from ssd.modeling import build_model
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+SHAPES_CLASSES = {"circle", "square", "triangle", "star", "hexagon", "cross"}
+COMMAND_TIMEOUT_S = 300
+
+
+def run_command(project, cwd: Path, command: str, *args: str) -> subprocess.CompletedProcess:
+    """An installed command, run in `cwd` without the checkout on the import path."""
+    return subprocess.run([str(project.bin / command), *args], cwd=cwd, capture_output=True,
+                          text=True, env=project.env(), timeout=COMMAND_TIMEOUT_S)
+
+
+@pytest.fixture
+def outside(tmp_path) -> Path:
+    """A working directory outside the clone."""
+    folder = tmp_path / "elsewhere"
+    folder.mkdir()
+    return folder
+
+
+# ------------------------------------------------------------------------ installed commands
+def test_installed_train_and_export_answer_help(installed_project, outside):
+    for command, option in (("ssd-train", "--resume"), ("ssd-export", "--with-postprocess")):
+        done = run_command(installed_project, outside, command, "--help")
+        assert done.returncode == 0, done.stderr
+        assert done.stdout.startswith(f"usage: {command} ") and option in done.stdout
+
+
+def test_installed_eval_prints_the_package_version(installed_project, outside):
+    done = run_command(installed_project, outside, "ssd-eval", "--version")
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == f"ssd-eval {ssd.__version__}"
+
+
+def test_installed_predict_reads_default_weights_and_a_builtin_config(installed_project, outside):
+    """A classic state dict (no config inside) at the default weights/ssd300.pth of the working
+    directory, and --config naming the packaged shapes.yaml: the detections carry its class
+    names and the outputs land in out/ of the working directory."""
+    cfg = load_config(REPO_ROOT / "configs" / "shapes.yaml")
+    torch.manual_seed(0)
+    (outside / "weights").mkdir()
+    torch.save(build_model(cfg).state_dict(), outside / "weights" / "ssd300.pth")
+    image = np.full((90, 120, 3), 40, np.uint8)
+    cv2.rectangle(image, (20, 20), (70, 60), (0, 200, 255), -1)
+    cv2.imwrite(str(outside / "picture.jpg"), image)
+    # An untrained model scores every class near 1/7: a low threshold keeps some detections.
+    done = run_command(installed_project, outside, "ssd-predict", "picture.jpg", "--config",
+                       "shapes.yaml", "--score-threshold", "0.01", "--top-k", "5", "--json",
+                       "--device", "cpu", "--precision", "fp32")
+    assert done.returncode == 0, done.stderr
+    document = json.loads((outside / "out" / "detections.json").read_text())
+    assert document["settings"]["image_size"] == cfg.model.image_size
+    found = document["images"]["picture.jpg"]["detections"]
+    assert found and {d["class_name"] for d in found} <= SHAPES_CLASSES
+    assert cv2.imread(str(outside / "out" / "picture_det.jpg")).shape == image.shape
+    assert "picture.jpg (120x90)" in done.stdout
+
+
+def test_installed_predict_without_weights_says_where_it_looked(installed_project, outside):
+    done = run_command(installed_project, outside, "ssd-predict", "picture.jpg")
+    assert done.returncode == 2
+    assert done.stderr.startswith("error: ") and "Traceback" not in done.stderr
+
+
+# ---------------------------------------------------------------------------- in process
+@pytest.mark.parametrize("module", [train_cli, eval_cli, predict_cli, export_cli],
+                         ids=lambda module: module.__name__)
+def test_every_command_prints_the_version(module, capsys):
+    with pytest.raises(SystemExit) as info:
+        module.main(["--version"])
+    assert info.value.code == 0
+    assert capsys.readouterr().out.strip().endswith(f" {ssd.__version__}")
+
+
+def test_a_builtin_config_keeps_user_folders_in_the_working_directory(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    for name in ("shapes.yaml", "configs/shapes.yaml"):
+        cfg = load_cli_config(name, overrides=["solver.max_iter=7"])
+        assert cfg.data.root == str(tmp_path / "data" / "shapes")
+        assert cfg.train.output_dir == str(tmp_path / "runs" / "shapes")
+        assert cfg.solver.max_iter == 7 and cfg.model.backbone == "ssd7"
+
+
+def test_a_config_file_in_the_working_directory_wins_over_the_builtin_one(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "configs").mkdir()
+    (tmp_path / "configs" / "shapes.yaml").write_text("model: {num_classes: 3}\ndata: {root: mine}\n")
+    cfg = load_cli_config("configs/shapes.yaml")
+    assert cfg.model.num_classes == 3 and cfg.data.root == str(tmp_path / "configs" / "mine")
+
+
+def test_an_unknown_config_lists_the_builtin_ones(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(ConfigError, match=r"Config file not found: nope\.yaml \(built-in configs: .*voc300"):
+        load_cli_config("nope.yaml")
+    with pytest.raises(ConfigError, match="Config file not found: elsewhere/shapes.yaml"):
+        load_cli_config("elsewhere/shapes.yaml")  # a folder other than configs/: a user file
