@@ -1,3 +1,5 @@
+from pathlib import Path
+
 import pytest
 import yaml
 from conftest import CONFIGS
@@ -298,3 +300,11 @@ def test_the_torchvision_keyword_of_model_pretrained_is_not_a_path(tmp_path):
     config = tmp_path / "mine.yaml"
     config.write_text("model:\n  pretrained: torchvision\n")
     assert load_config(config).model.pretrained == "torchvision"
+
+
+@pytest.mark.parametrize("config", sorted(CONFIGS.glob("*.yaml")), ids=lambda path: path.name)
+def test_repository_configs_write_outside_the_configs_folder(config):
+    """Paths in a config are relative to its file: `runs/x` there would mean configs/runs/x."""
+    cfg = load_config(config)
+    for value in (cfg.train.output_dir, cfg.data.root):
+        assert not Path(value).resolve().is_relative_to(CONFIGS.resolve()), value
