@@ -79,6 +79,19 @@ def atomic_torch_save(obj: Any, path: str | Path) -> Path:
     return atomic_write(path, lambda stream: torch.save(obj, stream))
 
 
+def publish_staged(staged: str | Path, path: str | Path, keep: bool = True) -> None:
+    """Finish a file that another writer (OpenCV's VideoWriter, a stream) filled under a
+    temporary name: with `keep`, give it ordinary permissions and rename it to `path`;
+    otherwise delete it, leaving `path` as it was."""
+    staged = Path(staged)
+    if not keep:
+        staged.unlink(missing_ok=True)
+        return
+    os.chmod(staged, ORDINARY_FILE_MODE & ~current_umask())
+    os.replace(staged, path)
+    _fsync_directory(Path(path).parent)
+
+
 def remove_stale_temporaries(folder: str | Path) -> list[Path]:
     """Delete the temp files `atomic_write` leaves when its process is killed mid-write
     (".<name>.<random>.tmp" in `folder`). Returns the paths removed."""

@@ -27,7 +27,7 @@ import cv2
 import numpy as np
 from tqdm import tqdm
 
-from ssd.fileio import ORDINARY_FILE_MODE, current_umask
+from ssd.fileio import publish_staged
 
 VIDEO_EXTENSIONS = (".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v", ".mpg", ".mpeg", ".wmv")
 FALLBACK_FPS = 25.0  # for sources that report no frame rate (some cameras and streams)
@@ -131,11 +131,7 @@ class _AtomicVideoWriter:
 
     def close(self, keep: bool) -> None:
         self.writer.release()
-        if keep:
-            os.chmod(self.temp, ORDINARY_FILE_MODE & ~current_umask())
-            os.replace(self.temp, self.path)
-        else:
-            self.temp.unlink(missing_ok=True)
+        publish_staged(self.temp, self.path, keep)
 
 
 class _JsonLinesWriter:
@@ -152,11 +148,7 @@ class _JsonLinesWriter:
 
     def close(self, keep: bool) -> None:
         self.stream.close()
-        if keep:
-            os.chmod(self.temp, ORDINARY_FILE_MODE & ~current_umask())
-            os.replace(self.temp, self.path)
-        else:
-            self.temp.unlink(missing_ok=True)
+        publish_staged(self.temp, self.path, keep)
 
 
 def _produce(frames: Iterator[np.ndarray], batch_size: int, out: queue.Queue,
