@@ -31,10 +31,10 @@ setup(
     # The commands of scripts/{train,eval,predict,export_onnx}.py, with the same arguments.
     entry_points={
         "console_scripts": [
-            "ssd-train = ssd.cli.train:entry_point",
-            "ssd-eval = ssd.cli.eval:entry_point",
-            "ssd-predict = ssd.cli.predict:entry_point",
-            "ssd-export = ssd.cli.export:entry_point",
+            "ssd-train = ssd.cli:train_command",
+            "ssd-eval = ssd.cli:eval_command",
+            "ssd-predict = ssd.cli:predict_command",
+            "ssd-export = ssd.cli:export_command",
         ],
     },
     extras_require={

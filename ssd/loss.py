@@ -334,12 +334,13 @@ class FocalLoss(_DetectionLoss):
     def __init__(
         self,
         num_classes: int,
+        *,
+        alpha: float = 0.25,
+        gamma: float = 2.0,
         iou_threshold: float = defaults.MATCH_IOU_THRESHOLD,
         variances: Sequence[float] = defaults.VARIANCES,
         loc_weight: float = 1.0,
         loc_loss: str = "smooth_l1",
-        alpha: float = 0.25,
-        gamma: float = 2.0,
     ):
         super().__init__(num_classes, iou_threshold, variances, loc_weight, loc_loss)
         if not 0.0 <= alpha <= 1.0 or gamma < 0:

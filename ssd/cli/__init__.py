@@ -5,6 +5,35 @@
     ssd-predict  ssd.cli.predict   (python scripts/predict.py)
     ssd-export   ssd.cli.export    (python scripts/export_onnx.py)
 
-Each module has `main(argv) -> exit status` (for in-process calls) and `entry_point()` (the
-installed command: errors as `error: ...`, exit status 2, see ssd.cli.common.run_cli).
+Each module has `main(argv) -> exit status` (for in-process calls); the installed commands
+are the *_command functions below (named apart from the modules), which run it through `ssd.cli.common.run_cli` (errors as
+`error: ...`, exit status 2).
 """
+
+import importlib
+
+from ssd.cli.common import run_cli
+
+
+def _run(module: str) -> None:
+    run_cli(importlib.import_module(f"ssd.cli.{module}").main)
+
+
+def train_command() -> None:
+    """The ssd-train command."""
+    _run("train")
+
+
+def eval_command() -> None:
+    """The ssd-eval command."""
+    _run("eval")
+
+
+def predict_command() -> None:
+    """The ssd-predict command."""
+    _run("predict")
+
+
+def export_command() -> None:
+    """The ssd-export command."""
+    _run("export")

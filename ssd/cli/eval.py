@@ -200,10 +200,5 @@ def _is_number(value: float) -> bool:
     return value is not None and math.isfinite(value)
 
 
-def entry_point() -> None:
-    """The ssd-eval command."""
-    run_cli(main)
-
-
 if __name__ == "__main__":  # python -m ssd.cli.eval, torchrun -m ssd.cli.eval
-    entry_point()
+    run_cli(main)

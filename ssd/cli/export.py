@@ -83,10 +83,5 @@ def report(differences: dict[str, float] | None, tolerance: float) -> int:
     return 0
 
 
-def entry_point() -> None:
-    """The ssd-export command."""
-    run_cli(main)
-
-
 if __name__ == "__main__":  # python -m ssd.cli.export, torchrun -m ssd.cli.export
-    entry_point()
+    run_cli(main)

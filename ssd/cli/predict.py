@@ -292,10 +292,5 @@ def _count(number: int, noun: str) -> str:
     return f"{number} {noun}{'' if number == 1 else 's'}"
 
 
-def entry_point() -> None:
-    """The ssd-predict command."""
-    run_cli(main)
-
-
 if __name__ == "__main__":  # python -m ssd.cli.predict, torchrun -m ssd.cli.predict
-    entry_point()
+    run_cli(main)

@@ -82,10 +82,5 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def entry_point() -> None:
-    """The ssd-train command."""
-    run_cli(main)
-
-
 if __name__ == "__main__":  # python -m ssd.cli.train, torchrun -m ssd.cli.train
-    entry_point()
+    run_cli(main)
