@@ -20,7 +20,7 @@ SCRIPTS_DIR = Path(__file__).resolve().parent
 sys.path.insert(0, str(SCRIPTS_DIR.parent))  # run from a clone without installing
 sys.path.insert(0, str(SCRIPTS_DIR))
 
-SECTIONS = ["loss", "data", "eval", "train", "predict", "demo", "backbones"]
+SECTIONS = ["loss", "data", "eval", "train", "predict", "demo", "backbones", "loop"]
 
 
 def main(argv: list[str] | None = None) -> dict:
