@@ -3,15 +3,20 @@
     python scripts/benchmark.py                 # every section
     python scripts/benchmark.py loss eval       # chosen sections
     python scripts/benchmark.py --quick         # fewer repetitions (smoke run)
+    python scripts/benchmark.py loop --device cuda --batch-size 32
+    python scripts/benchmark.py data --workers 0 4 8 15
 
 Each section lives in scripts/benchmarks/<name>.py and defines `run(quick: bool) -> dict`,
-printing its figures (times and the ratio to its baseline) and returning them.
+printing its figures (times and the ratio to its baseline) and returning them. Sections whose
+`run` also takes `device` / `batch_size` / `workers` get --device / --batch-size / --workers
+when those are given.
 """
 
 from __future__ import annotations
 
 import argparse
 import importlib
+import inspect
 import json
 import sys
 from pathlib import Path
@@ -29,12 +34,18 @@ def main(argv: list[str] | None = None) -> dict:
                         metavar="SECTION", help=f"any of: {', '.join(SECTIONS)} (default: all)")
     parser.add_argument("--quick", action="store_true", help="fewer repetitions")
     parser.add_argument("--json", type=Path, help="also write the figures to this JSON file")
+    parser.add_argument("--device", help="device for the sections that take one (e.g. cuda)")
+    parser.add_argument("--batch-size", type=int, help="batch size for the sections that take one")
+    parser.add_argument("--workers", type=int, nargs="+", help="loader worker counts to time (data)")
     args = parser.parse_args(argv)
+    options = {"device": args.device, "batch_size": args.batch_size, "workers": args.workers}
     results = {}
     for name in args.sections or SECTIONS:
         module = importlib.import_module(f"benchmarks.{name}")
+        accepted = inspect.signature(module.run).parameters
+        extra = {key: value for key, value in options.items() if value is not None and key in accepted}
         print(f"== {name} ==", flush=True)
-        results[name] = module.run(quick=args.quick)
+        results[name] = module.run(quick=args.quick, **extra)
     if args.json:
         args.json.write_text(json.dumps(results, indent=2))
     return results

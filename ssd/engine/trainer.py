@@ -29,7 +29,7 @@ from ssd.engine import checkpoint as ckpt
 from ssd.engine.distributed import DistInfo, barrier, ranks_agree
 from ssd.engine.inference import evaluate_model, make_eval_loader
 from ssd.engine.metrics_log import MetricsLog, plot_metrics
-from ssd.engine.solver import advance_schedule, build_optimizer, build_scheduler
+from ssd.engine.solver import advance_schedule, build_optimizer, build_scheduler, set_schedule_iteration
 from ssd.fileio import remove_stale_temporaries
 from ssd.loss import build_loss
 from ssd.modeling import build_model
@@ -426,12 +426,15 @@ class Trainer:
         """One iteration's step (see `train_step`); then the lr of the next iteration is set.
         images [B,3,S,S]; targets B x [n_i, 5]."""
         self.last_lr = self.optimizer.param_groups[0]["lr"]  # the LR this step uses
-        scale_before = self.scaler.get_scale() if self.scaler.is_enabled() else None
         losses = train_step(self.ddp_model, self.criterion, self.optimizer, self.scaler, images, targets,
                             self.precision, self.cfg.train.channels_last, self.cfg.solver.clip_grad_norm)
-        # GradScaler skips the step (and lowers its scale) when gradients overflowed.
-        stepped = scale_before is None or self.scaler.get_scale() >= scale_before
-        advance_schedule(self.scheduler, self.iteration + 1, stepped)
+        if self.scaler.is_enabled():
+            # GradScaler skips the step when gradients overflowed, and only the device knows
+            # (get_scale() would wait for it every step). The lr is the schedule's value at the
+            # iteration either way, so it is set without stepping the scheduler.
+            set_schedule_iteration(self.scheduler, self.iteration + 1)
+        else:
+            advance_schedule(self.scheduler, self.iteration + 1, optimizer_stepped=True)
         return losses
 
     def periodic_actions(self) -> list[tuple[int, Callable[[], Any]]]:
