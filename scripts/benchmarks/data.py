@@ -164,8 +164,8 @@ def loader_rates(workers: list[int], batches: int, rounds: int, batch_size: int 
         batch = batch_size or cfg.solver.batch_size
         for count in workers:
             stream = iter(make_train_loader(dataset, transform, batch, num_workers=count, seed=0))
-            for _ in range(2):  # warm-up: worker start, first batches
-                next(stream)
+            for _ in range(2 + count * PREFETCH_BATCHES_PER_WORKER):  # warm-up: worker start and
+                next(stream)  # the batches queued meanwhile (they would inflate the rate)
             rates = []
             for _ in range(rounds):
                 start = time.perf_counter()
