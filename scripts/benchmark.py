@@ -4,10 +4,13 @@
     python scripts/benchmark.py loss eval       # chosen sections
     python scripts/benchmark.py --quick         # fewer repetitions (smoke run)
     python scripts/benchmark.py loss postprocess --device cuda --batch-size 16
+    python scripts/benchmark.py loop --device cuda --batch-size 32
+    python scripts/benchmark.py data --workers 0 4 8 15
 
 Each section lives in scripts/benchmarks/<name>.py and defines `run(quick: bool) -> dict`,
 printing its figures (times and the ratio to its baseline) and returning them. Sections whose
-`run` also takes `device` / `batch_size` get --device / --batch-size when those are given.
+`run` also takes `device` / `batch_size` / `workers` get --device / --batch-size / --workers
+when those are given.
 """
 
 from __future__ import annotations
@@ -23,7 +26,7 @@ SCRIPTS_DIR = Path(__file__).resolve().parent
 sys.path.insert(0, str(SCRIPTS_DIR.parent))  # run from a clone without installing
 sys.path.insert(0, str(SCRIPTS_DIR))
 
-SECTIONS = ["loss", "data", "eval", "train", "predict", "postprocess", "demo", "backbones"]
+SECTIONS = ["loss", "data", "eval", "train", "predict", "postprocess", "demo", "backbones", "loop"]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -34,8 +37,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", type=Path, help="also write the figures to this JSON file")
     parser.add_argument("--device", help="device for the sections that take one (e.g. cuda)")
     parser.add_argument("--batch-size", type=int, help="batch size for the sections that take one")
+    parser.add_argument("--workers", type=int, nargs="+", help="loader worker counts to time (data)")
     args = parser.parse_args(argv)
-    options = {"device": args.device, "batch_size": args.batch_size}
+    options = {"device": args.device, "batch_size": args.batch_size, "workers": args.workers}
     results = {}
     for name in args.sections or SECTIONS:
         module = importlib.import_module(f"benchmarks.{name}")

@@ -97,7 +97,7 @@ _DEFAULTS: dict[str, Any] = {
             "crop": True,  # min-IoU random crop
             "mirror": True,  # horizontal mirror
         },
-        "num_workers": 4,
+        "num_workers": "auto",  # loader processes; auto (or null): see ssd.data.loader.auto_num_workers
         "pin_memory": True,
     },
     "loss": {
@@ -127,6 +127,7 @@ _DEFAULTS: dict[str, Any] = {
         "seed": 0,
         "amp": False,
         "channels_last": False,
+        "compile": False,  # torch.compile the model for training
         "log_period": 20,
         "checkpoint_period": 5000,
         "keep_checkpoints": 3,
@@ -150,6 +151,12 @@ _NULLABLE_TYPES: dict[str, type] = {
     "model.channels": list,
     "model.class_map": dict,
     "solver.clip_grad_norm": float,
+    "data.num_workers": int,
+}
+
+# Keys that also take a keyword (resolved when used) besides their type.
+_KEYWORDS: dict[str, tuple[str, ...]] = {
+    "data.num_workers": ("auto",),
 }
 
 # Keys holding file or folder paths: relative values are resolved when the config is loaded.
@@ -543,6 +550,8 @@ def _checked_value(dotted: str, default: Any, value: Any, source: str) -> Any:
     tuples as lists)."""
     if isinstance(value, tuple):
         value = list(value)
+    if isinstance(value, str) and value in _KEYWORDS.get(dotted, ()):
+        return value
     expected = _NULLABLE_TYPES.get(dotted, type(default))
     if value is None and (dotted in _NULLABLE_TYPES or default is None):
         return None
@@ -551,6 +560,7 @@ def _checked_value(dotted: str, default: Any, value: Any, source: str) -> Any:
     is_bool_mismatch = (expected is bool) != isinstance(value, bool)
     if not isinstance(value, expected) or is_bool_mismatch:
         nullable = " or null" if dotted in _NULLABLE_TYPES else ""
+        nullable += "".join(f" or {keyword!r}" for keyword in _KEYWORDS.get(dotted, ()))
         raise ConfigError(
             f"Config key '{dotted}' (in {source}) expects {_type_name(expected)}{nullable}, "
             f"got {type(value).__name__} {value!r}"
@@ -582,7 +592,9 @@ def _validate(config: dict[str, Any]) -> None:
             raise ConfigError(f"Config key '{dotted}' must be one of {', '.join(allowed)}, got {value!r}")
     for dotted, allowed in _RANGES.items():
         value = _lookup(config, dotted)
-        if value is not None and not allowed.contains(value):  # None: a nullable key left off
+        if value is None or value in _KEYWORDS.get(dotted, ()):  # a nullable key left off, a keyword
+            continue
+        if not allowed.contains(value):
             raise ConfigError(f"Config key '{dotted}' must be {allowed.describe()}, got {value!r}")
     for dotted, rule in _NUMBER_LISTS.items():
         _check_number_list(config, dotted, rule)

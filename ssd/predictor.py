@@ -61,6 +61,9 @@ class Predictor:
         nms_threshold: NMS IoU threshold (default: test.nms_threshold of the config).
         top_k: detections kept per image (default: test.top_k of the config).
         batch_size: images per forward pass in `predict_batch`.
+        compile: run the network through torch.compile (the first batch of each new batch
+            size compiles it: seconds to minutes; then faster on GPUs). Same outputs as eager
+            within float rounding.
 
     Attributes:
         model, cfg, device, precision, class_names (list[str], label order), postprocess.
@@ -76,6 +79,7 @@ class Predictor:
         nms_threshold: float | None = None,
         top_k: int | None = None,
         batch_size: int = 8,
+        compile: bool = False,
     ):
         _check_settings(score_threshold, nms_threshold, top_k, batch_size)
         self.device = resolve_device(device)
@@ -83,6 +87,7 @@ class Predictor:
         autocast_context(self.device, self.precision)  # raises for unknown / unsupported ones
         model, self.cfg = _load_model(weights, config)
         self.model = prepare_for_inference(model, self.device, self.precision)
+        self.network = torch.compile(self.model) if compile else self.model  # runs the forward pass
         self.class_names = class_names_for(self.cfg)
         self.postprocess = build_postprocessor(
             self.cfg, conf_threshold=score_threshold, nms_threshold=nms_threshold, top_k=top_k)
@@ -133,7 +138,7 @@ class Predictor:
         images = images.contiguous(
             memory_format=torch.channels_last if fast else torch.contiguous_format)
         with autocast_context(self.device, self.precision):
-            loc, conf = self.model(images)
+            loc, conf = self.network(images)
         return self.postprocess(loc, conf, self.model.priors)
 
     def _to_pixel_detections(

@@ -289,3 +289,35 @@ def test_a_corrupt_image_read_by_a_worker_is_one_clear_message(tmp_path):
     assert message == (f"Cannot decode image {corrupt} (empty, corrupt or not an image file); fix or "
                        "remove it, or set data.skip_bad=true to skip bad files")
     assert err.value.path == str(corrupt) and err.value.reason == "unreadable image"
+
+
+@pytest.mark.parametrize("cores, processes, expected", [(1, 1, 0), (2, 1, 1), (4, 1, 3), (16, 1, 8),
+                                                        (16, 2, 7), (16, 8, 1), (2, 2, 0)])
+def test_auto_num_workers_keeps_a_core_per_process_and_caps_at_8(monkeypatch, cores, processes, expected):
+    from ssd.data.loader import auto_num_workers, resolve_num_workers
+
+    monkeypatch.setattr("os.sched_getaffinity", lambda pid: set(range(cores)), raising=False)
+    assert auto_num_workers(processes) == expected
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", str(processes))
+    assert resolve_num_workers("auto") == resolve_num_workers(None) == expected
+    assert resolve_num_workers(5) == 5
+
+
+def test_num_workers_config_takes_auto_null_or_a_count():
+    assert load_config().data.num_workers == "auto"
+    assert load_config(overrides=["data.num_workers=null"]).data.num_workers is None
+    assert load_config(overrides=["data.num_workers=3"]).data.num_workers == 3
+    with pytest.raises(ConfigError, match=r"data.num_workers.*expects int or null or 'auto', got str 'many'"):
+        load_config(overrides=["data.num_workers=many"])
+
+
+def test_workers_send_one_packed_batch_that_unpacks_to_the_targets():
+    from ssd.data.loader import PackedBatch, pack_batch
+
+    items = [(torch.full((3, 4, 4), float(i)), torch.ones(i, 5) * i, 7 - i) for i in range(3)]
+    packed = pack_batch(items)
+    assert isinstance(packed, PackedBatch) and packed.boxes.shape == (3, 5)
+    assert packed.counts.tolist() == [0, 1, 2]
+    images, targets, indices = packed.unpack()
+    assert [tuple(t.shape) for t in targets] == [(0, 5), (1, 5), (2, 5)]
+    assert torch.equal(targets[2], torch.full((2, 5), 2.0)) and indices.tolist() == [7, 6, 5]

@@ -248,3 +248,146 @@ def test_amp_runs_on_cpu_only_with_native_bfloat16(monkeypatch, caplog):
     monkeypatch.setattr(precision, "cpu_has_native_bf16", lambda: True)
     assert precision.training_precision(True, cpu) == "bf16"
     assert precision.training_precision(True, torch.device("cuda")) == "fp16"  # no CUDA needed to decide
+
+
+def test_non_finite_loss_inside_a_log_window_names_its_own_iteration_and_batch(data_root, tmp_path):
+    from ssd.data.loader import InfiniteSampler
+
+    cfg = tiny_cfg(data_root, **{"train.log_period": 4, "train.checkpoint_period": 100})
+    trainer = Trainer.from_config(cfg, output_dir=tmp_path, device="cpu", progress=False)
+    real, calls = trainer.criterion.forward, []
+
+    def poisoned_second_iteration(loc, conf, priors, targets):
+        calls.append(1)
+        losses = real(loc, conf, priors, targets)
+        if len(calls) == 2:
+            losses["loss_conf"] = losses["loss_conf"] * float("inf")
+        return losses
+
+    trainer.criterion.forward = poisoned_second_iteration
+    with pytest.raises(TrainingError) as err:
+        trainer.train()
+    message = str(err.value)
+    assert "Non-finite loss at iteration 2 " in message
+    batch = cfg.solver.batch_size
+    order = InfiniteSampler(len(trainer.train_set), seed=cfg.train.seed).epoch_indices(0)
+    ids = trainer.train_set.image_ids
+    second = [ids[i] for i in order[batch:2 * batch]]
+    others = [ids[i] for i in order[:batch] + order[2 * batch:4 * batch]]
+    assert f"batch images: {', '.join(second)}." in message
+    assert not any(image_id in message for image_id in others)
+    assert len(calls) == 4  # found at the log of iteration 4, the first host read
+    assert ckpt.list_checkpoints(tmp_path) == []
+
+
+def test_the_loop_reads_the_device_only_at_log_iterations(data_root, tmp_path, monkeypatch):
+    """Host reads of tensors (item, tolist, bool) from the trainer happen only when a periodic
+    action is due, never per step: on CUDA each one would wait for the device."""
+    import ssd.engine.trainer as trainer_module
+
+    cfg = tiny_cfg(data_root, **{"train.log_period": 3, "train.checkpoint_period": 6})
+    trainer = Trainer.from_config(cfg, output_dir=tmp_path, device="cpu", progress=False)
+    reads = []
+
+    def counted(name):
+        original = getattr(torch.Tensor, name)
+
+        def read(self, *args, **kwargs):
+            caller = sys._getframe(1).f_globals.get("__name__")
+            if caller == trainer_module.__name__:
+                reads.append(trainer.iteration)
+            return original(self, *args, **kwargs)
+        return read
+
+    for name in ("item", "tolist", "__bool__"):
+        monkeypatch.setattr(torch.Tensor, name, counted(name))
+    trainer.train()
+    assert reads and set(reads) <= {3, 6}
+
+
+def test_log_records_split_the_window_into_data_wait_and_step(data_root, tmp_path):
+    cfg = tiny_cfg(data_root, **{"train.log_period": 2, "train.checkpoint_period": 100})
+    Trainer.from_config(cfg, output_dir=tmp_path, device="cpu", progress=False).train()
+    records = [r for r in read_metrics(tmp_path / "metrics.jsonl") if r["kind"] == "train"]
+    assert [r["iteration"] for r in records] == [2, 4, 6]
+    for record in records:
+        assert record["data_wait_s"] > 0 and record["step_s"] > 0  # loading in this process
+        window = record["data_wait_s"] + record["step_s"]
+        # the record rounds seconds to 1e-4 (so `window` is off by up to 2e-4 s), the fraction
+        # to 1e-4 and images/s to 0.01
+        seconds_error = 2e-4 / window
+        assert record["data_wait_fraction"] == pytest.approx(record["data_wait_s"] / window,
+                                                             abs=seconds_error + 1e-4)
+        assert record["images_per_second"] == pytest.approx(2 * cfg.solver.batch_size / window,
+                                                            rel=2 * seconds_error, abs=0.006)
+
+
+def test_cudnn_autotune_only_on_cuda(monkeypatch):
+    from ssd.precision import enable_cudnn_autotune
+
+    monkeypatch.setattr(torch.backends.cudnn, "benchmark", False)
+    enable_cudnn_autotune(torch.device("cpu"))
+    assert torch.backends.cudnn.benchmark is False
+    enable_cudnn_autotune("cuda")  # setting the flag needs no GPU
+    assert torch.backends.cudnn.benchmark is True
+
+
+@pytest.fixture(scope="module")
+def compile_backend():
+    """The torch.compile backend this platform can run: inductor when it compiles here (it needs
+    a C++ compiler on CPU), else aot_eager (the same graph capture and autograd tracing, run
+    by eager kernels); skips when torch.compile cannot run at all."""
+    def probe(x):
+        return torch.relu(x) * 2
+
+    for backend in ("inductor", "aot_eager"):
+        try:
+            torch._dynamo.reset()
+            torch.compile(probe, backend=backend)(torch.randn(4))
+            return backend
+        except Exception:  # noqa: BLE001  (any failure means this backend is unusable here)
+            continue
+    pytest.skip("torch.compile cannot compile on this platform (no backend works)")
+
+
+def _tiny_ssd7_overrides(data_root):
+    return {"model.image_size": 64, "model.channels": [8, 8, 8, 8, 8, 8, 8],
+            "model.priors.feature_maps": [8, 4, 2, 1]}
+
+
+def test_compiled_predictor_network_matches_eager(data_root, compile_backend, monkeypatch):
+    from ssd.modeling import build_model
+    from ssd.predictor import Predictor
+
+    real_compile = torch.compile
+    monkeypatch.setattr(torch, "compile", lambda model: real_compile(model, backend=compile_backend))
+    cfg = tiny_cfg(data_root, **_tiny_ssd7_overrides(data_root))
+    torch.manual_seed(0)
+    model = build_model(cfg)
+    predictor = Predictor(model, config=cfg, device="cpu", precision="fp32", compile=True)
+    assert predictor.network is not predictor.model
+    images = torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(1))
+    with torch.inference_mode():
+        compiled, eager = predictor.network(images), predictor.model(images)
+    for fast, reference in zip(compiled, eager):
+        # float32 kernels may sum in another order: a few ulps of the activations' scale
+        torch.testing.assert_close(fast, reference, rtol=1e-4, atol=1e-5)
+
+
+def test_train_compile_gives_the_eager_losses(data_root, tmp_path, compile_backend, monkeypatch):
+    # aot_eager: the graph capture and the traced forward/backward, without inductor's code
+    # generation (which the predictor test checks; compiling a backward with it takes a minute)
+    real_compile = torch.compile
+    monkeypatch.setattr(torch, "compile", lambda model: real_compile(model, backend="aot_eager"))
+    losses = {}
+    for compiled in (False, True):
+        # float32 and SGD: updates proportional to the gradients, so rounding stays rounding
+        cfg = tiny_cfg(data_root, **_tiny_ssd7_overrides(data_root), **{
+            "train.compile": compiled, "train.amp": False, "solver.optimizer": "sgd"})
+        trainer = Trainer.from_config(cfg, output_dir=tmp_path / str(compiled), device="cpu",
+                                      progress=False)
+        assert (trainer.ddp_model is not trainer.model) == compiled
+        images, targets, _ = next(trainer.make_batches(0))
+        losses[compiled] = [trainer.train_step(images, targets)["loss"].item() for _ in range(3)]
+    # Three steps: the compiled gradients update the weights as eager ones do.
+    assert losses[True] == pytest.approx(losses[False], rel=1e-4)

@@ -1,24 +1,41 @@
-"""Data section: SSDAugmentation throughput against a straightforward per-op numpy baseline.
+"""Data section: SSDAugmentation throughput against a straightforward per-op numpy baseline,
+and the real training loader's images/s per worker count.
 
 Both run in this process with OpenCV on one thread (as in a loader worker), on JPEG-decoded
 500x375 images with 3 boxes each, and draw their random choices with the same probabilities.
 The baseline is the classic port's structure: convert to float32 once, then one full-image pass
 per operation (brightness, contrast, HSV round trip, channel swap), a materialised zoom-out
 canvas, a crop search that tries one patch at a time, a mirror copy, resize and mean subtraction.
+
+The loader part reads batches of the demo config (configs/shapes.yaml: its augmentation, image
+size and batch) through ``make_train_loader`` from a shapes set generated in a temporary folder,
+for each worker count given (default 0, 1, 2; ``--workers 0 4 8 15`` on a big machine), after
+two warm-up batches; and, with the workers' queue full, the main process's own cost of receiving
+a batch (what bounds the loader however many workers run).
 """
 
 from __future__ import annotations
 
+import statistics
+import tempfile
 import time
+from pathlib import Path
 
 import cv2
 import numpy as np
 
+from ssd.config import load_config
+from ssd.data import build_dataset, build_transform, make_train_loader
+from ssd.data.loader import PREFETCH_BATCHES_PER_WORKER
 from ssd.data.shapes import render_image
 from ssd.data.transforms import CROP_MIN_IOUS, CROP_TRIALS, SSDAugmentation
 
 SIZE = 300
 MEAN = (104.0, 117.0, 123.0)
+DEMO_CONFIG = "configs/shapes.yaml"
+DEFAULT_WORKERS = (0, 1, 2)
+LOADER_IMAGES = 256  # of the generated shapes set
+QUEUE_FILL_SECONDS = 3.0  # idle time that lets the workers fill their prefetch queue
 
 
 def _iou(boxes: np.ndarray, patch: np.ndarray) -> np.ndarray:
@@ -136,8 +153,47 @@ def _rate(transform, samples, iterations: int, seed: int) -> float:
     return iterations / (time.perf_counter() - start)
 
 
-def run(quick: bool = False) -> dict:
-    """Print and return {"augment_images_per_s", "baseline_images_per_s", "ratio"}."""
+def loader_rates(workers: list[int], batches: int, rounds: int, batch_size: int | None = None) -> dict:
+    """{workers: {"images_per_s", "main_ms_per_batch"}} of the demo config's training loader."""
+    results = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        overrides = [f"data.root={Path(tmp) / 'shapes'}", f"data.shapes.num_train={LOADER_IMAGES}",
+                     "data.shapes.num_test=1"]
+        cfg = load_config(DEMO_CONFIG, overrides=overrides)
+        dataset, transform = build_dataset(cfg, train=True), build_transform(cfg, train=True)
+        batch = batch_size or cfg.solver.batch_size
+        for count in workers:
+            stream = iter(make_train_loader(dataset, transform, batch, num_workers=count, seed=0))
+            for _ in range(2 + count * PREFETCH_BATCHES_PER_WORKER):  # warm-up: worker start and
+                next(stream)  # the batches queued meanwhile (they would inflate the rate)
+            rates = []
+            for _ in range(rounds):
+                start = time.perf_counter()
+                for _ in range(batches):
+                    next(stream)
+                rates.append(batches * batch / (time.perf_counter() - start))
+            main_ms = []
+            for _ in range(rounds if count else 0):
+                time.sleep(QUEUE_FILL_SECONDS)
+                queued = count * PREFETCH_BATCHES_PER_WORKER
+                start = time.perf_counter()
+                for _ in range(queued):
+                    next(stream)
+                main_ms.append(1e3 * (time.perf_counter() - start) / queued)
+            results[count] = {"images_per_s": statistics.median(rates),
+                              "main_ms_per_batch": statistics.median(main_ms) if main_ms else None}
+            del stream  # stops its workers
+    print(f"make_train_loader, {DEMO_CONFIG} augmentation ({cfg.model.image_size} px from "
+          f"{cfg.data.shapes.image_size} px JPEGs), batch {batch}, median of {rounds} x {batches} batches")
+    for count, figures in results.items():
+        main = figures["main_ms_per_batch"]
+        receive = f"; main process receives a queued batch in {main:.1f} ms" if main is not None else ""
+        print(f"  {count:2d} workers: {figures['images_per_s']:8.1f} images/s{receive}")
+    return results
+
+
+def run(quick: bool = False, workers: list[int] | None = None, batch_size: int | None = None) -> dict:
+    """Print and return {"augment_images_per_s", "baseline_images_per_s", "ratio", "loader"}."""
     iterations, rounds = (100, 1) if quick else (400, 3)
     samples = _samples(8)
     ours, baseline = SSDAugmentation(SIZE, MEAN), PerOpBaseline(SIZE, MEAN)
@@ -163,4 +219,6 @@ def run(quick: bool = False) -> dict:
     print(f"  per-op baseline:   {result['baseline_images_per_s']:8.1f} images/s "
           f"({1e3 / result['baseline_images_per_s']:.2f} ms/image)")
     print(f"  ratio:             {result['ratio']:8.2f}x")
+    result["loader"] = loader_rates(list(workers or DEFAULT_WORKERS), batches=2 if quick else 4,
+                                    rounds=2 if quick else 3, batch_size=batch_size)
     return result

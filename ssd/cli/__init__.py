@@ -6,8 +6,8 @@
     ssd-export   ssd.cli.export    (python scripts/export_onnx.py)
 
 Each module has `main(argv) -> exit status` (for in-process calls); the installed commands
-are the *_command functions below (named apart from the modules), which run it through `ssd.cli.common.run_cli` (errors as
-`error: ...`, exit status 2).
+are the *_command functions below (named apart from the modules), which run it through
+`ssd.cli.common.run_cli` (errors as `error: ...`, exit status 2).
 """
 
 import importlib

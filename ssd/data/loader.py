@@ -15,13 +15,14 @@ that same DataError, with its own message, instead of torch's wrapped worker tra
 from __future__ import annotations
 
 import math
+import os
 from dataclasses import dataclass
-from typing import Callable, Iterator, Sequence
+from typing import Callable, Iterator, NamedTuple, Sequence
 
 import cv2
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset, Sampler
+from torch.utils.data import DataLoader, Dataset, Sampler, get_worker_info
 
 from ssd.data.common import DataError, to_tensors
 
@@ -42,6 +43,49 @@ class LoadFailure:
         return DataError(self.message, self.reason, self.path)
 
 
+class PackedBatch(NamedTuple):
+    """A batch as few tensors as possible, for the trip from a loader worker to the main process
+    (each tensor costs the main process a shared-memory handle to receive, map and pin).
+
+    Attributes:
+        images: [B, 3, S, S] float32.
+        boxes: [N, 5] the B targets one after another (N = sum of counts).
+        counts: [B] long, the number of boxes of each image.
+        indices: [B] long, data set indices.
+    """
+
+    images: torch.Tensor
+    boxes: torch.Tensor
+    counts: torch.Tensor
+    indices: torch.Tensor
+
+    def unpack(self) -> tuple[torch.Tensor, list[torch.Tensor], torch.Tensor]:
+        """(images [B, 3, S, S], targets: B views [n_i, 5] of `boxes`, indices [B])."""
+        return self.images, list(self.boxes.split(self.counts.tolist())), self.indices
+
+
+def pack_batch(batch: Sequence[tuple[torch.Tensor, torch.Tensor, int] | LoadFailure]):
+    """Collate (image [3, S, S], target [n_i, 5], index) items into a PackedBatch; a batch
+    holding a LoadFailure collates to that LoadFailure.
+
+    In a loader worker the images are stacked straight into shared memory (as torch's
+    default_collate does), so sending the batch does not copy them once more.
+    """
+    failure = next((item for item in batch if isinstance(item, LoadFailure)), None)
+    if failure is not None:
+        return failure
+    first = batch[0][0]
+    out = None
+    if get_worker_info() is not None:
+        storage = first.untyped_storage()._new_shared(len(batch) * first.nbytes, device="cpu")
+        out = first.new(storage).resize_(len(batch), *first.shape)
+    images = torch.stack([item[0] for item in batch], out=out)  # [B, 3, S, S]
+    boxes = torch.cat([item[1] for item in batch])  # [sum n_i, 5]
+    counts = torch.tensor([len(item[1]) for item in batch], dtype=torch.long)
+    indices = torch.tensor([item[2] for item in batch], dtype=torch.long)
+    return PackedBatch(images, boxes, counts, indices)
+
+
 def detection_collate(batch: Sequence[tuple[torch.Tensor, torch.Tensor, int] | LoadFailure]):
     """Stack a list of (image [3, S, S], target [n_i, 5], index) items.
 
@@ -50,13 +94,8 @@ def detection_collate(batch: Sequence[tuple[torch.Tensor, torch.Tensor, int] | L
         label); indices LongTensor [B] (data set indices, e.g. for `get_annotation`).
         A batch holding a LoadFailure collates to that LoadFailure.
     """
-    failure = next((item for item in batch if isinstance(item, LoadFailure)), None)
-    if failure is not None:
-        return failure
-    images = torch.stack([item[0] for item in batch])
-    targets = [item[1] for item in batch]
-    indices = torch.tensor([item[2] for item in batch], dtype=torch.long)
-    return images, targets, indices
+    packed = pack_batch(batch)
+    return packed.unpack() if isinstance(packed, PackedBatch) else packed
 
 
 class InfiniteSampler(Sampler[int]):
@@ -177,32 +216,66 @@ class TransformedDataset(Dataset):
         return image, target, int(index)
 
 
+# Batches each worker prepares ahead (torch's default is 2): enough to ride out a slow image.
+PREFETCH_BATCHES_PER_WORKER = 4
+# The `auto` worker count never goes above this: measured on a 16-core machine, 8 -> 15 workers
+# gained 14% with SSD300 augmentation while holding twice the batches in shared memory.
+MAX_AUTO_WORKERS = 8
+
+
+def auto_num_workers(local_processes: int | None = None) -> int:
+    """The `data.num_workers: auto` rule: min(8, cores per training process - 1), at least 0.
+
+    Each training process keeps one core for itself (its step launches work and receives the
+    batches); the others prepare batches. The cores are those this process may run on
+    (os.sched_getaffinity), shared by the `local_processes` training processes of this machine
+    (default: torchrun's LOCAL_WORLD_SIZE, else 1). With a single core the main process loads.
+    """
+    if local_processes is None:
+        local_processes = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    return max(0, min(MAX_AUTO_WORKERS, cores // max(1, local_processes) - 1))
+
+
+def resolve_num_workers(value: int | str | None) -> int:
+    """`data.num_workers` as a number: an int as it is, "auto" or None by `auto_num_workers`."""
+    if value is None or value == "auto":
+        return auto_num_workers()
+    return int(value)
+
+
 def _init_worker(worker_id: int) -> None:
-    """Loader workers: no OpenCV thread pools (the workers already use the cores)."""
+    """Loader workers: no OpenCV thread pools (torch already runs a worker on one thread; the
+    workers together use the cores, threads inside them would only compete)."""
     cv2.setNumThreads(0)
 
 
 class DetectionLoader(DataLoader):
-    """A DataLoader that raises the DataError of a sample that could not be read (carried out
-    of the worker as a LoadFailure) with its own message."""
+    """A DataLoader that yields (images, targets, indices) from its workers' PackedBatches and
+    raises the DataError of a sample that could not be read (carried out of the worker as a
+    LoadFailure) with its own message."""
 
     def __iter__(self):
         for batch in super().__iter__():
             if isinstance(batch, LoadFailure):
                 raise batch.error()
-            yield batch
+            yield batch.unpack()
 
 
-def _loader(dataset: Dataset, batch_size: int, num_workers: int, pin_memory: bool, seed: int,
+def _loader(dataset: Dataset, batch_size: int, num_workers: int | str | None, pin_memory: bool, seed: int,
             sampler: Sampler | None = None) -> DataLoader:
     generator = torch.Generator()  # workers' base seed: keeps the global torch RNG untouched
     generator.manual_seed(seed)
+    num_workers = resolve_num_workers(num_workers)
+    parallel = num_workers > 0
     return DetectionLoader(
         dataset, batch_size=batch_size, sampler=sampler, shuffle=False,
-        num_workers=num_workers, collate_fn=detection_collate,
+        num_workers=num_workers, collate_fn=pack_batch,
         pin_memory=pin_memory and torch.cuda.is_available(),
-        worker_init_fn=_init_worker if num_workers > 0 else None,
+        worker_init_fn=_init_worker if parallel else None,
         generator=generator, drop_last=False,
+        persistent_workers=parallel,  # a loader iterated again keeps its workers
+        prefetch_factor=PREFETCH_BATCHES_PER_WORKER if parallel else None,
     )
 
 
@@ -210,7 +283,7 @@ def make_train_loader(
     dataset,
     transform: Callable,
     batch_size: int,
-    num_workers: int = 0,
+    num_workers: int | str | None = 0,
     pin_memory: bool = False,
     seed: int = 0,
     start_iter: int = 0,
@@ -224,7 +297,8 @@ def make_train_loader(
             untransformed (image, target [n, 5]).
         transform: e.g. SSDAugmentation; called with ``rng=`` per sample.
         batch_size: images per batch on this process (the global batch / world_size).
-        num_workers, pin_memory: DataLoader settings (pinning only when CUDA is available).
+        num_workers: loader processes; "auto" or None: `auto_num_workers()`.
+        pin_memory: page-locked batches, for asynchronous copies (only when CUDA is available).
         seed: shuffling and augmentation seed.
         start_iter: batches this process has already consumed (resume).
         rank, world_size: the DDP shard.
@@ -244,7 +318,7 @@ def make_train_loader(
                    pin_memory, seed, sampler=_PositionSampler(sampler))
 
 
-def make_test_loader(dataset, transform: Callable, batch_size: int, num_workers: int = 0,
+def make_test_loader(dataset, transform: Callable, batch_size: int, num_workers: int | str | None = 0,
                      pin_memory: bool = False) -> DataLoader:
     """One ordered pass over `dataset`.
 

@@ -28,7 +28,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
-from ssd.data.loader import LoadFailure, TransformedDataset, _init_worker
+from ssd.data.loader import LoadFailure, TransformedDataset, _init_worker, resolve_num_workers
 from ssd.evaluation.dataset_eval import check_has_images, evaluate_detections
 from ssd.postprocess import PostProcessor
 from ssd.precision import autocast_context, uses_channels_last
@@ -103,15 +103,16 @@ def _collate(items: Sequence) -> EvalBatch | LoadFailure:
     return EvalBatch(images, indices, skipped)
 
 
-def make_eval_loader(dataset, transform: Callable, batch_size: int, num_workers: int = 0,
+def make_eval_loader(dataset, transform: Callable, batch_size: int, num_workers: int | str | None = 0,
                      pin_memory: bool = False) -> DataLoader:
     """One ordered pass over `dataset` for evaluation; images are read, resized and normalised
-    in the `num_workers` worker processes.
+    in the `num_workers` worker processes ("auto" or None: `auto_num_workers()`).
 
     Yields:
         EvalBatch(images [B, 3, S, S] float32 or None, indices LongTensor[B], skipped list):
         every index 0 .. len(dataset) - 1 appears once, in ``indices`` or in ``skipped``.
     """
+    num_workers = resolve_num_workers(num_workers)
     return DataLoader(
         _EvaluationSamples(dataset, transform), batch_size=batch_size, shuffle=False,
         num_workers=num_workers, collate_fn=_collate,

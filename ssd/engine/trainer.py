@@ -31,12 +31,12 @@ from ssd.engine.distributed import DistInfo, barrier, ranks_agree
 from ssd.engine.freeze import freeze_modules
 from ssd.engine.inference import evaluate_model, make_eval_loader
 from ssd.engine.metrics_log import MetricsLog, plot_metrics
-from ssd.engine.solver import advance_schedule, build_optimizer, build_scheduler
+from ssd.engine.solver import advance_schedule, build_optimizer, build_scheduler, set_schedule_iteration
 from ssd.fileio import remove_stale_temporaries
 from ssd.loss import build_loss
 from ssd.modeling import build_model
 from ssd.postprocess import build_postprocessor
-from ssd.precision import autocast_context, precision_label, training_precision
+from ssd.precision import autocast_context, enable_cudnn_autotune, precision_label, training_precision
 from ssd.weights import load_pretrained_backbone, load_training_weights
 
 logger = logging.getLogger(__name__)
@@ -134,6 +134,49 @@ class LossSpikeMonitor:
         return spike
 
 
+class LogWindow:
+    """The iterations since the window started (the previous periodic action): their losses,
+    still on the device (read once, at the next log or check, so the loop never waits for the
+    device), the data set indices of their batches, and where their wall time went.
+
+    Attributes:
+        start: perf_counter() when the window started.
+        images: images trained on (all processes).
+        data_wait: seconds spent waiting for the loader's next batch (host time).
+        steps: (iteration, losses {"loss", "loss_loc", "loss_conf"} of scalar device tensors,
+            data set indices [B]) of the iterations not yet checked for a finite loss.
+    """
+
+    def __init__(self):
+        self.restart()
+        self.steps: list[tuple[int, dict[str, torch.Tensor], torch.Tensor]] = []
+
+    def restart(self) -> None:
+        """Start timing a new window (unchecked steps are kept until they are checked)."""
+        self.start, self.images, self.data_wait = time.perf_counter(), 0, 0.0
+
+    def throughput(self) -> dict[str, float]:
+        """{"images_per_second", "data_wait_s", "step_s", "data_wait_fraction"} of the window:
+        step_s is the rest of the window's wall time (device work the loop waited for, the
+        host's launch and bookkeeping)."""
+        elapsed = max(time.perf_counter() - self.start, 1e-9)
+        return {"images_per_second": self.images / elapsed, "data_wait_s": self.data_wait,
+                "step_s": elapsed - self.data_wait, "data_wait_fraction": self.data_wait / elapsed}
+
+    def read_losses(self) -> list[tuple[int, dict[str, float], torch.Tensor]]:
+        """The unchecked steps with their losses as floats (one device-to-host copy for all),
+        in iteration order; they are then checked."""
+        if not self.steps:
+            return []
+        names = list(self.steps[0][1])
+        values = torch.stack([torch.stack([losses[name].float() for name in names])
+                              for _, losses, _ in self.steps]).tolist()  # [steps, len(names)]
+        read = [(iteration, dict(zip(names, row)), indices)
+                for (iteration, _, indices), row in zip(self.steps, values)]
+        self.steps = []
+        return read
+
+
 # Makes the training batches from a start iteration: (images [B,3,S,S], targets B x [n_i, 5],
 # data set indices [B]) forever.
 BatchSource = Callable[[int], Iterator[tuple[torch.Tensor, list[torch.Tensor], torch.Tensor]]]
@@ -199,6 +242,7 @@ class Trainer:
         self.last_lr = optimizer.param_groups[0]["lr"]
         self.loss_monitor = LossSpikeMonitor()
         self._losses: dict[str, torch.Tensor] | None = None  # of the latest iteration
+        self._window = LogWindow()
         self._result: dict[str, Any] = {}  # the latest log record and evaluation
         self._prepare_output_dir(resume, overwrite)
         self.resumed_from = self._resume(resume)
@@ -206,6 +250,9 @@ class Trainer:
         if resume is not None:
             self.log.truncate_after(self.iteration)
         self.ddp_model = self._wrap_distributed(self.model)
+        if cfg.train.compile:
+            self.ddp_model = torch.compile(self.ddp_model)
+        enable_cudnn_autotune(self.device)
 
     @classmethod
     def from_config(
@@ -381,12 +428,15 @@ class Trainer:
         """One iteration's step (see `train_step`); then the lr of the next iteration is set.
         images [B,3,S,S]; targets B x [n_i, 5]."""
         self.last_lr = self.optimizer.param_groups[0]["lr"]  # the LR this step uses
-        scale_before = self.scaler.get_scale() if self.scaler.is_enabled() else None
         losses = train_step(self.ddp_model, self.criterion, self.optimizer, self.scaler, images, targets,
                             self.precision, self.cfg.train.channels_last, self.cfg.solver.clip_grad_norm)
-        # GradScaler skips the step (and lowers its scale) when gradients overflowed.
-        stepped = scale_before is None or self.scaler.get_scale() >= scale_before
-        advance_schedule(self.scheduler, self.iteration + 1, stepped)
+        if self.scaler.is_enabled():
+            # GradScaler skips the step when gradients overflowed, and only the device knows
+            # (get_scale() would wait for it every step). The lr is the schedule's value at the
+            # iteration either way, so it is set without stepping the scheduler.
+            set_schedule_iteration(self.scheduler, self.iteration + 1)
+        else:
+            advance_schedule(self.scheduler, self.iteration + 1, optimizer_stepped=True)
         return losses
 
     def periodic_actions(self) -> list[tuple[int, Callable[[], Any]]]:
@@ -406,25 +456,30 @@ class Trainer:
         batches = self.make_batches(self.iteration)
         self._bar = tqdm(total=max_iter, initial=self.iteration, desc="train", unit="it",
                          disable=not self.progress, dynamic_ncols=True)
-        self._window_start, self._window_images = time.perf_counter(), 0
+        self._window.restart()
         actions = self.periodic_actions()
         previous_handlers = self._install_stop_handlers()
         try:
             while self.iteration < max_iter and not self._stop_requested:
+                waited_from = time.perf_counter()
                 images, targets, indices = self._next_batch(batches)
+                self._window.data_wait += time.perf_counter() - waited_from
                 self._losses = self.train_step(images, targets)
-                self._check_finite(self._losses, indices)
                 self.iteration += 1
-                self.loss_monitor.update(self.iteration, self._losses["loss"].item())
-                self._window_images += images.shape[0] * self.dist.world_size
+                self._window.steps.append((self.iteration, self._losses, indices))
+                self._window.images += images.shape[0] * self.dist.world_size
                 self._bar.update(1)
-                for period, action in actions:
-                    if period and self.iteration % period == 0:
+                due = [action for period, action in actions if period and self.iteration % period == 0]
+                if due:
+                    self.check_losses()  # before anything reads or saves this state
+                    for action in due:
                         action()
+                    self._window.restart()  # the actions' own time is not the loop's
         finally:
             self._bar.close()
             _restore_handlers(previous_handlers)
         if self._stop_requested:
+            self.check_losses()
             path = self.save_checkpoint()
             raise KeyboardInterrupt(
                 f"Interrupted ({self._stop_requested}) at iteration {self.iteration}; checkpoint "
@@ -435,6 +490,7 @@ class Trainer:
     def _finish(self, actions) -> dict[str, Any]:
         """The actions whose period did not end at the last iteration, the DDP weight check,
         the metrics plot."""
+        self.check_losses()
         if self.iteration > 0 and self._losses is not None:
             for period, action in actions:
                 if period and self.iteration % period != 0:
@@ -457,39 +513,55 @@ class Trainer:
         try:
             return next(batches)
         except DataError as err:
+            self.check_losses()
             saved = self.save_checkpoint() if self.iteration > 0 else None
             state = (f"iteration {self.iteration} is saved in {saved}; continue with --resume auto"
                      if saved else "no iteration had finished, nothing was saved")
             raise DataError(f"{_worker_error_message(err)} (training stopped: {state})",
                             err.reason, err.path) from None
 
-    def _check_finite(self, losses: dict[str, torch.Tensor], indices: torch.Tensor) -> None:
-        if bool(torch.isfinite(losses["loss"])):
-            return
+    def check_losses(self) -> None:
+        """Read the losses of the iterations since the last check (one wait for the device),
+        feed them to the loss-spike monitor, and stop at the first non-finite one.
+
+        Raises:
+            TrainingError: naming that iteration, its losses and its batch's images (the later
+                iterations of the window trained on non-finite weights; nothing was saved).
+        """
+        for iteration, losses, indices in self._window.read_losses():
+            if not all(np.isfinite(value) for value in losses.values()):
+                self._raise_non_finite(iteration, losses, indices)
+            self.loss_monitor.update(iteration, losses["loss"])
+
+    def _raise_non_finite(self, iteration: int, losses: dict[str, float], indices: torch.Tensor):
         ids = [self.train_set.image_ids[i] if self.train_set is not None else f"#{i}"
                for i in indices.tolist()]
-        values = ", ".join(f"{k}={v.item():.4g}" for k, v in losses.items())
+        values = ", ".join(f"{k}={v:.4g}" for k, v in losses.items())
         newest = ckpt.newest_checkpoint(self.output_dir) if self.dist.is_main else None
         saved = (f"The newest checkpoint, {newest}, is unchanged" if newest is not None
                  else f"No checkpoint was written to {self.output_dir} yet")
         raise TrainingError(
-            f"Non-finite loss at iteration {self.iteration + 1} ({values}); batch images: "
+            f"Non-finite loss at iteration {iteration} ({values}); batch images: "
             f"{', '.join(map(str, ids))}. {saved}; try a lower solver.lr or "
             f"solver.clip_grad_norm, or check these images' annotations."
         )
 
     def _log_step(self) -> None:
-        """Write the latest losses, the lr and the images/s since the previous log line."""
-        images_per_second = self._window_images / max(time.perf_counter() - self._window_start, 1e-9)
+        """Write the latest losses, the lr, and the window's images/s split into the time spent
+        waiting for data and the rest (the steps)."""
+        timing = self._window.throughput()
         record = {"kind": "train", "iteration": self.iteration,
                   **{k: round(v.item(), 6) for k, v in self._losses.items()},
                   "lr": self.last_lr,
-                  "images_per_second": round(images_per_second, 2)}
+                  "images_per_second": round(timing["images_per_second"], 2),
+                  "data_wait_s": round(timing["data_wait_s"], 4),
+                  "step_s": round(timing["step_s"], 4),
+                  "data_wait_fraction": round(timing["data_wait_fraction"], 4)}
         self._bar.set_postfix(loss_loc=f"{record['loss_loc']:.3f}", loss_conf=f"{record['loss_conf']:.3f}",
-                              lr=f"{record['lr']:.2e}", img_s=f"{images_per_second:.1f}")
+                              lr=f"{record['lr']:.2e}", img_s=f"{timing['images_per_second']:.1f}",
+                              data_wait=f"{100 * timing['data_wait_fraction']:.0f}%")
         self.log.write(record)
         self._result.update(record)
-        self._window_start, self._window_images = time.perf_counter(), 0
 
     def evaluate(self) -> dict[str, Any] | None:
         """VOC07 (or the configured metric) on the test split; rank 0 only. Logs the mAP and
