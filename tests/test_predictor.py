@@ -18,6 +18,7 @@ from ssd.config import load_config
 from ssd.data import SHAPES_CLASSES, BaseTransform, VOCDataset, make_shapes
 from ssd.data.voc import VOC_CLASSES
 from ssd.drawing import class_colour, draw_detections, label_size
+from ssd.engine.trainer import train_step
 from ssd.images import load_image
 from ssd.loss import MultiBoxLoss
 from ssd.modeling import build_model
@@ -65,11 +66,10 @@ def trained(shapes):
     model = build_model(cfg).train()
     criterion = MultiBoxLoss(cfg.model.num_classes)
     optimizer = torch.optim.Adam(model.parameters(), lr=5e-3)
+    scaler = torch.amp.GradScaler("cpu", enabled=False)
     for _ in range(TRAIN_STEPS):
-        losses = criterion(*model(images), model.priors, targets)
-        optimizer.zero_grad()
-        (losses["loss_loc"] + losses["loss_conf"]).backward()
-        optimizer.step()
+        train_step(model, criterion, optimizer, scaler, images, targets, precision="fp32",
+                   channels_last=False)
     path = root / "trained.pth"
     torch.save({"model": model.state_dict(), "config": cfg.to_dict()}, path)
     return path
