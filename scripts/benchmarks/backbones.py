@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import statistics
 import time
+from pathlib import Path
 
 import torch
 from torch.utils.flop_counter import FlopCounterMode
@@ -22,12 +23,13 @@ from ssd.config import load_config
 from ssd.modeling import build_model
 from ssd.precision import autocast_context, default_precision
 
+CONFIGS = Path(__file__).resolve().parents[2] / "configs"
 BATCH = 8
-CONFIGS = {  # backbone -> its config (model.pretrained=null: no weight files needed)
-    "vgg16": "configs/voc300.yaml",
-    "ssd7": "configs/shapes.yaml",
-    "mobilenet_v3_large": "configs/ssdlite320_mobilenet_v3.yaml",
-    "resnet50": "configs/ssd300_resnet50.yaml",
+BACKBONE_CONFIGS = {  # backbone -> its config (model.pretrained=null: no weight files needed)
+    "vgg16": CONFIGS / "voc300.yaml",
+    "ssd7": CONFIGS / "shapes.yaml",
+    "mobilenet_v3_large": CONFIGS / "ssdlite320_mobilenet_v3.yaml",
+    "resnet50": CONFIGS / "ssd300_resnet50.yaml",
 }
 GIGA = 1e9
 
@@ -85,7 +87,7 @@ def run(quick: bool = False) -> dict:
               f"{'fp32 img/s':>10s} {'fast img/s':>10s} {'speed-up':>8s}")
     print(header)
     rows = []
-    for backbone, config in CONFIGS.items():
+    for backbone, config in BACKBONE_CONFIGS.items():
         row = measure(backbone, config, runs)
         rows.append(row)
         print(f"{backbone:<20s} {row['image_size']:>4d} {row['params_m']:>10.2f} {row['gflops']:>7.2f} "

@@ -32,7 +32,7 @@ from ssd.data.transforms import CROP_MIN_IOUS, CROP_TRIALS, SSDAugmentation
 
 SIZE = 300
 MEAN = (104.0, 117.0, 123.0)
-DEMO_CONFIG = "configs/shapes.yaml"
+DEMO_CONFIG = Path(__file__).resolve().parents[2] / "configs" / "shapes.yaml"  # the demo config
 DEFAULT_WORKERS = (0, 1, 2)
 LOADER_IMAGES = 256  # of the generated shapes set
 QUEUE_FILL_SECONDS = 3.0  # idle time that lets the workers fill their prefetch queue
@@ -183,7 +183,7 @@ def loader_rates(workers: list[int], batches: int, rounds: int, batch_size: int 
             results[count] = {"images_per_s": statistics.median(rates),
                               "main_ms_per_batch": statistics.median(main_ms) if main_ms else None}
             del stream  # stops its workers
-    print(f"make_train_loader, {DEMO_CONFIG} augmentation ({cfg.model.image_size} px from "
+    print(f"make_train_loader, {DEMO_CONFIG.name} augmentation ({cfg.model.image_size} px from "
           f"{cfg.data.shapes.image_size} px JPEGs), batch {batch}, median of {rounds} x {batches} batches")
     for count, figures in results.items():
         main = figures["main_ms_per_batch"]

@@ -8,6 +8,8 @@ training time of the demo's `solver.max_iter` iterations (data loading and evalu
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import torch
 
 from benchmarks import best_time, random_targets
@@ -18,7 +20,9 @@ from ssd.loss import build_loss
 from ssd.modeling import build_model
 from ssd.precision import training_precision
 
-CONFIG = "configs/shapes.yaml"
+CONFIGS = Path(__file__).resolve().parents[2] / "configs"
+
+CONFIG = CONFIGS / "shapes.yaml"  # the demo config
 
 
 def make_step(cfg, device: torch.device, channels_last: bool, precision: str):
@@ -62,7 +66,7 @@ def run(quick: bool = False) -> dict:
     labels = {"fp32": "fp32 NCHW (baseline)", "channels_last": "fp32 channels_last",
               "as_configured": f"as configured ({precision}"
                                f"{', channels_last' if cfg.train.channels_last else ''})"}
-    print(f"{CONFIG}: {cfg.model.backbone} {cfg.model.image_size} px, batch {batch}, {device.type}")
+    print(f"{CONFIG.name}: {cfg.model.backbone} {cfg.model.image_size} px, batch {batch}, {device.type}")
     for name, value in seconds.items():
         print(f"  {labels[name]:<36s}: {value:6.3f} s/step ({batch / value:6.1f} images/s, "
               f"{seconds['fp32'] / value:.2f}x baseline)", flush=True)

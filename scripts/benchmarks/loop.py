@@ -29,7 +29,9 @@ from ssd.data.shapes import read_shapes_settings, shapes_settings
 from ssd.engine.metrics_log import read_metrics
 from ssd.engine.trainer import Trainer
 
-CONFIG = "configs/shapes.yaml"
+CONFIGS = Path(__file__).resolve().parents[2] / "configs"
+
+CONFIG = CONFIGS / "shapes.yaml"  # the demo config
 TRAIN_IMAGES = 512  # of a generated set: a few seconds to write, several epochs are not needed
 WINDOW = 10  # iterations per timed window (the log period)
 
@@ -97,7 +99,7 @@ def run(quick: bool = False, device: str | None = None, batch_size: int | None =
               "precision": trainer.precision, "loop_images_per_s": loop,
               "bare_images_per_s": statistics.median(bare), "data_wait_fraction": wait}
     result["ratio"] = result["loop_images_per_s"] / result["bare_images_per_s"]
-    print(f"{CONFIG}: {cfg.model.backbone} {cfg.model.image_size} px, batch {result['batch']}, "
+    print(f"{CONFIG.name}: {cfg.model.backbone} {cfg.model.image_size} px, batch {result['batch']}, "
           f"{result['device']} ({result['precision']}), {result['num_workers']} loader workers; "
           f"{len(timed)} loop windows and {len(bare)} bare windows of {WINDOW} iterations, median")
     print(f"  bare train_step (fixed batch): {result['bare_images_per_s']:8.1f} images/s")

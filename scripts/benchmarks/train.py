@@ -8,6 +8,7 @@ backward + SGD update on random images with 1-8 random boxes each.
 from __future__ import annotations
 
 import time
+from pathlib import Path
 
 import torch
 
@@ -19,12 +20,14 @@ from ssd.loss import build_loss
 from ssd.modeling import build_model
 from ssd.precision import cpu_has_native_bf16
 
+CONFIGS = Path(__file__).resolve().parents[2] / "configs"
+
 BATCH = 8
 
 
 def time_steps(mode: str, device: torch.device, steps: int) -> float:
     """Mean seconds per training step after one warm-up step."""
-    cfg = load_config("configs/voc300.yaml", overrides=["model.pretrained=null"])
+    cfg = load_config(CONFIGS / "voc300.yaml", overrides=["model.pretrained=null"])
     torch.manual_seed(0)
     model = build_model(cfg).to(device).train()
     channels_last = mode in ("channels_last", "amp")
