@@ -15,7 +15,7 @@ from conftest import load_script
 
 from ssd.config import ConfigError, load_config
 from ssd.data.voc import VOC_CLASSES
-from ssd.engine.checkpoint import checkpoint_path
+from ssd.engine.checkpoint import checkpoint_path, load_checkpoint
 from ssd.engine.freeze import freeze_modules, frozen_batchnorm_layers
 from ssd.engine.trainer import Trainer
 from ssd.modeling import build_model
@@ -126,7 +126,7 @@ def test_train_script_fine_tunes_with_one_command(voc21, tmp_path, caplog):
     assert load_script("train").main(argv) == 0
     assert "copied classes: person, lorry<-bus" in caplog.text
     assert "new classes (initialised): kangaroo" in caplog.text
-    saved = torch.load(checkpoint_path(tmp_path / "run", 2), weights_only=False)
+    saved = load_checkpoint(checkpoint_path(tmp_path / "run", 2))
     assert saved["config"]["data"]["class_names"] == classes
     assert saved["model"]["conf.0.bias"].shape[0] == 4 * (len(classes) + 1)  # 4 anchors per cell
 
