@@ -19,7 +19,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a clone
 
 import torch  # noqa: E402
 
-from ssd.engine.checkpoint import atomic_save  # noqa: E402
+from ssd.fileio import atomic_torch_save  # noqa: E402
 from ssd.modeling.vgg import vgg16_reducedfc_layers  # noqa: E402
 from ssd.weights import check_state_dict, read_torchvision_vgg16  # noqa: E402
 
@@ -39,7 +39,7 @@ def main(argv: list[str] | None = None) -> int:
         backbone, _ = vgg16_reducedfc_layers()
     check_state_dict(backbone, state_dict, f"{args.src} (converted)",
                      target="the SSD VGG16 backbone")
-    atomic_save(state_dict, args.dst)
+    atomic_torch_save(state_dict, args.dst)
     print(describe(args.src, args.dst, state_dict))
     return 0
 

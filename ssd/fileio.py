@@ -13,6 +13,7 @@ from __future__ import annotations
 import os
 import pickle
 import re
+import shutil
 import tempfile
 import zipfile
 from pathlib import Path
@@ -90,6 +91,17 @@ def publish_staged(staged: str | Path, path: str | Path, keep: bool = True) -> N
     os.chmod(staged, ORDINARY_FILE_MODE & ~current_umask())
     os.replace(staged, path)
     _fsync_directory(Path(path).parent)
+
+
+def replace_directory(staging: str | Path, target: str | Path) -> None:
+    """Move a completely written folder `staging` to `target`, replacing an older `target`
+    (both renames are atomic; the old folder is deleted after it is out of the way)."""
+    staging, target = Path(staging), Path(target)
+    if target.exists():
+        old = target.with_name(f".{target.name}-old-{os.getpid()}")
+        os.replace(target, old)
+        shutil.rmtree(old, ignore_errors=True)
+    os.replace(staging, target)
 
 
 def remove_stale_temporaries(folder: str | Path) -> list[Path]:

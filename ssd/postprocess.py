@@ -72,7 +72,7 @@ def detect(
         clipped), "scores" (FloatTensor[K]) sorted in decreasing order, "labels"
         (Int64Tensor[K]) 0-based foreground class (conf column - 1). K may be 0.
     """
-    method = _resolve_method(method, loc.device, candidates_per_class)
+    method = nms_method(method, loc.device, candidates_per_class)
     loc, conf = loc.float(), conf.float()
     boxes = decode(loc, priors.to(device=loc.device, dtype=torch.float32), variances)  # [B,P,4]
     scores = conf.softmax(dim=-1)[..., 1:].transpose(1, 2)  # [B, P, C] -> [B, C-1, P]
@@ -88,7 +88,7 @@ def detect(
     return _top_k_per_image(candidate_boxes, top_scores.reshape(batch, -1), kept, limit, top_k)
 
 
-def _resolve_method(method: str, device: torch.device, candidates_per_class: int) -> str:
+def nms_method(method: str, device: torch.device, candidates_per_class: int) -> str:
     """The NMS form to use: `method` itself, or for "auto" the fastest form on `device`."""
     if method not in METHODS:
         raise ValueError(f"detect method must be one of {', '.join(METHODS)}, got {method!r}")

@@ -4,15 +4,13 @@ weights, and the backbone registry's extension point."""
 from __future__ import annotations
 
 import copy
-import importlib.util
-from pathlib import Path
 from urllib.error import URLError
 
 import numpy as np
 import pytest
 import torch
 import torchvision
-from conftest import CONFIGS
+from conftest import CONFIGS, load_script
 from test_export_onnx import needs_onnx, needs_onnxruntime
 from torch import nn
 
@@ -22,11 +20,10 @@ from ssd.data.shapes import render_image
 from ssd.data.transforms import BaseTransform
 from ssd.engine.solver import build_optimizer
 from ssd.loss import build_loss
-from ssd.modeling import BACKBONES, SSD, build_model
+from ssd.modeling import build_model
 from ssd.modeling.imagenet import IMAGENET_MEAN_BGR_255, IMAGENET_MEAN_RGB, IMAGENET_STD_RGB
 from ssd.modeling.mobilenet import SSDLiteMobileNetV3
 from ssd.modeling.resnet import ResNet50SSD
-from ssd.modeling.ssd import prior_options
 from ssd.weights import WeightsError, load_pretrained_backbone
 
 MOBILENET_CONFIG = CONFIGS / "ssdlite320_mobilenet_v3.yaml"
@@ -230,56 +227,10 @@ def test_a_few_training_steps_lower_the_loss(config, overrides, steps, one_threa
     assert losses[-1] < losses[0]
 
 
-class ToyBackbone(SSD):
-    """Two strided 3x3 convolutions; sources after each (S=32: 16, 8)."""
-
-    def __init__(self, num_classes: int, image_size: int, **prior_args):
-        super().__init__(num_classes, image_size, **prior_args)
-        self.body = nn.ModuleList([nn.Conv2d(3, 8, 3, stride=2, padding=1),
-                                   nn.Conv2d(8, 16, 3, stride=2, padding=1)])
-        self.source_names = ["body.0", "body.1"]
-        self._build_heads([8, 16])
-        self._check_feature_maps()
-
-    @classmethod
-    def from_config(cls, model_cfg):
-        return cls(model_cfg.num_classes, model_cfg.image_size, **prior_options(model_cfg))
-
-    def extract_features(self, images):
-        sources, x = [], images
-        for conv in self.body:
-            x = torch.relu(conv(x))
-            sources.append(x)
-        return sources
-
-
-def test_a_new_backbone_is_one_registry_entry(monkeypatch):
-    monkeypatch.setitem(BACKBONES, "toy", ToyBackbone)
-    cfg = load_config(overrides=[
-        "model.backbone=toy", "model.num_classes=3", "model.image_size=32", "model.pretrained=null",
-        "model.priors.feature_maps=[16, 8]", "model.priors.steps=[2, 4]",
-        "model.priors.min_sizes=[6, 14]", "model.priors.max_sizes=[14, 28]",
-        "model.priors.aspect_ratios=[[2], [2]]",
-    ])
-    model = build_model(cfg)
-    assert isinstance(model, ToyBackbone)
-    loc, conf = model(torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(0)))
-    priors = 16 * 16 * 4 + 8 * 8 * 4
-    assert loc.shape == (2, priors, 4) and conf.shape == (2, priors, 3)
-    targets = [torch.tensor([[0.1, 0.1, 0.5, 0.6, 0.0]]), torch.tensor([[0.3, 0.2, 0.9, 0.9, 1.0]])]
-    parts = build_loss(cfg)(loc, conf, model.priors, targets)
-    (parts["loss_loc"] + parts["loss_conf"]).backward()
-    assert torch.isfinite(parts["loss_conf"]) and parts["loss_conf"] > 0
-    assert model.body[0].weight.grad.abs().sum() > 0
-
-
 def test_benchmark_counts_a_multiply_add_as_two_flops():
     """The backbones benchmark's GFLOPs: a 3x3 conv 3 -> 8 on 16x16 (stride 1, padding 1) is
     16 * 16 * 8 * 3 * 9 multiply-adds."""
-    scripts = Path(__file__).resolve().parents[1] / "scripts"
-    spec = importlib.util.spec_from_file_location("_bench_backbones", scripts / "benchmarks" / "backbones.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)  # imports only ssd and torch
+    module = load_script("benchmarks/backbones")  # imports only ssd and torch
     conv = nn.Conv2d(3, 8, kernel_size=3, padding=1, bias=False)
     assert module.count_gflops(conv, 16) * 1e9 == 2 * 16 * 16 * 8 * 3 * 9
 

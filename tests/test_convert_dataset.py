@@ -4,14 +4,13 @@ arguments or a failed write leave nothing half-written."""
 
 from __future__ import annotations
 
-import importlib.util
 import shutil
-import sys
 from pathlib import Path
 
 import cv2
 import numpy as np
 import pytest
+from conftest import load_script
 
 from ssd.data import COCODataset, VOCDataset, YOLODataset, make_shapes
 from ssd.data.convert import COCO_DECIMALS, YOLO_DECIMALS, convert_dataset
@@ -25,12 +24,7 @@ COCO_ERROR = 0.5 * 10.0 ** -COCO_DECIMALS  # pixels (x, y rounded; x + w adds w'
 
 
 def _script():
-    if str(SCRIPTS) not in sys.path:
-        sys.path.insert(0, str(SCRIPTS))
-    spec = importlib.util.spec_from_file_location("_convert_dataset_script", SCRIPTS / "convert_dataset.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script("convert_dataset")
 
 
 def run(*args: str) -> None:

@@ -4,6 +4,7 @@ from conftest import CONFIGS
 from torch import nn
 
 from ssd.config import ConfigError, load_config
+from ssd.loss import build_loss
 from ssd.modeling import BACKBONES, SSD, build_model
 from ssd.modeling.ssd import prior_options
 
@@ -159,10 +160,16 @@ def test_a_backbone_registered_in_a_test_builds_and_runs(monkeypatch):
         "model.priors.aspect_ratios=[[2], [2]]"])
     model = build_model(cfg)
     assert isinstance(model, ToySSD) and model.stem.out_channels == 6
-    loc, conf = model(torch.zeros(2, 3, 32, 32))
+    loc, conf = model(torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(0)))
     priors = (8 * 8 + 4 * 4) * 4  # 4 boxes per cell with aspect ratio 2
     assert loc.shape == (2, priors, 4) and conf.shape == (2, priors, 3)
     assert model.priors.shape == (priors, 4)
+    # ... and the loss trains it, with nothing registered anywhere else
+    targets = [torch.tensor([[0.1, 0.1, 0.5, 0.6, 0.0]]), torch.tensor([[0.3, 0.2, 0.9, 0.9, 1.0]])]
+    parts = build_loss(cfg)(loc, conf, model.priors, targets)
+    (parts["loss_loc"] + parts["loss_conf"]).backward()
+    assert torch.isfinite(parts["loss_conf"]) and parts["loss_conf"] > 0
+    assert model.stem.weight.grad.abs().sum() > 0
 
 
 def test_source_count_mismatch():

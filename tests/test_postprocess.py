@@ -267,10 +267,10 @@ def test_both_forms_pass_the_hand_written_cases(method):
 
 
 def test_auto_method_is_the_loop_on_cpu_and_batched_on_cuda():
-    assert postprocess._resolve_method("auto", torch.device("cpu"), 400) == "loop"
-    assert postprocess._resolve_method("auto", torch.device("cuda", 0), 400) == "batched"
-    assert postprocess._resolve_method("auto", torch.device("cuda", 0), 0) == "loop"
-    assert postprocess._resolve_method("batched", torch.device("cpu"), 400) == "batched"
+    assert postprocess.nms_method("auto", torch.device("cpu"), 400) == "loop"
+    assert postprocess.nms_method("auto", torch.device("cuda", 0), 400) == "batched"
+    assert postprocess.nms_method("auto", torch.device("cuda", 0), 0) == "loop"
+    assert postprocess.nms_method("batched", torch.device("cpu"), 400) == "batched"
     with pytest.raises(ValueError, match="method must be one of auto, loop, batched, got 'fast'"):
         detect(torch.zeros(1, 5, 4), torch.zeros(1, 5, 3), PRIORS, method="fast")
 

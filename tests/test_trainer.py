@@ -15,6 +15,7 @@ from trainer_helpers import TRAIN_SCRIPT as TRAIN_SCRIPT_PATH
 from ssd.engine import checkpoint as ckpt
 from ssd.engine.metrics_log import read_metrics
 from ssd.engine.trainer import Trainer, TrainingError
+from ssd.fileio import atomic_torch_save
 
 TRAIN_SCRIPT = str(TRAIN_SCRIPT_PATH)
 
@@ -92,7 +93,7 @@ def test_keeps_only_the_newest_checkpoints(data_root, tmp_path):
 
 def test_failed_save_leaves_previous_checkpoint_intact(tmp_path, monkeypatch):
     path = tmp_path / "model.pth"
-    ckpt.atomic_save({"model": {"w": torch.ones(3)}, "iteration": 1}, path)
+    atomic_torch_save({"model": {"w": torch.ones(3)}, "iteration": 1}, path)
     before = path.read_bytes()
 
     def disk_full(obj, stream, *args, **kwargs):
@@ -101,7 +102,7 @@ def test_failed_save_leaves_previous_checkpoint_intact(tmp_path, monkeypatch):
 
     monkeypatch.setattr(torch, "save", disk_full)
     with pytest.raises(OSError, match="No space left"):
-        ckpt.atomic_save({"model": {"w": torch.zeros(3)}, "iteration": 2}, path)
+        atomic_torch_save({"model": {"w": torch.zeros(3)}, "iteration": 2}, path)
     assert path.read_bytes() == before
     assert list(tmp_path.iterdir()) == [path]  # no temp file left behind
     monkeypatch.undo()

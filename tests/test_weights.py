@@ -1,6 +1,5 @@
 """Weight files: VGG16 -> reduced-fc conversion, checkpoints, classic state_dicts, clear errors."""
 
-import importlib.util
 import random
 import subprocess
 import sys
@@ -10,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import load_script
 
 from ssd.config import load_config
 from ssd.modeling import build_model
@@ -352,10 +352,7 @@ def run_convert(*args):
 
 
 def load_convert_script():
-    spec = importlib.util.spec_from_file_location("convert_vgg_script", CONVERT_SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script("convert_vgg")
 
 
 def test_convert_script_refuses_a_file_that_is_not_vgg16(tmp_path):

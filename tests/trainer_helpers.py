@@ -1,9 +1,9 @@
 """Shared by the trainer tests: a seconds-long shapes config and scripts/train.py's main()."""
 
-import importlib.util
 import json
-import sys
 from pathlib import Path
+
+from conftest import load_script
 
 from ssd.config import load_config
 
@@ -37,11 +37,7 @@ def tiny_cfg(data_root, **extra):
 
 def train_main():
     """scripts/train.py's main(argv) -> exit status, for in-process calls."""
-    sys.path.insert(0, str(REPO_ROOT / "scripts"))
-    spec = importlib.util.spec_from_file_location("train_script", TRAIN_SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.main
+    return load_script("train").main
 
 
 def train_argv(data_root, output_dir, *extra_args, **overrides) -> list[str]:

@@ -24,7 +24,7 @@ from torchvision.ops import batched_nms
 from ssd import defaults
 from ssd.box_utils import decode
 from ssd.config import load_config
-from ssd.postprocess import _resolve_method, detect
+from ssd.postprocess import detect, nms_method
 from ssd.priors import priors_from_config
 
 SETTINGS = dict(conf_threshold=defaults.CONF_THRESHOLD, nms_threshold=defaults.NMS_THRESHOLD,
@@ -128,7 +128,7 @@ def _compare(batch: int, distribution: str, device: torch.device, repeats: int,
 def run(quick: bool = False, device: str = "cpu", batch_size: int = BATCH) -> dict:
     """Time the three forms at batch 1 and `batch_size` for each distribution and print them."""
     device = torch.device(device)
-    default = _resolve_method("auto", device, SETTINGS["candidates_per_class"])
+    default = nms_method("auto", device, SETTINGS["candidates_per_class"])
     print(f"post-processing, fp32, {device} ({torch.get_num_threads()} threads), SSD300 8732 "
           f"priors x 21 classes; detect's default form here: {default}")
     figures = {"device": str(device), "precision": "fp32", "default_method": default}

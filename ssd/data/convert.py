@@ -38,9 +38,9 @@ from tqdm import tqdm
 
 from ssd.data.coco import COCODataset
 from ssd.data.common import DetectionDataset
-from ssd.data.shapes import _replace_dir as replace_dir
 from ssd.data.voc import VOCDataset, read_split
 from ssd.data.yolo import YOLODataset
+from ssd.fileio import replace_directory
 
 logger = logging.getLogger(__name__)
 
@@ -389,7 +389,7 @@ def convert_dataset(root: str | Path, out: str | Path, source: str, target: str,
             f"Splits: {', '.join(f'{s} ({len(i)} images)' for s, i in collection.splits.items())}.\n"
             f"Class names in label order: {', '.join(collection.class_names)}.\n"
             f"Config to read it (set the train / test splits you want):\n\n{snippet}")
-        replace_dir(staging, out)
+        replace_directory(staging, out)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise

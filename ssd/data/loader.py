@@ -244,7 +244,7 @@ def resolve_num_workers(value: int | str | None) -> int:
     return int(value)
 
 
-def _init_worker(worker_id: int) -> None:
+def init_loader_worker(worker_id: int) -> None:
     """Loader workers: no OpenCV thread pools (torch already runs a worker on one thread; the
     workers together use the cores, threads inside them would only compete)."""
     cv2.setNumThreads(0)
@@ -262,17 +262,22 @@ class DetectionLoader(DataLoader):
             yield batch.unpack()
 
 
-def _loader(dataset: Dataset, batch_size: int, num_workers: int | str | None, pin_memory: bool, seed: int,
-            sampler: Sampler | None = None) -> DataLoader:
+def data_loader(dataset: Dataset, batch_size: int, num_workers: int | str | None, pin_memory: bool,
+                seed: int = 0, sampler: Sampler | None = None, collate_fn: Callable = pack_batch,
+                loader_class: type[DataLoader] = DetectionLoader) -> DataLoader:
+    """The project's DataLoader settings in one place: OpenCV single-threaded in workers,
+    persistent workers with `PREFETCH_BATCHES_PER_WORKER` batches queued each, pinned memory only
+    with CUDA, a seeded generator for the workers' base seed; batches as `collate_fn` makes them
+    (default: PackedBatches, unpacked by `DetectionLoader` into (images, targets, indices))."""
     generator = torch.Generator()  # workers' base seed: keeps the global torch RNG untouched
     generator.manual_seed(seed)
     num_workers = resolve_num_workers(num_workers)
     parallel = num_workers > 0
-    return DetectionLoader(
+    return loader_class(
         dataset, batch_size=batch_size, sampler=sampler, shuffle=False,
-        num_workers=num_workers, collate_fn=pack_batch,
+        num_workers=num_workers, collate_fn=collate_fn,
         pin_memory=pin_memory and torch.cuda.is_available(),
-        worker_init_fn=_init_worker if parallel else None,
+        worker_init_fn=init_loader_worker if parallel else None,
         generator=generator, drop_last=False,
         persistent_workers=parallel,  # a loader iterated again keeps its workers
         prefetch_factor=PREFETCH_BATCHES_PER_WORKER if parallel else None,
@@ -314,7 +319,7 @@ def make_train_loader(
                         "split", "empty data set")
     sampler = InfiniteSampler(len(dataset), shuffle=True, seed=seed,
                               start=start_iter * batch_size, rank=rank, world_size=world_size)
-    return _loader(TransformedDataset(dataset, transform, seed), batch_size, num_workers,
+    return data_loader(TransformedDataset(dataset, transform, seed), batch_size, num_workers,
                    pin_memory, seed, sampler=_PositionSampler(sampler))
 
 
@@ -326,5 +331,4 @@ def make_test_loader(dataset, transform: Callable, batch_size: int, num_workers:
         (images [B, 3, S, S] float32, targets list of B [n_i, 5] float32, indices LongTensor[B]);
         indices run 0, 1, ..., len(dataset) - 1 over the batches.
     """
-    return _loader(TransformedDataset(dataset, transform), batch_size, num_workers, pin_memory,
-                   seed=0)
+    return data_loader(TransformedDataset(dataset, transform), batch_size, num_workers, pin_memory)

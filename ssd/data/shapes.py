@@ -38,6 +38,7 @@ import numpy as np
 from tqdm import tqdm
 
 from ssd.data.common import DataError
+from ssd.fileio import replace_directory
 
 SHAPES_CLASSES = ("circle", "square", "triangle", "star", "hexagon", "cross")
 SHAPES_FORMAT_VERSION = 1  # bump when the images change for the same settings
@@ -271,7 +272,7 @@ def make_shapes(root: str | Path, num_train: int = 2000, num_test: int = 300,
     _write_images(staging, jobs, image_size, seed, workers, progress)
     settings = shapes_settings(num_train, num_test, image_size, seed)
     (staging / MANIFEST).write_text(json.dumps(settings, indent=2))
-    _replace_dir(staging, target)
+    replace_directory(staging, target)
     return list(SHAPES_CLASSES)
 
 
@@ -312,15 +313,6 @@ def _write_chunk(folder: Path, jobs: Sequence[tuple[str, int, str]], image_size:
         (folder / "JPEGImages" / f"{image_id}.jpg").write_bytes(jpeg.tobytes())
         (folder / "Annotations" / f"{image_id}.xml").write_text(voc_xml(image_id, image_size, objects))
     return len(jobs)
-
-
-def _replace_dir(source: Path, target: Path) -> None:
-    """Move `source` to `target`, replacing an older `target` (renames are atomic)."""
-    if target.exists():
-        old = target.with_name(f".{target.name}-old-{os.getpid()}")
-        os.replace(target, old)
-        shutil.rmtree(old, ignore_errors=True)
-    os.replace(source, target)
 
 
 def generated_files(settings: dict) -> set[str]:

@@ -19,7 +19,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from ssd.fileio import UnsafeFileError, atomic_torch_save, safe_torch_load
+from ssd.fileio import UnsafeFileError, safe_torch_load
 
 CHECKPOINT_PATTERN = re.compile(r"^model_(\d+)\.pth$")
 BEST_NAME = "best.pth"
@@ -32,11 +32,6 @@ MAX_KEYS_NAMED = 2
 
 class CheckpointError(ValueError):
     """A checkpoint cannot be resumed from; the one-line message names the file and the problem."""
-
-
-def atomic_save(obj: Any, path: str | Path) -> Path:
-    """torch.save `obj` to `path` atomically (see `ssd.fileio.atomic_write`)."""
-    return atomic_torch_save(obj, path)
 
 
 def checkpoint_path(output_dir: str | Path, iteration: int) -> Path:
@@ -97,7 +92,8 @@ def remove_run_files(output_dir: str | Path) -> list[Path]:
 
 
 def load_checkpoint(path: str | Path) -> dict[str, Any]:
-    """Load a training checkpoint written by `atomic_save` (a dict with model, config, ...).
+    """Load a training checkpoint (a dict with model, config, ...; written with
+    `ssd.fileio.atomic_torch_save`).
 
     Nothing pickled in the file runs (plain data and numpy arrays only).
 

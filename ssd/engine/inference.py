@@ -28,7 +28,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
-from ssd.data.loader import LoadFailure, TransformedDataset, _init_worker, resolve_num_workers
+from ssd.data.loader import LoadFailure, TransformedDataset, data_loader
 from ssd.evaluation.dataset_eval import check_has_images, evaluate_detections
 from ssd.postprocess import PostProcessor
 from ssd.precision import autocast_context, uses_channels_last
@@ -112,13 +112,8 @@ def make_eval_loader(dataset, transform: Callable, batch_size: int, num_workers:
         EvalBatch(images [B, 3, S, S] float32 or None, indices LongTensor[B], skipped list):
         every index 0 .. len(dataset) - 1 appears once, in ``indices`` or in ``skipped``.
     """
-    num_workers = resolve_num_workers(num_workers)
-    return DataLoader(
-        _EvaluationSamples(dataset, transform), batch_size=batch_size, shuffle=False,
-        num_workers=num_workers, collate_fn=_collate,
-        pin_memory=pin_memory and torch.cuda.is_available(),
-        worker_init_fn=_init_worker if num_workers > 0 else None, drop_last=False,
-    )
+    return data_loader(_EvaluationSamples(dataset, transform), batch_size, num_workers, pin_memory,
+                       collate_fn=_collate, loader_class=DataLoader)
 
 
 @torch.inference_mode()

@@ -32,7 +32,7 @@ from ssd.engine.freeze import freeze_modules
 from ssd.engine.inference import evaluate_model, make_eval_loader
 from ssd.engine.metrics_log import MetricsLog, plot_metrics
 from ssd.engine.solver import advance_schedule, build_optimizer, build_scheduler, set_schedule_iteration
-from ssd.fileio import remove_stale_temporaries
+from ssd.fileio import atomic_torch_save, remove_stale_temporaries
 from ssd.loss import build_loss
 from ssd.modeling import build_model
 from ssd.postprocess import build_postprocessor
@@ -418,7 +418,7 @@ class Trainer:
         """Write model_<iteration>.pth atomically and keep the newest train.keep_checkpoints."""
         if not self.dist.is_main:
             return None
-        path = ckpt.atomic_save(self.training_state(),
+        path = atomic_torch_save(self.training_state(),
                                 ckpt.checkpoint_path(self.output_dir, self.iteration))
         ckpt.prune_checkpoints(self.output_dir, self.cfg.train.keep_checkpoints)
         return path
@@ -583,7 +583,7 @@ class Trainer:
         tqdm.write(f"[iteration {self.iteration}] {self.cfg.test.metric} mAP = {result['mAP']:.4f}")
         if result["mAP"] > self.best_map:
             self.best_map = result["mAP"]
-            ckpt.atomic_save(self.training_state(), self.output_dir / ckpt.BEST_NAME)
+            atomic_torch_save(self.training_state(), self.output_dir / ckpt.BEST_NAME)
         self._result["eval"] = record
         barrier(self.dist)
         return record
