@@ -233,15 +233,15 @@ def test_checkpoint_config_with_a_key_this_version_does_not_know_still_loads(cap
 
     stored = load_config(CONFIGS / "shapes.yaml").to_dict()
     del stored["version"]  # written before configs had a version
-    stored["data"]["cache_images"] = True  # a key this version does not know
+    stored["data"]["prefetch_images"] = True  # a key this version does not know
     stored["retired_section"] = {"x": 1}
     with caplog.at_level("WARNING", logger="ssd.config"):
         cfg = load_checkpoint_config(stored, source="the config stored in old.pth")
     assert cfg.model.backbone == "ssd7" and cfg.data.shapes.num_train == 5000
-    assert "old.pth" in caplog.text and "data.cache_images" in caplog.text
+    assert "old.pth" in caplog.text and "data.prefetch_images" in caplog.text
     assert "retired_section" in caplog.text
     # the same key in a user's YAML is still an error with a suggestion
-    with pytest.raises(ConfigError, match="Unknown config key 'data.cache_images'"):
+    with pytest.raises(ConfigError, match="Unknown config key 'data.prefetch_images'"):
         load_config_from_dict(stored)
 
 

@@ -156,24 +156,42 @@ def test_sigterm_finishes_the_iteration_and_writes_a_checkpoint(data_root, tmp_p
     assert signal.getsignal(signal.SIGTERM) is before
 
 
-@pytest.mark.parametrize("workers", [0, 2])
-def test_corrupt_image_stops_with_its_name_and_saves_the_last_iteration(tmp_path, capsys, workers):
+def _corrupt_second_batch_image(data_root: Path) -> Path:
+    """Generate the tiny shapes set and corrupt an image of the second training batch."""
     from ssd.data import build_dataset
     from ssd.data.loader import InfiniteSampler
 
-    data_root, output = tmp_path / "data", tmp_path / "run"
-    cfg = tiny_cfg(data_root, **{"data.num_workers": workers})
+    cfg = tiny_cfg(data_root)
     train_set = build_dataset(cfg, train=True)
     order = InfiniteSampler(len(train_set), seed=cfg.train.seed).epoch_indices(0)
-    bad = train_set.records[order[cfg.solver.batch_size + 1]].image_path  # in the second batch
-    Path(bad).write_bytes(b"\x00garbage, not a JPEG" * 10)
-    code = train_main()(train_argv(data_root, output, **{"data.num_workers": workers}))
+    bad = Path(train_set.records[order[cfg.solver.batch_size + 1]].image_path)
+    bad.write_bytes(b"\x00garbage, not a JPEG" * 10)
+    return bad
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_corrupt_image_stops_with_its_name_and_saves_the_last_iteration(tmp_path, capsys, workers):
+    data_root, output = tmp_path / "data", tmp_path / "run"
+    bad = _corrupt_second_batch_image(data_root)
+    code = train_main()(train_argv(data_root, output, **{"data.num_workers": workers,
+                                                         "data.cache_images": False}))
     last_line = capsys.readouterr().err.strip().splitlines()[-1]
     assert code == 2
     assert last_line.startswith("error: Cannot decode image") and str(bad) in last_line
     assert "data.skip_bad=true" in last_line and "DataLoader worker" not in last_line
     assert "iteration 1 is saved" in last_line
     assert [it for it, _ in ckpt.list_checkpoints(output)] == [1]
+
+
+def test_corrupt_image_with_cached_images_stops_before_training(tmp_path, capsys):
+    data_root, output = tmp_path / "data", tmp_path / "run"
+    bad = _corrupt_second_batch_image(data_root)
+    code = train_main()(train_argv(data_root, output, **{"data.cache_images": True}))
+    last_line = capsys.readouterr().err.strip().splitlines()[-1]
+    assert code == 2
+    assert last_line.startswith("error: Cannot decode image") and str(bad) in last_line
+    assert "data.skip_bad=true" in last_line
+    assert ckpt.list_checkpoints(output) == []
 
 
 def _env():

@@ -10,7 +10,8 @@ canvas, a crop search that tries one patch at a time, a mirror copy, resize and 
 The loader part reads batches of the demo config (configs/shapes.yaml: its augmentation, image
 size and batch) through ``make_train_loader`` from a shapes set generated in a temporary folder,
 for each worker count given (default 0, 1, 2; ``--workers 0 4 8 15`` on a big machine), after
-two warm-up batches; and, with the workers' queue full, the main process's own cost of receiving
+two warm-up batches, once decoding every image as it is read and once from decoded images held
+in memory (data.cache_images); and, with the workers' queue full, the main process's own cost of receiving
 a batch (what bounds the loader however many workers run).
 """
 
@@ -153,42 +154,53 @@ def _rate(transform, samples, iterations: int, seed: int) -> float:
     return iterations / (time.perf_counter() - start)
 
 
+def _loader_rate(dataset, transform, batch: int, count: int, batches: int, rounds: int) -> dict:
+    """{"images_per_s", "main_ms_per_batch"} of `count` workers reading `dataset`."""
+    stream = iter(make_train_loader(dataset, transform, batch, num_workers=count, seed=0))
+    for _ in range(2 + count * PREFETCH_BATCHES_PER_WORKER):  # warm-up: worker start and
+        next(stream)  # the batches queued meanwhile (they would inflate the rate)
+    rates = []
+    for _ in range(rounds):
+        start = time.perf_counter()
+        for _ in range(batches):
+            next(stream)
+        rates.append(batches * batch / (time.perf_counter() - start))
+    main_ms = []
+    for _ in range(rounds if count else 0):
+        time.sleep(QUEUE_FILL_SECONDS)
+        queued = count * PREFETCH_BATCHES_PER_WORKER
+        start = time.perf_counter()
+        for _ in range(queued):
+            next(stream)
+        main_ms.append(1e3 * (time.perf_counter() - start) / queued)
+    return {"images_per_s": statistics.median(rates),
+            "main_ms_per_batch": statistics.median(main_ms) if main_ms else None}
+
+
 def loader_rates(workers: list[int], batches: int, rounds: int, batch_size: int | None = None) -> dict:
-    """{workers: {"images_per_s", "main_ms_per_batch"}} of the demo config's training loader."""
-    results = {}
+    """{"decoded" | "cached": {workers: {"images_per_s", "main_ms_per_batch"}}} of the demo
+    config's training loader, decoding every image as it is read and with data.cache_images."""
+    results = {"decoded": {}, "cached": {}}
     with tempfile.TemporaryDirectory() as tmp:
         overrides = [f"data.root={Path(tmp) / 'shapes'}", f"data.shapes.num_train={LOADER_IMAGES}",
                      "data.shapes.num_test=1"]
         cfg = load_config(DEMO_CONFIG, overrides=overrides)
-        dataset, transform = build_dataset(cfg, train=True), build_transform(cfg, train=True)
+        transform = build_transform(cfg, train=True)
         batch = batch_size or cfg.solver.batch_size
-        for count in workers:
-            stream = iter(make_train_loader(dataset, transform, batch, num_workers=count, seed=0))
-            for _ in range(2 + count * PREFETCH_BATCHES_PER_WORKER):  # warm-up: worker start and
-                next(stream)  # the batches queued meanwhile (they would inflate the rate)
-            rates = []
-            for _ in range(rounds):
-                start = time.perf_counter()
-                for _ in range(batches):
-                    next(stream)
-                rates.append(batches * batch / (time.perf_counter() - start))
-            main_ms = []
-            for _ in range(rounds if count else 0):
-                time.sleep(QUEUE_FILL_SECONDS)
-                queued = count * PREFETCH_BATCHES_PER_WORKER
-                start = time.perf_counter()
-                for _ in range(queued):
-                    next(stream)
-                main_ms.append(1e3 * (time.perf_counter() - start) / queued)
-            results[count] = {"images_per_s": statistics.median(rates),
-                              "main_ms_per_batch": statistics.median(main_ms) if main_ms else None}
-            del stream  # stops its workers
+        for mode, figures in results.items():
+            dataset = build_dataset(cfg, train=True)
+            if mode == "cached":
+                dataset.cache_images(progress=False)
+            for count in workers:
+                figures[count] = _loader_rate(dataset, transform, batch, count, batches, rounds)
     print(f"make_train_loader, {DEMO_CONFIG.name} augmentation ({cfg.model.image_size} px from "
           f"{cfg.data.shapes.image_size} px JPEGs), batch {batch}, median of {rounds} x {batches} batches")
-    for count, figures in results.items():
-        main = figures["main_ms_per_batch"]
-        receive = f"; main process receives a queued batch in {main:.1f} ms" if main is not None else ""
-        print(f"  {count:2d} workers: {figures['images_per_s']:8.1f} images/s{receive}")
+    for mode, figures in results.items():
+        what = "images decoded as read" if mode == "decoded" else "data.cache_images"
+        for count, figure in figures.items():
+            main = figure["main_ms_per_batch"]
+            receive = f"; main process receives a queued batch in {main:.1f} ms" if main is not None else ""
+            print(f"  {what:22s} {count:2d} workers: {figure['images_per_s']:8.1f} images/s{receive}")
     return results
 
 

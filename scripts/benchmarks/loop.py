@@ -9,10 +9,14 @@ one fixed batch, already in memory.
 What is timed: the loop's images/s is the trainer's own log-window figure (metrics.jsonl): the
 wall time from the end of the previous iteration that ran a periodic action (log, checkpoint,
 evaluation) to the log, so it holds the data wait, the step, the progress bar and the per-step
-bookkeeping, but not the time of writing a checkpoint or evaluating (evaluation is off here,
-checkpoints are rarer than the run). The first windows (worker start-up, first iterations) are
-warm-up. The bare step is timed in windows of the same length, before and after the loop (the
-CPU is shared: the median of all windows), with a CUDA synchronisation at each window's ends.
+bookkeeping, but not the time of writing a checkpoint or evaluating (evaluation is off here).
+The bare step is timed in windows of the same length with a CUDA synchronisation at each
+window's ends.
+
+The CPU's speed drifts over a run on shared machines, so the two are interleaved: each segment
+times bare windows, then runs `Trainer.train` for one more window than it times (a fresh
+loader each time: its first window, worker start-up included, is not timed). The ratio is the
+median loop window over the median bare window; the per-segment ratios show the spread.
 """
 
 from __future__ import annotations
@@ -34,14 +38,16 @@ CONFIGS = Path(__file__).resolve().parents[2] / "configs"
 CONFIG = CONFIGS / "shapes.yaml"  # the demo config
 TRAIN_IMAGES = 512  # of a generated set: a few seconds to write, several epochs are not needed
 WINDOW = 10  # iterations per timed window (the log period)
+SEGMENTS = 5  # alternations of bare windows and loop windows
+TIMED_WINDOWS_PER_SEGMENT = 3
 
 
-def _overrides(data_root: Path, batch_size: int | None, windows: int, warmup: int) -> list[str]:
+def _overrides(data_root: Path, batch_size: int | None, max_iter: int) -> list[str]:
     values = {
         "train.log_period": WINDOW,
         "train.eval_period": 0,
-        "train.checkpoint_period": (warmup + windows) * WINDOW * 10,  # never during the run
-        "solver.max_iter": (warmup + windows) * WINDOW,
+        "train.checkpoint_period": max_iter,  # only the one each segment's end writes
+        "solver.max_iter": max_iter,
     }
     if not _demo_data_present():
         values |= {"data.root": str(data_root), "data.shapes.num_train": TRAIN_IMAGES,
@@ -80,30 +86,48 @@ def bare_windows(trainer: Trainer, images: torch.Tensor, targets: list[torch.Ten
 
 
 def run(quick: bool = False, device: str | None = None, batch_size: int | None = None) -> dict:
-    """Print and return {"loop_images_per_s", "bare_images_per_s", "ratio", "data_wait_fraction"}."""
-    windows, warmup = (3, 1) if quick else (8, 2)
+    """Print and return {"loop_images_per_s", "bare_images_per_s", "ratio", "data_wait_fraction",
+    "segment_ratios", ...}."""
+    segments, timed_per_segment = (2, 2) if quick else (SEGMENTS, TIMED_WINDOWS_PER_SEGMENT)
+    segment_iters = (1 + timed_per_segment) * WINDOW
     with tempfile.TemporaryDirectory() as tmp:
-        cfg = load_config(CONFIG, overrides=_overrides(Path(tmp) / "shapes", batch_size, windows, warmup))
+        cfg = load_config(CONFIG, overrides=_overrides(Path(tmp) / "shapes", batch_size,
+                                                       segments * segment_iters))
         trainer = Trainer.from_config(cfg, output_dir=Path(tmp) / "run", device=device, progress=False)
         images, targets, _ = next(iter(trainer.make_batches(0)))
-        bare_windows(trainer, images, targets, warmup)  # warm-up
-        bare = bare_windows(trainer, images, targets, (windows + 1) // 2)
-        trainer.train()
-        bare += bare_windows(trainer, images, targets, windows // 2)
+        bare_windows(trainer, images, targets, 1)  # warm-up
+        bare = []
+        for _ in range(segments):
+            bare.append(bare_windows(trainer, images, targets, timed_per_segment))
+            trainer.train(max_iter=trainer.iteration + segment_iters)
         records = [r for r in read_metrics(Path(tmp) / "run" / "metrics.jsonl") if r["kind"] == "train"]
-    timed = records[warmup:]
-    loop = statistics.median(r["images_per_second"] for r in timed)
-    wait = statistics.median(r.get("data_wait_fraction", float("nan")) for r in timed)
+    loop = [[] for _ in range(segments)]
+    for record in records:
+        segment, window = divmod((record["iteration"] - 1) // WINDOW, 1 + timed_per_segment)
+        if window > 0:  # the first window of a segment starts the loader
+            loop[segment].append(record)
+    timed = [record for segment in loop for record in segment]
+
+    def median_rate(records: list[dict]) -> float:
+        return statistics.median(record["images_per_second"] for record in records)
+
     result = {"device": trainer.device.type, "batch": cfg.solver.batch_size,
               "num_workers": trainer.num_workers if hasattr(trainer, "num_workers") else cfg.data.num_workers,
-              "precision": trainer.precision, "loop_images_per_s": loop,
-              "bare_images_per_s": statistics.median(bare), "data_wait_fraction": wait}
+              "precision": trainer.precision,
+              "loop_images_per_s": median_rate(timed),
+              "bare_images_per_s": statistics.median(rate for windows in bare for rate in windows),
+              "data_wait_fraction": statistics.median(r.get("data_wait_fraction", float("nan"))
+                                                      for r in timed),
+              "segment_ratios": [median_rate(loop_records) / statistics.median(bare_rates)
+                                 for loop_records, bare_rates in zip(loop, bare)]}
     result["ratio"] = result["loop_images_per_s"] / result["bare_images_per_s"]
     print(f"{CONFIG.name}: {cfg.model.backbone} {cfg.model.image_size} px, batch {result['batch']}, "
           f"{result['device']} ({result['precision']}), {result['num_workers']} loader workers; "
-          f"{len(timed)} loop windows and {len(bare)} bare windows of {WINDOW} iterations, median")
-    print(f"  bare train_step (fixed batch): {result['bare_images_per_s']:8.1f} images/s")
-    print(f"  Trainer.train loop:            {result['loop_images_per_s']:8.1f} images/s "
-          f"(data wait {100 * wait:.1f}% of the window)")
-    print(f"  ratio loop / bare:             {result['ratio']:8.3f}")
+          f"{segments} segments of {timed_per_segment} bare windows then {timed_per_segment} timed "
+          f"loop windows, {WINDOW} iterations each; medians")
+    print(f"  bare train_step (fixed batch):    {result['bare_images_per_s']:8.1f} images/s")
+    print(f"  Trainer.train loop:               {result['loop_images_per_s']:8.1f} images/s "
+          f"(data wait {100 * result['data_wait_fraction']:.1f}% of the window)")
+    print(f"  ratio loop / bare:                {result['ratio']:8.3f} "
+          f"(per segment: {', '.join(f'{r:.3f}' for r in result['segment_ratios'])})")
     return result

@@ -16,6 +16,7 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
+from ssd.data import image_cache
 from ssd.fileio import decode_image_file
 
 logger = logging.getLogger(__name__)
@@ -187,6 +188,7 @@ class DetectionDataset(torch.utils.data.Dataset):
         self.class_names: list[str] = []
         self.report = LoadReport(name=type(self).__name__)
         self._warned: set[str] = set()
+        self._decoded: list[np.ndarray | None] | None = None  # see cache_images
 
     # --- what the rest of the project uses -------------------------------------------------
 
@@ -221,7 +223,7 @@ class DetectionDataset(torch.utils.data.Dataset):
         real size.
         """
         record = self.records[index]
-        image = self._read_image(record)
+        image = self._read_image(record) if self._decoded is None else self._decoded[index]
         if image is None:  # unreadable and skip_bad: a black image without objects
             image = np.zeros((record.height, record.width, 3), dtype=np.uint8)
             return image, np.zeros((0, 4), np.float32), np.zeros((0,), np.int64)
@@ -237,6 +239,29 @@ class DetectionDataset(torch.utils.data.Dataset):
         scale = np.array([width, height] * 2, dtype=np.float32)
         normalised = (boxes[keep] - self.coordinate_origin) / scale
         return image, normalised.astype(np.float32), labels[keep].astype(np.int64)
+
+    def cache_images(self, threads: int | None = None, progress: bool = True) -> int:
+        """Decode every image now and keep it in memory for `load_sample` (see
+        ssd.data.image_cache); returns the bytes the images take.
+
+        The samples do not change: the cache holds what decoding returns, read-only (a
+        transform must not write into its input image). A bad image fails
+        here as it would when read (a DataError naming it, or with skip_bad a warning and a
+        black image).
+
+        Raises:
+            CacheTooLargeError: the images, by their annotated sizes, would take more than
+                `image_cache.MAX_MEMORY_FRACTION` of the available memory; nothing is decoded.
+        """
+        needed = image_cache.images_bytes([(r.width, r.height) for r in self.records])
+        image_cache.check_cache_fits(needed, image_cache.available_memory_bytes())
+        decoded = image_cache.decode_all(lambda i: self._read_image(self.records[i]),
+                                         len(self.records), threads, progress)
+        for image in decoded:
+            if image is not None:
+                image.setflags(write=False)  # a transform writing into it would change the data set
+        self._decoded = decoded
+        return sum(image.nbytes for image in decoded if image is not None)
 
     def __getitem__(self, index: int):
         """Without a transform: (image uint8 [H, W, 3] BGR, target float32 ndarray [n, 5]).

@@ -24,8 +24,10 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
+from ssd.config import ConfigError
 from ssd.data import DataError, build_dataset, build_transform, make_train_loader
 from ssd.data.build import class_names_for
+from ssd.data.image_cache import CacheTooLargeError
 from ssd.engine import checkpoint as ckpt
 from ssd.engine.distributed import DistInfo, barrier, ranks_agree
 from ssd.engine.freeze import freeze_modules
@@ -290,6 +292,8 @@ class Trainer:
         _seed_everything(cfg.train.seed)
         # Data first: a missing data set stops the run before any heavy work.
         train_set = build_dataset(cfg, train=True)
+        if cfg.data.cache_images:
+            _cache_training_images(train_set, progress)
         test_set = build_dataset(cfg, train=False) if cfg.train.eval_period > 0 else None
         train_transform = build_transform(cfg, train=True)
 
@@ -299,7 +303,7 @@ class Trainer:
                 num_workers=cfg.data.num_workers,
                 pin_memory=cfg.data.pin_memory and device.type == "cuda",
                 seed=cfg.train.seed, start_iter=start_iter, rank=dist.rank,
-                world_size=dist.world_size,
+                world_size=dist.world_size, low_priority_workers=device.type == "cpu",
             ))
 
         model = _build_model(cfg, device, init_weights, class_names=train_set.class_names)
@@ -636,6 +640,17 @@ def _refuse_another_run(output_dir: Path, resume, overwrite: bool) -> None:
             f"prune its files. Continue it with --resume auto, choose a new folder with "
             f"--output, or delete it and start over with --overwrite"
         )
+
+
+def _cache_training_images(train_set, progress: bool) -> None:
+    """`data.cache_images`: decode the training images into memory before the workers start."""
+    start = time.perf_counter()
+    try:
+        held = train_set.cache_images(progress=progress)
+    except CacheTooLargeError as err:
+        raise ConfigError(str(err)) from None
+    logger.info("data.cache_images: %d training images decoded into memory (%.2f GiB) in %.1f s",
+                len(train_set), held / 2**30, time.perf_counter() - start)
 
 
 def _build_model(cfg, device: torch.device, init_weights, class_names=None) -> nn.Module:
