@@ -113,7 +113,7 @@ def run(quick: bool = False, device: str | None = None, batch_size: int | None =
 
     result = {"device": trainer.device.type, "batch": cfg.solver.batch_size,
               "num_workers": trainer.num_workers if hasattr(trainer, "num_workers") else cfg.data.num_workers,
-              "precision": trainer.precision,
+              "precision": trainer.precision, "timed_loop_windows": len(timed),
               "loop_images_per_s": median_rate(timed),
               "bare_images_per_s": statistics.median(rate for windows in bare for rate in windows),
               "data_wait_fraction": statistics.median(r.get("data_wait_fraction", float("nan"))

@@ -9,8 +9,10 @@ the previous implementation (``previous_detect``: per-image ``torchvision.ops.ba
 warm-up call; on CUDA every timed call ends with ``torch.cuda.synchronize``. Two score
 distributions: "random" (logits N(0, 3)) and "half_trained" (background +3.5 over N(0, 1.2)
 foreground logits: about half of the priors pass 0.01 in every class, so every class has 400
-candidates). Requirement: at batch 32 on CPU, detect's default form at least as fast as the
-previous implementation.
+candidates). Then the SSD300 forward pass at the same batch size, in the device's fast
+inference precision, and the ratio of the default form's post-processing (half-trained
+scores) to it. Requirements: at batch 32 on CPU, detect's default form at least as fast as the
+previous implementation; on a GPU, post-processing of batch 32 no slower than the fp16 forward.
 """
 
 from __future__ import annotations
@@ -24,7 +26,15 @@ from torchvision.ops import batched_nms
 from ssd import defaults
 from ssd.box_utils import decode
 from ssd.config import load_config
+from ssd.modeling import build_model
 from ssd.postprocess import detect, nms_method
+from ssd.precision import (
+    autocast_context,
+    default_precision,
+    precision_label,
+    prepare_for_inference,
+    uses_channels_last,
+)
 from ssd.priors import priors_from_config
 
 SETTINGS = dict(conf_threshold=defaults.CONF_THRESHOLD, nms_threshold=defaults.NMS_THRESHOLD,
@@ -125,8 +135,29 @@ def _compare(batch: int, distribution: str, device: torch.device, repeats: int,
             "speedup_of_default": round(ratio, 2), "same_detections": same}
 
 
+def forward_seconds(batch: int, device: torch.device, repeats: int) -> tuple[float, str]:
+    """(median seconds, precision) of the SSD300 VGG16 forward pass on [batch, 3, 300, 300]:
+    random weights, in the device's fast inference precision (`default_precision`: fp16 on
+    CUDA, bf16 on CPUs that have it in hardware, else fp32), channels_last where that pays."""
+    cfg = load_config(overrides=["model.pretrained=null"])
+    precision = default_precision(device)
+    torch.manual_seed(0)
+    model = prepare_for_inference(build_model(cfg), device, precision)
+    size = cfg.model.image_size
+    images = torch.randn(batch, 3, size, size, generator=torch.Generator().manual_seed(0)).to(device)
+    if uses_channels_last(precision):
+        images = images.contiguous(memory_format=torch.channels_last)
+
+    def forward():
+        with torch.no_grad(), autocast_context(device, precision):
+            model(images)
+
+    return _median_times({"forward": forward}, repeats, device)["forward"], precision
+
+
 def run(quick: bool = False, device: str = "cpu", batch_size: int = BATCH) -> dict:
-    """Time the three forms at batch 1 and `batch_size` for each distribution and print them."""
+    """Time the three forms at batch 1 and `batch_size` for each distribution and print them,
+    then the SSD300 forward pass at `batch_size` and the ratio of post-processing to it."""
     device = torch.device(device)
     default = nms_method("auto", device, SETTINGS["candidates_per_class"])
     print(f"post-processing, fp32, {device} ({torch.get_num_threads()} threads), SSD300 8732 "
@@ -137,4 +168,11 @@ def run(quick: bool = False, device: str = "cpu", batch_size: int = BATCH) -> di
         for distribution in DISTRIBUTIONS:
             figures[f"batch{batch}_{distribution}"] = _compare(batch, distribution, device,
                                                                repeats, default)
+    forward, precision = forward_seconds(batch_size, device, repeats=2 if quick else 3)
+    post_ms = figures[f"batch{batch_size}_half_trained"][f"{default}_ms"]
+    figures["forward"] = {"batch": batch_size, "precision": precision, "ms": round(forward * 1e3, 2),
+                          "postprocess_over_forward": round(post_ms / (forward * 1e3), 3)}
+    print(f"  SSD300 forward, batch {batch_size}, {precision_label(precision)}: "
+          f"{forward * 1e3:.1f} ms; post-processing ({default}, half_trained) / forward: "
+          f"{figures['forward']['postprocess_over_forward']:.3f}")
     return figures
