@@ -293,7 +293,7 @@ class Trainer:
         # Data first: a missing data set stops the run before any heavy work.
         train_set = build_dataset(cfg, train=True)
         if cfg.data.cache_images:
-            _cache_training_images(train_set, progress)
+            _cache_training_images(train_set, progress and dist.is_main)
         test_set = build_dataset(cfg, train=False) if cfg.train.eval_period > 0 else None
         train_transform = build_transform(cfg, train=True)
 
@@ -643,7 +643,8 @@ def _refuse_another_run(output_dir: Path, resume, overwrite: bool) -> None:
 
 
 def _cache_training_images(train_set, progress: bool) -> None:
-    """`data.cache_images`: decode the training images into memory before the workers start."""
+    """`data.cache_images`: decode the training images into memory before the workers start
+    (every DDP process holds its own copy)."""
     start = time.perf_counter()
     try:
         held = train_set.cache_images(progress=progress)
