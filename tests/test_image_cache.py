@@ -12,11 +12,13 @@ from test_data_loader import assert_same_batches, take
 from test_data_voc import obj, write_year, xml
 from trainer_helpers import tiny_cfg
 
+from ssd import system
 from ssd.data import DataError, SSDAugmentation, VOCDataset, image_cache, make_train_loader
-from ssd.data.image_cache import CacheTooLargeError, available_memory_bytes, check_cache_fits
+from ssd.data.image_cache import CacheTooLargeError, check_cache_fits
 from ssd.data.loader import LOW_PRIORITY_NICENESS, init_loader_worker
 from ssd.engine.metrics_log import read_metrics
 from ssd.engine.trainer import Trainer
+from ssd.system import available_memory_bytes
 
 
 def noisy_voc(root, count: int = 6, size=(40, 30)):
@@ -79,7 +81,7 @@ def test_the_memory_check_refuses_a_cache_larger_than_its_share(tmp_path, monkey
     check_cache_fits(needed, int(needed / image_cache.MAX_MEMORY_FRACTION))
     with pytest.raises(CacheTooLargeError, match="data.cache_images"):
         check_cache_fits(needed, int(needed / image_cache.MAX_MEMORY_FRACTION) - 1)
-    monkeypatch.setattr(image_cache, "available_memory_bytes", lambda: needed)
+    monkeypatch.setattr(system, "available_memory_bytes", lambda: needed)
     ds = VOCDataset(tmp_path, [("2007", "trainval")], verbose=False)
     with pytest.raises(CacheTooLargeError, match=r"GiB .* data.cache_images=false"):
         ds.cache_images(progress=False)

@@ -16,6 +16,7 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
+from ssd import system
 from ssd.data import image_cache
 from ssd.fileio import decode_image_file
 
@@ -254,7 +255,7 @@ class DetectionDataset(torch.utils.data.Dataset):
                 `image_cache.MAX_MEMORY_FRACTION` of the available memory; nothing is decoded.
         """
         needed = image_cache.images_bytes([(r.width, r.height) for r in self.records])
-        image_cache.check_cache_fits(needed, image_cache.available_memory_bytes())
+        image_cache.check_cache_fits(needed, system.available_memory_bytes())
         decoded = image_cache.decode_all(lambda i: self._read_image(self.records[i]),
                                          len(self.records), threads, progress)
         for image in decoded:

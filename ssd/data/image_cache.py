@@ -12,37 +12,24 @@ same samples, bit for bit, as one that decodes every time.
 
 from __future__ import annotations
 
-import logging
-import os
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 from typing import Callable, Sequence
 
 import numpy as np
 from tqdm import tqdm
 
-logger = logging.getLogger(__name__)
+from ssd.config import ConfigError
+from ssd.system import usable_cores
 
 BYTES_PER_PIXEL = 3  # uint8 BGR
 # The cache may take at most this share of the memory available when it is built; the rest is
 # left to the loader workers' batches, the model and the system.
 MAX_MEMORY_FRACTION = 0.5
-MEMINFO = Path("/proc/meminfo")
 
 
-class CacheTooLargeError(MemoryError):
-    """The decoded images would not fit in the memory the cache may take."""
-
-
-def available_memory_bytes(meminfo: Path = MEMINFO) -> int | None:
-    """MemAvailable of /proc/meminfo in bytes; None where the system does not say (not Linux)."""
-    try:
-        for line in meminfo.read_text().splitlines():
-            if line.startswith("MemAvailable:"):
-                return int(line.split()[1]) * 1024  # the value is in kB
-    except (OSError, ValueError, IndexError):
-        return None
-    return None
+class CacheTooLargeError(ConfigError):
+    """The decoded images would not fit in the memory the cache may take (a config error: the
+    message says to set data.cache_images=false)."""
 
 
 def check_cache_fits(needed_bytes: int, available_bytes: int | None) -> None:
@@ -64,9 +51,7 @@ def decode_all(read: Callable[[int], np.ndarray | None], count: int, threads: in
 
     An exception raised by `read` propagates (the remaining reads are cancelled).
     """
-    if threads is None:
-        threads = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    with ThreadPoolExecutor(max_workers=max(1, threads or 1)) as pool:
+    with ThreadPoolExecutor(max_workers=max(1, threads or usable_cores())) as pool:
         decoded = pool.map(read, range(count))
         try:
             return list(tqdm(decoded, total=count, desc="cache images", unit="img",

@@ -26,6 +26,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Sampler, get_worker_info
 
 from ssd.data.common import DataError, to_tensors
+from ssd.system import usable_cores
 
 
 @dataclass(frozen=True)
@@ -234,8 +235,7 @@ def auto_num_workers(local_processes: int | None = None) -> int:
     """
     if local_processes is None:
         local_processes = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-    return max(0, min(MAX_AUTO_WORKERS, cores // max(1, local_processes) - 1))
+    return max(0, min(MAX_AUTO_WORKERS, usable_cores() // max(1, local_processes) - 1))
 
 
 def resolve_num_workers(value: int | str | None) -> int:

@@ -39,6 +39,7 @@ from tqdm import tqdm
 
 from ssd.data.common import DataError
 from ssd.fileio import replace_directory
+from ssd.system import usable_cores
 
 SHAPES_CLASSES = ("circle", "square", "triangle", "star", "hexagon", "cross")
 SHAPES_FORMAT_VERSION = 1  # bump when the images change for the same settings
@@ -280,7 +281,7 @@ def _write_images(folder: Path, jobs: Sequence[tuple[str, int, str]], image_size
                   workers: int | None, progress: bool) -> None:
     """Render and write every (split, index, image id) of `jobs` into `folder`."""
     if workers is None:  # one per core, but not for a few images (a process costs ~0.1 s)
-        workers = min(os.cpu_count() or 1, max(1, len(jobs) // JOBS_PER_WORKER_MIN))
+        workers = min(usable_cores(), max(1, len(jobs) // JOBS_PER_WORKER_MIN))
     workers = max(1, workers)
     chunk_size = max(1, min(CHUNK_SIZE, -(-len(jobs) // workers)))
     chunks = [jobs[i:i + chunk_size] for i in range(0, len(jobs), chunk_size)]

@@ -24,10 +24,8 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from ssd.config import ConfigError
 from ssd.data import DataError, build_dataset, build_transform, make_train_loader
 from ssd.data.build import class_names_for
-from ssd.data.image_cache import CacheTooLargeError
 from ssd.engine import checkpoint as ckpt
 from ssd.engine.distributed import DistInfo, barrier, ranks_agree
 from ssd.engine.freeze import freeze_modules
@@ -646,10 +644,7 @@ def _cache_training_images(train_set, progress: bool) -> None:
     """`data.cache_images`: decode the training images into memory before the workers start
     (every DDP process holds its own copy)."""
     start = time.perf_counter()
-    try:
-        held = train_set.cache_images(progress=progress)
-    except CacheTooLargeError as err:
-        raise ConfigError(str(err)) from None
+    held = train_set.cache_images(progress=progress)
     logger.info("data.cache_images: %d training images decoded into memory (%.2f GiB) in %.1f s",
                 len(train_set), held / 2**30, time.perf_counter() - start)
 
