@@ -6,11 +6,12 @@
     python scripts/benchmark.py loss postprocess --device cuda --batch-size 16
     python scripts/benchmark.py loop --device cuda --batch-size 32
     python scripts/benchmark.py data --workers 0 4 8 15
+    python scripts/benchmark.py loop data compile --config configs/shapes300.yaml --device cuda
 
 Each section lives in scripts/benchmarks/<name>.py and defines `run(quick: bool) -> dict`,
 printing its figures (times and the ratio to its baseline) and returning them. Sections whose
-`run` also takes `device` / `batch_size` / `workers` get --device / --batch-size / --workers
-when those are given.
+`run` also takes `device` / `batch_size` / `workers` / `config` get --device / --batch-size /
+--workers / --config when those are given.
 """
 
 from __future__ import annotations
@@ -26,7 +27,8 @@ SCRIPTS_DIR = Path(__file__).resolve().parent
 sys.path.insert(0, str(SCRIPTS_DIR.parent))  # run from a clone without installing
 sys.path.insert(0, str(SCRIPTS_DIR))
 
-SECTIONS = ["loss", "data", "eval", "train", "predict", "postprocess", "demo", "backbones", "loop"]
+SECTIONS = ["loss", "data", "eval", "train", "predict", "postprocess", "demo", "backbones", "loop",
+            "compile"]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -38,8 +40,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--device", help="device for the sections that take one (e.g. cuda)")
     parser.add_argument("--batch-size", type=int, help="batch size for the sections that take one")
     parser.add_argument("--workers", type=int, nargs="+", help="loader worker counts to time (data)")
+    parser.add_argument("--config", type=Path,
+                        help="shapes config for the sections that take one (loop, data, compile; "
+                             "default: the demo's configs/shapes.yaml)")
     args = parser.parse_args(argv)
-    options = {"device": args.device, "batch_size": args.batch_size, "workers": args.workers}
+    options = {"device": args.device, "batch_size": args.batch_size, "workers": args.workers,
+               "config": args.config}
     results = {}
     for name in args.sections or SECTIONS:
         module = importlib.import_module(f"benchmarks.{name}")

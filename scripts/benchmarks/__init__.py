@@ -7,6 +7,9 @@ from typing import Callable
 
 import torch
 
+from ssd.modeling import build_model
+from ssd.precision import autocast_context, prepare_for_inference, uses_channels_last
+
 
 def best_time(function: Callable[[], object], repeats: int, warmup: bool = True) -> tuple[float, object]:
     """Fastest wall-clock seconds of `repeats` calls (after one untimed call when `warmup`),
@@ -21,6 +24,29 @@ def best_time(function: Callable[[], object], repeats: int, warmup: bool = True)
     return best, value
 
 
+def synchronize(device: torch.device) -> None:
+    """Wait for `device` to finish its queued work (CUDA runs asynchronously; CPU needs nothing)."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def median_times(calls: dict[str, Callable[[], object]], repeats: int,
+                 device: torch.device) -> dict[str, float]:
+    """Median seconds per call over `repeats` interleaved rounds after one warm-up call, each
+    call timed between two synchronisations of `device`."""
+    times: dict[str, list[float]] = {name: [] for name in calls}
+    for call in calls.values():
+        call()
+    for _ in range(repeats):
+        for name, call in calls.items():
+            synchronize(device)
+            start = time.perf_counter()
+            call()
+            synchronize(device)
+            times[name].append(time.perf_counter() - start)
+    return {name: sorted(values)[len(values) // 2] for name, values in times.items()}
+
+
 def random_targets(batch: int, num_classes: int, generator: torch.Generator,
                    max_objects: int = 8) -> list[torch.Tensor]:
     """`batch` targets [n, 5] (normalised xyxy, 0-based label) with 1..max_objects boxes each."""
@@ -32,3 +58,24 @@ def random_targets(batch: int, num_classes: int, generator: torch.Generator,
         labels = torch.randint(0, num_classes - 1, (n, 1), generator=generator).float()
         targets.append(torch.cat([low, low + size, labels], dim=1))  # [n, 5]
     return targets
+
+
+def make_forward(cfg, device: torch.device, batch: int, precision: str,
+                 compiled: bool = False) -> Callable[[], torch.Tensor]:
+    """A closure running the inference forward pass of `cfg`'s model (random weights, seed 0)
+    on a fixed random batch [batch, 3, size, size] in `precision`, channels_last where that
+    precision runs it (as the predictor does); through torch.compile when `compiled`. Returns
+    the closure, which returns the class scores [batch, priors, classes]."""
+    torch.manual_seed(0)
+    model = prepare_for_inference(build_model(cfg), device, precision)
+    network = torch.compile(model) if compiled else model
+    size = cfg.model.image_size
+    images = torch.randn(batch, 3, size, size, generator=torch.Generator().manual_seed(0)).to(device)
+    if uses_channels_last(precision):
+        images = images.contiguous(memory_format=torch.channels_last)
+
+    def forward() -> torch.Tensor:
+        with torch.no_grad(), autocast_context(device, precision):
+            return network(images)[1]
+
+    return forward

@@ -7,8 +7,9 @@ The baseline is the classic port's structure: convert to float32 once, then one 
 per operation (brightness, contrast, HSV round trip, channel swap), a materialised zoom-out
 canvas, a crop search that tries one patch at a time, a mirror copy, resize and mean subtraction.
 
-The loader part reads batches of the demo config (configs/shapes.yaml: its augmentation, image
-size and batch) through ``make_train_loader`` from a shapes set generated in a temporary folder,
+The loader part reads batches of a shapes config (--config; default the demo's,
+configs/shapes.yaml: its augmentation, image size and batch; configs/shapes300.yaml has the full
+SSD augmentation at 300 px) through ``make_train_loader`` from a shapes set generated in a temporary folder,
 for each worker count given (default 0, 1, 2; ``--workers 0 4 8 15`` on a big machine), after
 two warm-up batches, once decoding every image as it is read and once from decoded images held
 in memory (data.cache_images); and, with the workers' queue full, the main process's own cost of receiving
@@ -177,14 +178,15 @@ def _loader_rate(dataset, transform, batch: int, count: int, batches: int, round
             "main_ms_per_batch": statistics.median(main_ms) if main_ms else None}
 
 
-def loader_rates(workers: list[int], batches: int, rounds: int, batch_size: int | None = None) -> dict:
-    """{"decoded" | "cached": {workers: {"images_per_s", "main_ms_per_batch"}}} of the demo
-    config's training loader, decoding every image as it is read and with data.cache_images."""
+def loader_rates(workers: list[int], batches: int, rounds: int, batch_size: int | None = None,
+                 config: Path = DEMO_CONFIG) -> dict:
+    """{"decoded" | "cached": {workers: {"images_per_s", "main_ms_per_batch"}}} of `config`'s
+    training loader, decoding every image as it is read and with data.cache_images."""
     results = {"decoded": {}, "cached": {}}
     with tempfile.TemporaryDirectory() as tmp:
         overrides = [f"data.root={Path(tmp) / 'shapes'}", f"data.shapes.num_train={LOADER_IMAGES}",
                      "data.shapes.num_test=1"]
-        cfg = load_config(DEMO_CONFIG, overrides=overrides)
+        cfg = load_config(config, overrides=overrides)
         transform = build_transform(cfg, train=True)
         batch = batch_size or cfg.solver.batch_size
         for mode, figures in results.items():
@@ -193,7 +195,7 @@ def loader_rates(workers: list[int], batches: int, rounds: int, batch_size: int 
                 dataset.cache_images(progress=False)
             for count in workers:
                 figures[count] = _loader_rate(dataset, transform, batch, count, batches, rounds)
-    print(f"make_train_loader, {DEMO_CONFIG.name} augmentation ({cfg.model.image_size} px from "
+    print(f"make_train_loader, {Path(config).name} augmentation ({cfg.model.image_size} px from "
           f"{cfg.data.shapes.image_size} px JPEGs), batch {batch}, median of {rounds} x {batches} batches")
     for mode, figures in results.items():
         what = "images decoded as read" if mode == "decoded" else "data.cache_images"
@@ -204,7 +206,8 @@ def loader_rates(workers: list[int], batches: int, rounds: int, batch_size: int 
     return results
 
 
-def run(quick: bool = False, workers: list[int] | None = None, batch_size: int | None = None) -> dict:
+def run(quick: bool = False, workers: list[int] | None = None, batch_size: int | None = None,
+        config: Path = DEMO_CONFIG) -> dict:
     """Print and return {"augment_images_per_s", "baseline_images_per_s", "ratio", "loader"}."""
     iterations, rounds = (100, 1) if quick else (400, 3)
     samples = _samples(8)
@@ -232,5 +235,6 @@ def run(quick: bool = False, workers: list[int] | None = None, batch_size: int |
           f"({1e3 / result['baseline_images_per_s']:.2f} ms/image)")
     print(f"  ratio:             {result['ratio']:8.2f}x")
     result["loader"] = loader_rates(list(workers or DEFAULT_WORKERS), batches=2 if quick else 4,
-                                    rounds=2 if quick else 3, batch_size=batch_size)
+                                    rounds=2 if quick else 3, batch_size=batch_size,
+                                    config=config)
     return result

@@ -25,8 +25,11 @@ CONFIGS = Path(__file__).resolve().parents[2] / "configs"
 CONFIG = CONFIGS / "shapes.yaml"  # the demo config
 
 
-def make_step(cfg, device: torch.device, channels_last: bool, precision: str):
-    """A closure running one training step of the demo model on a fixed random batch."""
+def make_step(cfg, device: torch.device, channels_last: bool, precision: str,
+              compiled: bool = False):
+    """A closure running one training step of `cfg`'s model on a fixed random batch
+    [solver.batch_size, 3, size, size]; the model runs through torch.compile when `compiled`
+    (as `train.compile: true` does)."""
     torch.manual_seed(0)
     model = build_model(cfg).to(device).train()
     size, batch = cfg.model.image_size, cfg.solver.batch_size
@@ -39,9 +42,10 @@ def make_step(cfg, device: torch.device, channels_last: bool, precision: str):
     optimizer = build_optimizer(model, cfg.solver.lr, cfg.solver.momentum, cfg.solver.weight_decay,
                                 name=cfg.solver.optimizer)
     scaler = torch.amp.GradScaler(device.type, enabled=precision == "fp16")
+    network = torch.compile(model) if compiled else model
 
     def step():
-        train_step(model, criterion, optimizer, scaler, images, targets, precision, channels_last,
+        train_step(network, criterion, optimizer, scaler, images, targets, precision, channels_last,
                    cfg.solver.clip_grad_norm)
         if device.type == "cuda":
             torch.cuda.synchronize()

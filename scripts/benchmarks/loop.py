@@ -1,8 +1,9 @@
 """`loop` section: the whole training loop against its bare step, in the same run.
 
-The loop is ``Trainer.from_config`` on the demo config (configs/shapes.yaml) with its real
-loader and workers, reading a shapes data set generated under a temporary folder (or the demo's
-own data/shapes when it is there as the config makes it); the bare step is
+The loop is ``Trainer.from_config`` on a shapes config (--config; default the demo's,
+configs/shapes.yaml; configs/shapes300.yaml is SSD300 for a GPU) with its real loader and
+workers, reading a shapes data set generated under a temporary folder (or the config's own data
+set when it is there as the config makes it); the bare step is
 ``Trainer.train_step`` of the same trainer (same model, optimizer, precision, channels_last) on
 one fixed batch, already in memory.
 
@@ -28,28 +29,30 @@ from pathlib import Path
 
 import torch
 
+from benchmarks import synchronize
 from ssd.config import load_config
+from ssd.data.loader import resolve_num_workers
 from ssd.data.shapes import read_shapes_settings, shapes_settings
 from ssd.engine.metrics_log import read_metrics
 from ssd.engine.trainer import Trainer
 
 CONFIGS = Path(__file__).resolve().parents[2] / "configs"
 
-CONFIG = CONFIGS / "shapes.yaml"  # the demo config
+DEMO_CONFIG = CONFIGS / "shapes.yaml"
 TRAIN_IMAGES = 512  # of a generated set: a few seconds to write, several epochs are not needed
 WINDOW = 10  # iterations per timed window (the log period)
 SEGMENTS = 5  # alternations of bare windows and loop windows
 TIMED_WINDOWS_PER_SEGMENT = 3
 
 
-def _overrides(data_root: Path, batch_size: int | None, max_iter: int) -> list[str]:
+def _overrides(config: Path, data_root: Path, batch_size: int | None, max_iter: int) -> list[str]:
     values = {
         "train.log_period": WINDOW,
         "train.eval_period": 0,
         "train.checkpoint_period": max_iter,  # only the one each segment's end writes
         "solver.max_iter": max_iter,
     }
-    if not _demo_data_present():
+    if not _data_present(config):
         values |= {"data.root": str(data_root), "data.shapes.num_train": TRAIN_IMAGES,
                    "data.shapes.num_test": 1}
     if batch_size:
@@ -57,18 +60,13 @@ def _overrides(data_root: Path, batch_size: int | None, max_iter: int) -> list[s
     return [f"{key}={value}" for key, value in values.items()]
 
 
-def _demo_data_present() -> bool:
-    """Whether the demo config's own shapes data set is there, as the config would generate it
-    (so it is read as it is, never regenerated)."""
-    shapes = load_config(CONFIG).data
+def _data_present(config: Path) -> bool:
+    """Whether the config's own shapes data set is there, as the config would generate it (so
+    it is read as it is, never regenerated)."""
+    shapes = load_config(config).data
     wanted = shapes_settings(shapes.shapes.num_train, shapes.shapes.num_test, shapes.shapes.image_size,
                              shapes.shapes.seed)
     return read_shapes_settings(shapes.root) == wanted
-
-
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 def bare_windows(trainer: Trainer, images: torch.Tensor, targets: list[torch.Tensor],
@@ -76,22 +74,24 @@ def bare_windows(trainer: Trainer, images: torch.Tensor, targets: list[torch.Ten
     """Images/s of `windows` windows of WINDOW bare steps on one fixed batch."""
     rates = []
     for _ in range(windows):
-        _sync(trainer.device)
+        synchronize(trainer.device)
         start = time.perf_counter()
         for _ in range(WINDOW):
             trainer.train_step(images, targets)
-        _sync(trainer.device)
+        synchronize(trainer.device)
         rates.append(WINDOW * images.shape[0] / (time.perf_counter() - start))
     return rates
 
 
-def run(quick: bool = False, device: str | None = None, batch_size: int | None = None) -> dict:
-    """Print and return {"loop_images_per_s", "bare_images_per_s", "ratio", "data_wait_fraction",
+def run(quick: bool = False, device: str | None = None, batch_size: int | None = None,
+        config: Path = DEMO_CONFIG) -> dict:
+    """Time `config`'s training loop against its bare step; print and return
+    {"loop_images_per_s", "bare_images_per_s", "ratio", "data_wait_fraction",
     "segment_ratios", ...}."""
     segments, timed_per_segment = (2, 2) if quick else (SEGMENTS, TIMED_WINDOWS_PER_SEGMENT)
     segment_iters = (1 + timed_per_segment) * WINDOW
     with tempfile.TemporaryDirectory() as tmp:
-        cfg = load_config(CONFIG, overrides=_overrides(Path(tmp) / "shapes", batch_size,
+        cfg = load_config(config, overrides=_overrides(config, Path(tmp) / "shapes", batch_size,
                                                        segments * segment_iters))
         trainer = Trainer.from_config(cfg, output_dir=Path(tmp) / "run", device=device, progress=False)
         images, targets, _ = next(iter(trainer.make_batches(0)))
@@ -112,7 +112,7 @@ def run(quick: bool = False, device: str | None = None, batch_size: int | None =
         return statistics.median(record["images_per_second"] for record in records)
 
     result = {"device": trainer.device.type, "batch": cfg.solver.batch_size,
-              "num_workers": trainer.num_workers if hasattr(trainer, "num_workers") else cfg.data.num_workers,
+              "num_workers": resolve_num_workers(cfg.data.num_workers),
               "precision": trainer.precision, "timed_loop_windows": len(timed),
               "loop_images_per_s": median_rate(timed),
               "bare_images_per_s": statistics.median(rate for windows in bare for rate in windows),
@@ -121,7 +121,7 @@ def run(quick: bool = False, device: str | None = None, batch_size: int | None =
               "segment_ratios": [median_rate(loop_records) / statistics.median(bare_rates)
                                  for loop_records, bare_rates in zip(loop, bare)]}
     result["ratio"] = result["loop_images_per_s"] / result["bare_images_per_s"]
-    print(f"{CONFIG.name}: {cfg.model.backbone} {cfg.model.image_size} px, batch {result['batch']}, "
+    print(f"{Path(config).name}: {cfg.model.backbone} {cfg.model.image_size} px, batch {result['batch']}, "
           f"{result['device']} ({result['precision']}), {result['num_workers']} loader workers; "
           f"{segments} segments of {timed_per_segment} bare windows then {timed_per_segment} timed "
           f"loop windows, {WINDOW} iterations each; medians")

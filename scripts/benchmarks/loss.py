@@ -17,6 +17,7 @@ from typing import Callable, Sequence
 import torch
 import torch.nn.functional as F
 
+from benchmarks import synchronize
 from ssd import defaults
 from ssd.config import load_config
 from ssd.loss import MultiBoxLoss
@@ -137,11 +138,6 @@ def make_batch(priors: torch.Tensor, batch: int = BATCH, seed: int = 0):
     return loc, conf, targets
 
 
-def _synchronize(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
 def _time_interleaved(steps: dict[str, Callable[[], dict]], repeats: int,
                       device: torch.device) -> tuple[dict, dict]:
     """Median seconds per step over `repeats` rounds (after a warm-up round), and last results.
@@ -153,10 +149,10 @@ def _time_interleaved(steps: dict[str, Callable[[], dict]], repeats: int,
     times: dict[str, list[float]] = {name: [] for name in steps}
     for _ in range(repeats):
         for name, step in steps.items():
-            _synchronize(device)
+            synchronize(device)
             start = time.perf_counter()
             results[name] = step()
-            _synchronize(device)
+            synchronize(device)
             times[name].append(time.perf_counter() - start)
     medians = {name: sorted(values)[len(values) // 2] for name, values in times.items()}
     return medians, results

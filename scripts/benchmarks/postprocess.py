@@ -17,24 +17,15 @@ previous implementation; on a GPU, post-processing of batch 32 no slower than th
 
 from __future__ import annotations
 
-import time
-from typing import Callable
-
 import torch
 from torchvision.ops import batched_nms
 
+from benchmarks import make_forward, median_times
 from ssd import defaults
 from ssd.box_utils import decode
 from ssd.config import load_config
-from ssd.modeling import build_model
 from ssd.postprocess import detect, nms_method
-from ssd.precision import (
-    autocast_context,
-    default_precision,
-    precision_label,
-    prepare_for_inference,
-    uses_channels_last,
-)
+from ssd.precision import default_precision, precision_label
 from ssd.priors import priors_from_config
 
 SETTINGS = dict(conf_threshold=defaults.CONF_THRESHOLD, nms_threshold=defaults.NMS_THRESHOLD,
@@ -78,26 +69,6 @@ def previous_detect(loc, conf, priors, conf_threshold, nms_threshold, top_k, can
     return results
 
 
-def _median_times(calls: dict[str, Callable[[], object]], repeats: int,
-                  device: torch.device) -> dict[str, float]:
-    """Median seconds per call over `repeats` interleaved rounds after one warm-up call."""
-    def synchronize():
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-
-    times: dict[str, list[float]] = {name: [] for name in calls}
-    for call in calls.values():
-        call()
-    for _ in range(repeats):
-        for name, call in calls.items():
-            synchronize()
-            start = time.perf_counter()
-            call()
-            synchronize()
-            times[name].append(time.perf_counter() - start)
-    return {name: sorted(values)[len(values) // 2] for name, values in times.items()}
-
-
 def _by_score_then_label(result: dict) -> dict:
     """The detections reordered by decreasing score, equal scores by increasing label (the
     order ``detect`` defines; the previous form left equal scores in any order)."""
@@ -123,7 +94,7 @@ def _compare(batch: int, distribution: str, device: torch.device, repeats: int,
         "loop": lambda: detect(loc, conf, priors, **SETTINGS, method="loop"),
         "batched": lambda: detect(loc, conf, priors, **SETTINGS, method="batched"),
     }
-    medians = _median_times(calls, repeats, device)
+    medians = median_times(calls, repeats, device)
     results = {name: call() for name, call in calls.items()}
     same = (_same(results["loop"], results["batched"], exact=True)
             and _same(results["loop"], results["previous"], exact=False))
@@ -141,18 +112,8 @@ def forward_seconds(batch: int, device: torch.device, repeats: int) -> tuple[flo
     CUDA, bf16 on CPUs that have it in hardware, else fp32), channels_last where that pays."""
     cfg = load_config(overrides=["model.pretrained=null"])
     precision = default_precision(device)
-    torch.manual_seed(0)
-    model = prepare_for_inference(build_model(cfg), device, precision)
-    size = cfg.model.image_size
-    images = torch.randn(batch, 3, size, size, generator=torch.Generator().manual_seed(0)).to(device)
-    if uses_channels_last(precision):
-        images = images.contiguous(memory_format=torch.channels_last)
-
-    def forward():
-        with torch.no_grad(), autocast_context(device, precision):
-            model(images)
-
-    return _median_times({"forward": forward}, repeats, device)["forward"], precision
+    forward = make_forward(cfg, device, batch, precision)
+    return median_times({"forward": forward}, repeats, device)["forward"], precision
 
 
 def run(quick: bool = False, device: str = "cpu", batch_size: int = BATCH) -> dict:
