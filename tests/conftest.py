@@ -10,6 +10,12 @@ sys.path.insert(0, str(REPO_ROOT))
 
 torch.set_num_threads(2)
 
+# The devices a test parametrised over `DEVICES` runs on: the CPU always, CUDA where a GPU is
+# present (skipped elsewhere), so that a run on a GPU machine checks the CUDA paths too: fp16
+# autocast, pinned memory, the whole-batch NMS, cuDNN, torch.compile's GPU code.
+needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+DEVICES = ["cpu", pytest.param("cuda", marks=needs_cuda)]
+
 
 def pytest_collection_modifyitems(config, items):
     """Slow tests (marked `slow`) are skipped when CI=true; a faster test covers the same code."""

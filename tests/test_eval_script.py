@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import needs_cuda
 
 from ssd.cli import eval as eval_script
 from ssd.cli.common import run_cli
@@ -78,9 +79,9 @@ def _overfit(model, cfg, data_root):
     return model.eval()
 
 
-def _evaluate(weights, out, *flags):
+def _evaluate(weights, out, *flags, device="cpu"):
     """main([...]) in process; returns (exit status, results.json parsed strictly)."""
-    code = eval_script.main(["--weights", str(weights), "--device", "cpu", "--output", str(out),
+    code = eval_script.main(["--weights", str(weights), "--device", device, "--output", str(out),
                              "--no-progress", *flags])
     return code, _strict_json(out / "results.json")
 
@@ -197,6 +198,21 @@ def test_bf16_map_is_within_bound_of_fp32(setup):
     assert abs(fp32["mAP"] - bf16["mAP"]) <= 0.05
     _, auto = _evaluate(trained, root / "out_auto", "--precision", "auto")
     assert auto["settings"]["precision"] == default_precision("cpu")
+
+
+@needs_cuda
+def test_cuda_maps_are_within_bound_of_the_cpu_fp32_map(setup):
+    """On CUDA, "fp32" convolutions may round their inputs to TF32 (PyTorch's default for
+    cuDNN), which keeps 11 significant bits, and fp16 keeps 11 too: both are finer than bf16,
+    so the bf16 bound above (0.05 of mAP) holds for them a fortiori."""
+    root, _, _, trained = setup
+    _, cpu = _evaluate(trained, root / "out_cpu_fp32")
+    code32, cuda32 = _evaluate(trained, root / "out_cuda_fp32", device="cuda")
+    code16, cuda16 = _evaluate(trained, root / "out_cuda_fp16", "--precision", "auto", device="cuda")
+    assert code32 == code16 == 0
+    assert cuda32["settings"]["precision"] == "fp32" and cuda16["settings"]["precision"] == "fp16"
+    assert cpu["mAP"] > 0.5
+    assert abs(cuda32["mAP"] - cpu["mAP"]) <= 0.05 and abs(cuda16["mAP"] - cpu["mAP"]) <= 0.05
 
 
 # ------------------------------------------------------------------ skipped and empty data

@@ -2,6 +2,7 @@ import math
 
 import pytest
 import torch
+from conftest import needs_cuda
 
 from ssd import postprocess
 from ssd.box_utils import cxcywh_to_xyxy, decode, pairwise_iou
@@ -232,6 +233,28 @@ def test_loop_and_batched_forms_give_identical_detections(distribution, batch, p
     if distribution == "tied":
         scores = torch.cat([result["scores"] for result in loop])
         assert len(scores.unique()) < len(scores) // 2  # the ties are real
+
+
+@needs_cuda
+@pytest.mark.parametrize("distribution", ["random", "half_trained", "tied"])
+@pytest.mark.parametrize("batch", [1, 32])
+def test_batched_form_on_cuda_gives_the_cpu_loop_detections(distribution, batch):
+    """detect's CUDA default (the batched form, on the GPU) against its CPU default (the
+    per-image loop), on full SSD300 outputs. The GPU's float32 exp and softmax may differ from
+    the CPU's in the last bits (other instruction sequences, another summation order over the
+    21 classes), so boxes and scores are compared to 64 float32 ulps (2^-23 relative each);
+    the detections kept, their order and labels must be the same."""
+    loc, conf, priors = _ssd300_outputs(batch, distribution, seed=batch)
+    settings = dict(conf_threshold=0.01, nms_threshold=0.45, candidates_per_class=400, top_k=200)
+    assert postprocess.nms_method("auto", torch.device("cuda"), 400) == "batched"
+    expected = detect(loc, conf, priors, **settings, method="loop")
+    got = detect(loc.cuda(), conf.cuda(), priors.cuda(), **settings, method="auto")
+    assert len(got) == len(expected)
+    float32_ulps = 64 * 2.0 ** -23
+    for a, b in zip(got, expected):
+        assert torch.equal(a["labels"].cpu(), b["labels"])
+        torch.testing.assert_close(a["scores"].cpu(), b["scores"], rtol=float32_ulps, atol=0)
+        torch.testing.assert_close(a["boxes"].cpu(), b["boxes"], rtol=float32_ulps, atol=float32_ulps)
 
 
 @pytest.mark.parametrize("method", ["loop", "batched"])

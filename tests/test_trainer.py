@@ -1,5 +1,6 @@
 """Trainer: learning, exact resume, atomic checkpoints, non-finite loss, SIGINT, DDP, CLI errors."""
 
+import math
 import os
 import signal
 import subprocess
@@ -9,6 +10,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import DEVICES, needs_cuda
 from trainer_helpers import REPO_ROOT, tiny_cfg, tiny_overrides, train_argv, train_main
 from trainer_helpers import TRAIN_SCRIPT as TRAIN_SCRIPT_PATH
 
@@ -30,9 +32,10 @@ def train_losses(output_dir):
             for r in read_metrics(output_dir / "metrics.jsonl") if r["kind"] == "train"}
 
 
-def test_overfits_a_fixed_batch(data_root, tmp_path):
+@pytest.mark.parametrize("device", DEVICES)
+def test_overfits_a_fixed_batch(data_root, tmp_path, device):
     trainer = Trainer.from_config(tiny_cfg(data_root, **{"solver.lr": 0.01}), output_dir=tmp_path,
-                                  device="cpu", progress=False)
+                                  device=device, progress=False)
     images, targets, _ = next(trainer.make_batches(0))
     first = trainer.train_step(images, targets)["loss"].item()
     for _ in range(25):
@@ -269,11 +272,13 @@ def test_amp_runs_on_cpu_only_with_native_bfloat16(monkeypatch, caplog):
     assert precision.training_precision(True, torch.device("cuda")) == "fp16"  # no CUDA needed to decide
 
 
-def test_non_finite_loss_inside_a_log_window_names_its_own_iteration_and_batch(data_root, tmp_path):
+@pytest.mark.parametrize("device", DEVICES)
+def test_non_finite_loss_inside_a_log_window_names_its_own_iteration_and_batch(data_root, tmp_path,
+                                                                               device):
     from ssd.data.loader import InfiniteSampler
 
     cfg = tiny_cfg(data_root, **{"train.log_period": 4, "train.checkpoint_period": 100})
-    trainer = Trainer.from_config(cfg, output_dir=tmp_path, device="cpu", progress=False)
+    trainer = Trainer.from_config(cfg, output_dir=tmp_path, device=device, progress=False)
     real, calls = trainer.criterion.forward, []
 
     def poisoned_second_iteration(loc, conf, priors, targets):
@@ -299,13 +304,14 @@ def test_non_finite_loss_inside_a_log_window_names_its_own_iteration_and_batch(d
     assert ckpt.list_checkpoints(tmp_path) == []
 
 
-def test_the_loop_reads_the_device_only_at_log_iterations(data_root, tmp_path, monkeypatch):
+@pytest.mark.parametrize("device", DEVICES)
+def test_the_loop_reads_the_device_only_at_log_iterations(data_root, tmp_path, monkeypatch, device):
     """Host reads of tensors (item, tolist, bool) from the trainer happen only when a periodic
     action is due, never per step: on CUDA each one would wait for the device."""
     import ssd.engine.trainer as trainer_module
 
     cfg = tiny_cfg(data_root, **{"train.log_period": 3, "train.checkpoint_period": 6})
-    trainer = Trainer.from_config(cfg, output_dir=tmp_path, device="cpu", progress=False)
+    trainer = Trainer.from_config(cfg, output_dir=tmp_path, device=device, progress=False)
     reads = []
 
     def counted(name):
@@ -341,6 +347,26 @@ def test_log_records_split_the_window_into_data_wait_and_step(data_root, tmp_pat
                                                             rel=2 * seconds_error, abs=0.006)
 
 
+@needs_cuda
+def test_cuda_run_in_fp16_channels_last_from_pinned_loader_workers(data_root, tmp_path):
+    """The CUDA training path as configs/shapes300.yaml runs it: fp16 autocast with a gradient
+    scaler, channels_last, 2 loader workers into pinned memory, cuDNN autotuning."""
+    cfg = tiny_cfg(data_root, **{"train.amp": True, "train.channels_last": True,
+                                 "data.num_workers": 2, "data.pin_memory": True})
+    trainer = Trainer.from_config(cfg, output_dir=tmp_path, device="cuda", progress=False)
+    assert trainer.precision == "fp16" and trainer.scaler.is_enabled()
+    assert torch.backends.cudnn.benchmark
+    images, _, _ = next(trainer.make_batches(0))
+    assert images.is_pinned()
+    trainer.train()
+    records = [r for r in read_metrics(tmp_path / "metrics.jsonl") if r["kind"] == "train"]
+    assert [r["iteration"] for r in records] == list(range(1, cfg.solver.max_iter + 1))
+    assert all(math.isfinite(r["loss_loc"]) and math.isfinite(r["loss_conf"]) for r in records)
+    assert [it for it, _ in ckpt.list_checkpoints(tmp_path)] == [3, 6]
+    weights = torch.load(ckpt.checkpoint_path(tmp_path, 6), map_location="cpu")["model"]
+    assert all(torch.isfinite(value).all() for value in weights.values() if value.is_floating_point())
+
+
 def test_cudnn_autotune_only_on_cuda(monkeypatch):
     from ssd.precision import enable_cudnn_autotune
 
@@ -374,18 +400,21 @@ def _tiny_ssd7_overrides(data_root):
             "model.priors.feature_maps": [8, 4, 2, 1]}
 
 
-def test_compiled_predictor_network_matches_eager(data_root, compile_backend, monkeypatch):
+@pytest.mark.parametrize("device", DEVICES)
+def test_compiled_predictor_network_matches_eager(data_root, compile_backend, monkeypatch, device):
     from ssd.modeling import build_model
     from ssd.predictor import Predictor
 
     real_compile = torch.compile
     monkeypatch.setattr(torch, "compile", lambda model: real_compile(model, backend=compile_backend))
+    # float32 convolutions on CUDA: no TF32 (10-bit mantissa inputs), which would need its own bound
+    monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", False)
     cfg = tiny_cfg(data_root, **_tiny_ssd7_overrides(data_root))
     torch.manual_seed(0)
     model = build_model(cfg)
-    predictor = Predictor(model, config=cfg, device="cpu", precision="fp32", compile=True)
+    predictor = Predictor(model, config=cfg, device=device, precision="fp32", compile=True)
     assert predictor.network is not predictor.model
-    images = torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(1))
+    images = torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(1)).to(device)
     with torch.inference_mode():
         compiled, eager = predictor.network(images), predictor.model(images)
     for fast, reference in zip(compiled, eager):
