@@ -38,15 +38,15 @@ python3 -c "import torch, torchvision; print('torch', torch.__version__, 'torchv
 nproc
 
 benchmark="python3 scripts/benchmark.py"
-step postprocess_loss 150 $benchmark postprocess loss --device cuda --batch-size 32 \
+step postprocess_loss 100 $benchmark postprocess loss --device cuda --batch-size 32 \
     --json "$out/json/postprocess_loss.json"
-step loop 180 $benchmark loop --config configs/shapes300.yaml --device cuda --batch-size 32 \
+step loop 120 $benchmark loop --config configs/shapes300.yaml --device cuda --batch-size 32 \
     --json "$out/json/loop.json"
-step tests 240 python3 -m pytest -q -rs -k cuda tests/test_postprocess.py tests/test_predictor.py \
+step tests 150 python3 -m pytest -q -rs -k cuda tests/test_postprocess.py tests/test_predictor.py \
     tests/test_eval_script.py tests/test_trainer.py
-step compile 240 $benchmark compile --config configs/shapes300.yaml --device cuda --batch-size 32 \
+step compile 150 $benchmark compile --config configs/shapes300.yaml --device cuda --batch-size 32 \
     --json "$out/json/compile.json"
-step data 200 $benchmark data --config configs/shapes300.yaml --workers 0 4 8 15 \
+step data 110 $benchmark data --config configs/shapes300.yaml --workers 0 4 8 15 \
     --json "$out/json/data.json"
 
 python3 - "$out" <<'EOF'
