@@ -37,6 +37,7 @@ MEAN = (104.0, 117.0, 123.0)
 DEMO_CONFIG = Path(__file__).resolve().parents[2] / "configs" / "shapes.yaml"  # the demo config
 DEFAULT_WORKERS = (0, 1, 2)
 LOADER_IMAGES = 256  # of the generated shapes set
+BATCHES_PER_WORKER = 4  # at least this many batches per worker in a timed round
 QUEUE_FILL_SECONDS = 3.0  # idle time that lets the workers fill their prefetch queue
 
 
@@ -156,7 +157,10 @@ def _rate(transform, samples, iterations: int, seed: int) -> float:
 
 
 def _loader_rate(dataset, transform, batch: int, count: int, batches: int, rounds: int) -> dict:
-    """{"images_per_s", "main_ms_per_batch"} of `count` workers reading `dataset`."""
+    """{"images_per_s", "main_ms_per_batch"} of `count` workers reading `dataset`: each round
+    times `batches` batches, or BATCHES_PER_WORKER per worker if more (with many workers a
+    short round would time one burst of batches that finish together)."""
+    batches = max(batches, BATCHES_PER_WORKER * count)
     stream = iter(make_train_loader(dataset, transform, batch, num_workers=count, seed=0))
     for _ in range(2 + count * PREFETCH_BATCHES_PER_WORKER):  # warm-up: worker start and
         next(stream)  # the batches queued meanwhile (they would inflate the rate)
@@ -196,7 +200,8 @@ def loader_rates(workers: list[int], batches: int, rounds: int, batch_size: int 
             for count in workers:
                 figures[count] = _loader_rate(dataset, transform, batch, count, batches, rounds)
     print(f"make_train_loader, {Path(config).name} augmentation ({cfg.model.image_size} px from "
-          f"{cfg.data.shapes.image_size} px JPEGs), batch {batch}, median of {rounds} x {batches} batches")
+          f"{cfg.data.shapes.image_size} px JPEGs), batch {batch}, median of {rounds} rounds of "
+          f"max({batches}, {BATCHES_PER_WORKER} x workers) batches")
     for mode, figures in results.items():
         what = "images decoded as read" if mode == "decoded" else "data.cache_images"
         for count, figure in figures.items():
