@@ -7,11 +7,12 @@
     python scripts/benchmark.py loop --device cuda --batch-size 32
     python scripts/benchmark.py data --workers 0 4 8 15
     python scripts/benchmark.py loop data compile --config configs/shapes300.yaml --device cuda
+    python scripts/benchmark.py loop --opts data.num_workers=2 data.cache_images=false
 
 Each section lives in scripts/benchmarks/<name>.py and defines `run(quick: bool) -> dict`,
 printing its figures (times and the ratio to its baseline) and returning them. Sections whose
-`run` also takes `device` / `batch_size` / `workers` / `config` get --device / --batch-size /
---workers / --config when those are given.
+`run` also takes `device` / `batch_size` / `workers` / `config` / `overrides` get --device /
+--batch-size / --workers / --config / --opts when those are given.
 """
 
 from __future__ import annotations
@@ -43,9 +44,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--config", type=Path,
                         help="shapes config for the sections that take one (loop, data, compile; "
                              "default: the demo's configs/shapes.yaml)")
+    parser.add_argument("--opts", nargs="+", metavar="KEY=VALUE",
+                        help="config overrides for the sections that take a config, applied after "
+                             "the section's own")
     args = parser.parse_args(argv)
     options = {"device": args.device, "batch_size": args.batch_size, "workers": args.workers,
-               "config": args.config}
+               "config": args.config, "overrides": args.opts}
     results = {}
     for name in args.sections or SECTIONS:
         module = importlib.import_module(f"benchmarks.{name}")

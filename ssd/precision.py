@@ -88,6 +88,16 @@ def autocast_context(device: torch.device | str, precision: str):
     return torch.autocast(device_type=torch.device(device).type, dtype=AUTOCAST_DTYPES[precision])
 
 
+def batch_image_dtype(setting: str, precision: str) -> torch.dtype:
+    """The dtype training batches carry their images in (`data.batch_dtype`): "float32",
+    "float16", or "auto": float16 when the step runs `precision` "fp16" (its autocast rounds the
+    images to float16 at the first convolution, so sending them rounded changes nothing there
+    and halves the bytes), else float32."""
+    if setting == "auto":
+        return torch.float16 if precision == "fp16" else torch.float32
+    return {"float32": torch.float32, "float16": torch.float16}[setting]
+
+
 def uses_channels_last(precision: str) -> bool:
     """Reduced precisions run fastest with channels_last activations; fp32 keeps the default
     layout (so fp32 results do not depend on the speed path)."""

@@ -133,6 +133,22 @@ def test_train_loader_is_independent_of_workers():
     assert_same_batches(serial, parallel)
 
 
+@pytest.mark.parametrize("workers", [0, 2])
+def test_float16_batches_are_the_float32_batches_rounded(workers):
+    """data.batch_dtype float16: the augmentation's float32 images rounded to nearest float16,
+    stacked in the workers' shared memory or in this process; the boxes stay float32."""
+    data = TinyDataset(10)
+    aug = SSDAugmentation(size=16)
+    reference = take(make_train_loader(data, aug, 3, num_workers=0, seed=5), 4)
+    half = take(make_train_loader(data, aug, 3, num_workers=workers, seed=5,
+                                  image_dtype=torch.float16), 4)
+    for (images, targets, indices), (images16, targets16, indices16) in zip(reference, half):
+        assert images16.dtype == torch.float16 and torch.equal(images16, images.half())
+        assert all(t16.dtype == torch.float32 and torch.equal(t, t16)
+                   for t, t16 in zip(targets, targets16))
+        assert torch.equal(indices, indices16)
+
+
 def test_train_loader_resume_gives_the_same_batches_without_loading_skipped_images():
     data = TinyDataset(10)
     aug = SSDAugmentation(size=16)

@@ -357,7 +357,7 @@ def test_cuda_run_in_fp16_channels_last_from_pinned_loader_workers(data_root, tm
     assert trainer.precision == "fp16" and trainer.scaler.is_enabled()
     assert torch.backends.cudnn.benchmark
     images, _, _ = next(trainer.make_batches(0))
-    assert images.is_pinned()
+    assert images.is_pinned() and images.dtype == torch.float16  # data.batch_dtype auto
     trainer.train()
     records = [r for r in read_metrics(tmp_path / "metrics.jsonl") if r["kind"] == "train"]
     assert [r["iteration"] for r in records] == list(range(1, cfg.solver.max_iter + 1))
@@ -365,6 +365,54 @@ def test_cuda_run_in_fp16_channels_last_from_pinned_loader_workers(data_root, tm
     assert [it for it, _ in ckpt.list_checkpoints(tmp_path)] == [3, 6]
     weights = torch.load(ckpt.checkpoint_path(tmp_path, 6), map_location="cpu")["model"]
     assert all(torch.isfinite(value).all() for value in weights.values() if value.is_floating_point())
+
+
+def test_batches_travel_in_float16_only_for_a_float16_step():
+    from ssd.precision import batch_image_dtype
+
+    assert batch_image_dtype("auto", "fp16") == torch.float16
+    assert batch_image_dtype("auto", "bf16") == batch_image_dtype("auto", "fp32") == torch.float32
+    assert batch_image_dtype("float32", "fp16") == torch.float32
+    assert batch_image_dtype("float16", "fp32") == torch.float16
+
+
+def test_a_float16_batch_trains_as_its_float32_values(data_root, tmp_path):
+    """train_step turns float16 images into float32 on the device: the same step as the
+    float32 batch holding the same (float16-rounded) values."""
+    losses = {}
+    for dtype in (torch.float16, torch.float32):
+        trainer = Trainer.from_config(tiny_cfg(data_root, **{"train.amp": False}),
+                                      output_dir=tmp_path / str(dtype), device="cpu", progress=False)
+        images, targets, _ = next(trainer.make_batches(0))
+        images = images.half().to(dtype)
+        losses[dtype] = [trainer.train_step(images, targets)["loss"].item() for _ in range(2)]
+    assert losses[torch.float16] == losses[torch.float32]
+
+
+@needs_cuda
+@pytest.mark.parametrize("backbone", ["vgg16", "ssd7"])
+def test_float16_autocast_gives_float16_batches_the_float32_batches_results(backbone, monkeypatch):
+    """Under float16 autocast the first layer, a convolution, rounds its float32 input to
+    float16; a batch already rounded (data.batch_dtype auto on CUDA) gives the same outputs
+    bit for bit (deterministic cuDNN algorithms, so both calls run the same kernels)."""
+    from ssd.config import load_config
+    from ssd.modeling import build_model
+    from ssd.precision import autocast_context
+
+    monkeypatch.setattr(torch.backends.cudnn, "benchmark", False)
+    monkeypatch.setattr(torch.backends.cudnn, "deterministic", True)
+    config = {"vgg16": None, "ssd7": REPO_ROOT / "configs" / "shapes.yaml"}[backbone]
+    cfg = load_config(config, overrides=["model.pretrained=null"])
+    torch.manual_seed(0)
+    model = build_model(cfg).cuda().eval()
+    size = cfg.model.image_size
+    images = 60 * torch.randn(2, 3, size, size, generator=torch.Generator().manual_seed(1))
+    outputs = {}
+    for name, batch in (("float32", images), ("float16", images.half())):
+        with torch.no_grad(), autocast_context(torch.device("cuda"), "fp16"):
+            outputs[name] = model(batch.cuda().float())
+    for got, expected in zip(outputs["float16"], outputs["float32"]):
+        assert torch.equal(got, expected)
 
 
 def test_cudnn_autotune_only_on_cuda(monkeypatch):

@@ -51,12 +51,12 @@ def _compare(eager, compiled, device: torch.device, repeats: int) -> dict:
 
 
 def run(quick: bool = False, device: str = "cpu", batch_size: int | None = None,
-        config: Path = DEMO_CONFIG) -> dict:
+        config: Path = DEMO_CONFIG, overrides: list[str] | None = None) -> dict:
     """Print and return {"train_step": {...}, "forward": {...}} (see `_compare`), with the
     device, batch and precisions."""
     device = torch.device(device)
-    overrides = ["model.pretrained=null"] + ([f"solver.batch_size={batch_size}"] if batch_size else [])
-    cfg = load_config(config, overrides=overrides)
+    own = ["model.pretrained=null"] + ([f"solver.batch_size={batch_size}"] if batch_size else [])
+    cfg = load_config(config, overrides=own + list(overrides or []))
     batch = cfg.solver.batch_size
     enable_cudnn_autotune(device)
     repeats = 3 if quick else 10

@@ -183,14 +183,14 @@ def _loader_rate(dataset, transform, batch: int, count: int, batches: int, round
 
 
 def loader_rates(workers: list[int], batches: int, rounds: int, batch_size: int | None = None,
-                 config: Path = DEMO_CONFIG) -> dict:
+                 config: Path = DEMO_CONFIG, overrides: list[str] | None = None) -> dict:
     """{"decoded" | "cached": {workers: {"images_per_s", "main_ms_per_batch"}}} of `config`'s
     training loader, decoding every image as it is read and with data.cache_images."""
     results = {"decoded": {}, "cached": {}}
     with tempfile.TemporaryDirectory() as tmp:
-        overrides = [f"data.root={Path(tmp) / 'shapes'}", f"data.shapes.num_train={LOADER_IMAGES}",
+        own = [f"data.root={Path(tmp) / 'shapes'}", f"data.shapes.num_train={LOADER_IMAGES}",
                      "data.shapes.num_test=1"]
-        cfg = load_config(config, overrides=overrides)
+        cfg = load_config(config, overrides=own + list(overrides or []))
         transform = build_transform(cfg, train=True)
         batch = batch_size or cfg.solver.batch_size
         for mode, figures in results.items():
@@ -212,7 +212,7 @@ def loader_rates(workers: list[int], batches: int, rounds: int, batch_size: int 
 
 
 def run(quick: bool = False, workers: list[int] | None = None, batch_size: int | None = None,
-        config: Path = DEMO_CONFIG) -> dict:
+        config: Path = DEMO_CONFIG, overrides: list[str] | None = None) -> dict:
     """Print and return {"augment_images_per_s", "baseline_images_per_s", "ratio", "loader"}."""
     iterations, rounds = (100, 1) if quick else (400, 3)
     samples = _samples(8)
@@ -241,5 +241,5 @@ def run(quick: bool = False, workers: list[int] | None = None, batch_size: int |
     print(f"  ratio:             {result['ratio']:8.2f}x")
     result["loader"] = loader_rates(list(workers or DEFAULT_WORKERS), batches=2 if quick else 4,
                                     rounds=2 if quick else 3, batch_size=batch_size,
-                                    config=config)
+                                    config=config, overrides=overrides)
     return result

@@ -35,6 +35,7 @@ from ssd.data.loader import resolve_num_workers
 from ssd.data.shapes import read_shapes_settings, shapes_settings
 from ssd.engine.metrics_log import read_metrics
 from ssd.engine.trainer import Trainer
+from ssd.precision import batch_image_dtype
 
 CONFIGS = Path(__file__).resolve().parents[2] / "configs"
 
@@ -84,15 +85,16 @@ def bare_windows(trainer: Trainer, images: torch.Tensor, targets: list[torch.Ten
 
 
 def run(quick: bool = False, device: str | None = None, batch_size: int | None = None,
-        config: Path = DEMO_CONFIG) -> dict:
-    """Time `config`'s training loop against its bare step; print and return
+        config: Path = DEMO_CONFIG, overrides: list[str] | None = None) -> dict:
+    """Time `config`'s training loop (with `overrides` after the section's own) against its
+    bare step; print and return
     {"loop_images_per_s", "bare_images_per_s", "ratio", "data_wait_fraction",
     "segment_ratios", ...}."""
     segments, timed_per_segment = (2, 2) if quick else (SEGMENTS, TIMED_WINDOWS_PER_SEGMENT)
     segment_iters = (1 + timed_per_segment) * WINDOW
     with tempfile.TemporaryDirectory() as tmp:
-        cfg = load_config(config, overrides=_overrides(config, Path(tmp) / "shapes", batch_size,
-                                                       segments * segment_iters))
+        own = _overrides(config, Path(tmp) / "shapes", batch_size, segments * segment_iters)
+        cfg = load_config(config, overrides=own + list(overrides or []))
         trainer = Trainer.from_config(cfg, output_dir=Path(tmp) / "run", device=device, progress=False)
         images, targets, _ = next(iter(trainer.make_batches(0)))
         bare_windows(trainer, images, targets, 1)  # warm-up
@@ -114,6 +116,7 @@ def run(quick: bool = False, device: str | None = None, batch_size: int | None =
     result = {"device": trainer.device.type, "batch": cfg.solver.batch_size,
               "num_workers": resolve_num_workers(cfg.data.num_workers),
               "precision": trainer.precision, "timed_loop_windows": len(timed),
+              "batch_dtype": str(batch_image_dtype(cfg.data.batch_dtype, trainer.precision)),
               "loop_images_per_s": median_rate(timed),
               "bare_images_per_s": statistics.median(rate for windows in bare for rate in windows),
               "data_wait_fraction": statistics.median(r.get("data_wait_fraction", float("nan"))
@@ -122,7 +125,8 @@ def run(quick: bool = False, device: str | None = None, batch_size: int | None =
                                  for loop_records, bare_rates in zip(loop, bare)]}
     result["ratio"] = result["loop_images_per_s"] / result["bare_images_per_s"]
     print(f"{Path(config).name}: {cfg.model.backbone} {cfg.model.image_size} px, batch {result['batch']}, "
-          f"{result['device']} ({result['precision']}), {result['num_workers']} loader workers; "
+          f"{result['device']} ({result['precision']}), {result['num_workers']} loader workers, "
+          f"{result['batch_dtype'].removeprefix('torch.')} batches; "
           f"{segments} segments of {timed_per_segment} bare windows then {timed_per_segment} timed "
           f"loop windows, {WINDOW} iterations each; medians")
     print(f"  bare train_step (fixed batch):    {result['bare_images_per_s']:8.1f} images/s")

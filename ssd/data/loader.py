@@ -50,7 +50,7 @@ class PackedBatch(NamedTuple):
     (each tensor costs the main process a shared-memory handle to receive, map and pin).
 
     Attributes:
-        images: [B, 3, S, S] float32.
+        images: [B, 3, S, S] float32 (or the loader's `image_dtype`).
         boxes: [N, 5] the B targets one after another (N = sum of counts).
         counts: [B] long, the number of boxes of each image.
         indices: [B] long, data set indices.
@@ -66,9 +66,11 @@ class PackedBatch(NamedTuple):
         return self.images, list(self.boxes.split(self.counts.tolist())), self.indices
 
 
-def pack_batch(batch: Sequence[tuple[torch.Tensor, torch.Tensor, int] | LoadFailure]):
+def pack_batch(batch: Sequence[tuple[torch.Tensor, torch.Tensor, int] | LoadFailure],
+               image_dtype: torch.dtype | None = None):
     """Collate (image [3, S, S], target [n_i, 5], index) items into a PackedBatch; a batch
-    holding a LoadFailure collates to that LoadFailure.
+    holding a LoadFailure collates to that LoadFailure. `image_dtype` (default: the images'
+    own) is the dtype of the stacked images (rounded to nearest, as ``Tensor.to`` rounds).
 
     In a loader worker the images are stacked straight into shared memory (as torch's
     default_collate does), so sending the batch does not copy them once more.
@@ -77,11 +79,15 @@ def pack_batch(batch: Sequence[tuple[torch.Tensor, torch.Tensor, int] | LoadFail
     if failure is not None:
         return failure
     first = batch[0][0]
-    out = None
+    dtype = image_dtype or first.dtype
+    shape = (len(batch), *first.shape)  # [B, 3, S, S]
+    images = torch.empty(0, dtype=dtype)
     if get_worker_info() is not None:
-        storage = first.untyped_storage()._new_shared(len(batch) * first.nbytes, device="cpu")
-        out = first.new(storage).resize_(len(batch), *first.shape)
-    images = torch.stack([item[0] for item in batch], out=out)  # [B, 3, S, S]
+        nbytes = math.prod(shape) * images.element_size()
+        images = images.new(first.untyped_storage()._new_shared(nbytes, device="cpu"))
+    images = images.resize_(shape)
+    for slot, item in zip(images, batch):
+        slot.copy_(item[0])
     boxes = torch.cat([item[1] for item in batch])  # [sum n_i, 5]
     counts = torch.tensor([len(item[1]) for item in batch], dtype=torch.long)
     indices = torch.tensor([item[2] for item in batch], dtype=torch.long)
@@ -313,6 +319,7 @@ def make_train_loader(
     rank: int = 0,
     world_size: int = 1,
     low_priority_workers: bool = False,
+    image_dtype: torch.dtype = torch.float32,
 ) -> DataLoader:
     """Endless training batches (never StopIteration; no epochs, no len()).
 
@@ -328,10 +335,12 @@ def make_train_loader(
         rank, world_size: the DDP shard.
         low_priority_workers: the workers take the lowest scheduling priority (for a training
             step that runs on the CPU).
+        image_dtype: the dtype of the batches' images (the augmentation's float32 rounded to
+            it); float16 halves what workers send and the device receives.
 
     Yields:
-        (images [B, 3, S, S] float32, targets list of B [n_i, 5] float32, indices LongTensor[B]).
-        The same seed gives the same batches for any num_workers.
+        (images [B, 3, S, S] of `image_dtype`, targets list of B [n_i, 5] float32, indices
+        LongTensor[B]). The same seed gives the same batches for any num_workers.
     """
     if len(dataset) == 0:
         report = getattr(dataset, "report", None)
@@ -342,6 +351,7 @@ def make_train_loader(
                               start=start_iter * batch_size, rank=rank, world_size=world_size)
     return data_loader(TransformedDataset(dataset, transform, seed), batch_size, num_workers,
                        pin_memory, seed, sampler=_PositionSampler(sampler),
+                       collate_fn=functools.partial(pack_batch, image_dtype=image_dtype),
                        low_priority_workers=low_priority_workers)
 
 

@@ -36,7 +36,13 @@ from ssd.fileio import atomic_torch_save, remove_stale_temporaries
 from ssd.loss import build_loss
 from ssd.modeling import build_model
 from ssd.postprocess import build_postprocessor
-from ssd.precision import autocast_context, enable_cudnn_autotune, precision_label, training_precision
+from ssd.precision import (
+    autocast_context,
+    batch_image_dtype,
+    enable_cudnn_autotune,
+    precision_label,
+    training_precision,
+)
 from ssd.weights import load_pretrained_backbone, load_training_weights
 
 logger = logging.getLogger(__name__)
@@ -77,7 +83,8 @@ def train_step(
         criterion: MultiBoxLoss-like: (loc [B,P,4], conf [B,P,C], priors [P,4], targets) ->
             {"loss_loc", "loss_conf"}.
         scaler: a GradScaler (disabled: plain backward and step).
-        images: [B, 3, S, S]; moved to the model's device.
+        images: [B, 3, S, S] float32, or float16 (data.batch_dtype); moved to the model's
+            device as float32.
         targets: B tensors [n_i, 5] (xmin, ymin, xmax, ymax, label).
         precision: "fp32", "bf16" or "fp16" (autocast of the forward pass).
         channels_last: feed the images in channels_last memory format.
@@ -88,7 +95,7 @@ def train_step(
     """
     bare = getattr(model, "module", model)
     device = next(bare.parameters()).device
-    images = images.to(device, non_blocking=True)
+    images = images.to(device, non_blocking=True).float()  # float16 batches: exact in float32
     if channels_last:
         images = images.contiguous(memory_format=torch.channels_last)
     targets = [t.to(device, non_blocking=True) for t in targets]
@@ -294,6 +301,8 @@ class Trainer:
             _cache_training_images(train_set, progress and dist.is_main)
         test_set = build_dataset(cfg, train=False) if cfg.train.eval_period > 0 else None
         train_transform = build_transform(cfg, train=True)
+        precision = training_precision(cfg.train.amp, device)
+        image_dtype = batch_image_dtype(cfg.data.batch_dtype, precision)
 
         def batches(start_iter: int):
             return iter(make_train_loader(
@@ -302,6 +311,7 @@ class Trainer:
                 pin_memory=cfg.data.pin_memory and device.type == "cuda",
                 seed=cfg.train.seed, start_iter=start_iter, rank=dist.rank,
                 world_size=dist.world_size, low_priority_workers=device.type == "cpu",
+                image_dtype=image_dtype,
             ))
 
         model = _build_model(cfg, device, init_weights, class_names=train_set.class_names)
@@ -312,7 +322,7 @@ class Trainer:
                                     solver.warmup_factor, schedule=solver.schedule,
                                     max_iter=solver.max_iter)
         return cls(cfg, model, build_loss(cfg), optimizer, scheduler, batches, output_dir, device,
-                   precision=training_precision(cfg.train.amp, device), train_set=train_set,
+                   precision=precision, train_set=train_set,
                    test_set=test_set, dist_info=dist, resume=resume, progress=progress,
                    overwrite=overwrite)
 
@@ -618,7 +628,9 @@ class Trainer:
             f"{self.device}{f' x{self.dist.world_size} processes' if self.dist.enabled else ''} "
             f"({precision_label(self.precision)}): "
             f"{len(self.train_set) if self.train_set is not None else '?'} training images, "
-            f"batch {cfg.solver.batch_size}, "
+            f"batch {cfg.solver.batch_size} "
+            f"({str(batch_image_dtype(cfg.data.batch_dtype, self.precision)).removeprefix('torch.')} "
+            f"images), "
             f"iterations {self.iteration} -> {max_iter}, output {self.output_dir}"
         )
 
