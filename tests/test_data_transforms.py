@@ -149,6 +149,23 @@ def test_identity_params_are_resize_and_mean():
     np.testing.assert_array_equal(out_boxes, boxes)
 
 
+@pytest.mark.parametrize("flip", [False, True])
+def test_a_plain_rescale_is_cv2_resize_on_the_warps_sampling_positions(flip):
+    """Without zoom-out and crop the image is resized (and mirrored) exactly as cv2.resize and
+    cv2.flip do; the general warp samples the same positions, so it differs only by its
+    fixed-point rounding, at most 1."""
+    aug = SSDAugmentation(size=48, mean=MEAN)
+    image = np.random.default_rng(11).integers(0, 256, size=(70, 90, 3), dtype=np.uint8)
+    params = AugmentParams(flip=flip)
+    out, _, _ = aug.apply(image, np.zeros((0, 4), np.float32), np.zeros(0), params)
+    resized = cv2.resize(image, (48, 48), interpolation=cv2.INTER_LINEAR)
+    expected = cv2.flip(resized, 1) if flip else resized
+    np.testing.assert_array_equal(out, expected[..., ::-1].astype(np.float32) - MEAN_RGB)
+    warped = cv2.warpAffine(image, T.warp_matrix(params, 90, 70, 48), (48, 48),
+                            flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
+    assert np.abs(warped.astype(int) - expected.astype(int)).max() <= 1
+
+
 def test_photometric_steps():
     image = np.full((4, 4, 3), (50, 100, 150), np.uint8)  # BGR
     bright = T.photometric(image, AugmentParams(brightness=20.0))

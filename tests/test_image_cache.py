@@ -13,8 +13,8 @@ from test_data_voc import obj, write_year, xml
 from trainer_helpers import tiny_cfg
 
 from ssd import system
-from ssd.data import DataError, SSDAugmentation, VOCDataset, image_cache, make_train_loader
-from ssd.data.image_cache import CacheTooLargeError, check_cache_fits
+from ssd.data import BaseTransform, DataError, SSDAugmentation, VOCDataset, image_cache, make_train_loader
+from ssd.data.image_cache import CacheTooLargeError, cached_image_size, check_cache_fits
 from ssd.data.loader import LOW_PRIORITY_NICENESS, init_loader_worker
 from ssd.engine.metrics_log import read_metrics
 from ssd.engine.trainer import Trainer
@@ -45,6 +45,36 @@ def test_cached_samples_and_batches_equal_the_decoded_ones(tmp_path):
     aug = SSDAugmentation(size=24)
     assert_same_batches(take(make_train_loader(plain, aug, 4, num_workers=0, seed=1), 3),
                         take(make_train_loader(cached, aug, 4, num_workers=2, seed=1), 3))
+
+
+@pytest.mark.parametrize("transform", [
+    SSDAugmentation(size=24, photometric=False, max_expand=1.0, crop=False),  # resizes, mirrors
+    BaseTransform(size=24),
+])
+def test_resized_cache_gives_a_resize_only_transform_the_same_batches(tmp_path, transform):
+    """A transform that only resizes (and mirrors) gets the same batches, bit for bit, from
+    images cached at its output size: a quarter of the memory of these 40x30 images here."""
+    noisy_voc(tmp_path, size=(40, 30))
+    plain = VOCDataset(tmp_path, [("2007", "trainval")], verbose=False)
+    cached = VOCDataset(tmp_path, [("2007", "trainval")], verbose=False)
+    size = cached_image_size(transform)
+    assert size == 24
+    assert cached.cache_images(progress=False, size=size) == 6 * 24 * 24 * 3
+    for index in range(len(plain)):
+        image, boxes, labels = cached.load_sample(index)
+        assert image.shape == (24, 24, 3)
+        _, plain_boxes, plain_labels = plain.load_sample(index)
+        np.testing.assert_array_equal(boxes, plain_boxes)  # normalised by the decoded size
+        np.testing.assert_array_equal(labels, plain_labels)
+    assert_same_batches(take(make_train_loader(plain, transform, 4, num_workers=0, seed=1), 4),
+                        take(make_train_loader(cached, transform, 4, num_workers=2, seed=1), 4))
+
+
+def test_transforms_that_crop_zoom_or_change_colours_keep_the_decoded_images():
+    assert cached_image_size(SSDAugmentation(size=24)) is None
+    for stage in ({"photometric": True}, {"max_expand": 2.0}, {"crop": True}):
+        options = {"photometric": False, "max_expand": 1.0, "crop": False} | stage
+        assert not SSDAugmentation(size=24, **options).resizes_only, stage
 
 
 def test_the_cache_is_read_after_the_files_are_gone_and_cannot_be_written(tmp_path):

@@ -28,6 +28,7 @@ import numpy as np
 
 from ssd.config import load_config
 from ssd.data import build_dataset, build_transform, make_train_loader
+from ssd.data.image_cache import cached_image_size
 from ssd.data.loader import PREFETCH_BATCHES_PER_WORKER
 from ssd.data.shapes import render_image
 from ssd.data.transforms import CROP_MIN_IOUS, CROP_TRIALS, SSDAugmentation
@@ -196,7 +197,7 @@ def loader_rates(workers: list[int], batches: int, rounds: int, batch_size: int 
         for mode, figures in results.items():
             dataset = build_dataset(cfg, train=True)
             if mode == "cached":
-                dataset.cache_images(progress=False)
+                dataset.cache_images(progress=False, size=cached_image_size(transform))
             for count in workers:
                 figures[count] = _loader_rate(dataset, transform, batch, count, batches, rounds)
     print(f"make_train_loader, {Path(config).name} augmentation ({cfg.model.image_size} px from "

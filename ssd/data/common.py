@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
+import cv2
 import numpy as np
 import torch
 
@@ -190,6 +191,7 @@ class DetectionDataset(torch.utils.data.Dataset):
         self.report = LoadReport(name=type(self).__name__)
         self._warned: set[str] = set()
         self._decoded: list[np.ndarray | None] | None = None  # see cache_images
+        self._decoded_shapes: list[tuple[int, int] | None] = []  # (height, width) as decoded
 
     # --- what the rest of the project uses -------------------------------------------------
 
@@ -228,7 +230,8 @@ class DetectionDataset(torch.utils.data.Dataset):
         if image is None:  # unreadable and skip_bad: a black image without objects
             image = np.zeros((record.height, record.width, 3), dtype=np.uint8)
             return image, np.zeros((0, 4), np.float32), np.zeros((0,), np.int64)
-        height, width = image.shape[:2]
+        # the boxes are normalised by the size decoding gives (a cached image may be resized)
+        height, width = image.shape[:2] if self._decoded is None else self._decoded_shapes[index]
         boxes, labels, difficult = record.boxes, record.labels, record.difficult
         if (width, height) != (record.width, record.height):
             self._warn_once(str(record.image_path), (
@@ -241,28 +244,39 @@ class DetectionDataset(torch.utils.data.Dataset):
         normalised = (boxes[keep] - self.coordinate_origin) / scale
         return image, normalised.astype(np.float32), labels[keep].astype(np.int64)
 
-    def cache_images(self, threads: int | None = None, progress: bool = True) -> int:
+    def cache_images(self, threads: int | None = None, progress: bool = True,
+                     size: int | None = None) -> int:
         """Decode every image now and keep it in memory for `load_sample` (see
         ssd.data.image_cache); returns the bytes the images take.
 
-        The samples do not change: the cache holds what decoding returns, read-only (a
-        transform must not write into its input image). A bad image fails
-        here as it would when read (a DataError naming it, or with skip_bad a warning and a
-        black image).
+        The cache holds what decoding returns, read-only (a transform must not write into its
+        input image); with `size`, the image resized to size x size (bilinear, as the
+        transforms resize), for a transform that resizes every image to that size and does
+        nothing else that depends on the original pixels (`resizes_only`): its outputs stay
+        the same bit for bit. A bad image fails here as it would when read (a DataError naming
+        it, or with skip_bad a warning and a black image).
 
         Raises:
             CacheTooLargeError: the images, by their annotated sizes, would take more than
                 `image_cache.MAX_MEMORY_FRACTION` of the available memory; nothing is decoded.
         """
-        needed = image_cache.images_bytes([(r.width, r.height) for r in self.records])
-        image_cache.check_cache_fits(needed, system.available_memory_bytes())
-        decoded = image_cache.decode_all(lambda i: self._read_image(self.records[i]),
-                                         len(self.records), threads, progress)
-        for image in decoded:
-            if image is not None:
-                image.setflags(write=False)  # a transform writing into it would change the data set
-        self._decoded = decoded
-        return sum(image.nbytes for image in decoded if image is not None)
+        sizes = [(size, size) if size else (r.width, r.height) for r in self.records]
+        image_cache.check_cache_fits(image_cache.images_bytes(sizes), system.available_memory_bytes())
+        entries = image_cache.decode_all(lambda i: self._cache_entry(i, size), len(self.records),
+                                         threads, progress)
+        self._decoded = [image for image, _ in entries]
+        self._decoded_shapes = [shape for _, shape in entries]
+        return sum(image.nbytes for image in self._decoded if image is not None)
+
+    def _cache_entry(self, index: int, size: int | None) -> tuple[np.ndarray | None, tuple[int, int] | None]:
+        """(image `index` as the cache holds it: read-only, resized to size x size when `size`;
+        its (height, width) as decoded), or (None, None) for an unreadable image with skip_bad."""
+        image = self._read_image(self.records[index])
+        if image is None:
+            return None, None
+        held = image if size is None else cv2.resize(image, (size, size), interpolation=cv2.INTER_LINEAR)
+        held.setflags(write=False)  # a transform writing into it would change the data set
+        return held, image.shape[:2]
 
     def __getitem__(self, index: int):
         """Without a transform: (image uint8 [H, W, 3] BGR, target float32 ndarray [n, 5]).

@@ -13,14 +13,14 @@ same samples, bit for bit, as one that decodes every time.
 from __future__ import annotations
 
 from concurrent.futures import ThreadPoolExecutor
-from typing import Callable, Sequence
+from typing import Callable, Sequence, TypeVar
 
-import numpy as np
 from tqdm import tqdm
 
 from ssd.config import ConfigError
 from ssd.system import usable_cores
 
+T = TypeVar("T")
 BYTES_PER_PIXEL = 3  # uint8 BGR
 # The cache may take at most this share of the memory available when it is built; the rest is
 # left to the loader workers' batches, the model and the system.
@@ -44,8 +44,8 @@ def check_cache_fits(needed_bytes: int, available_bytes: int | None) -> None:
         f"(the loader workers then decode every image as it is read)")
 
 
-def decode_all(read: Callable[[int], np.ndarray | None], count: int, threads: int | None = None,
-               progress: bool = True) -> list[np.ndarray | None]:
+def decode_all(read: Callable[[int], T], count: int, threads: int | None = None,
+               progress: bool = True) -> list[T]:
     """[read(0), ..., read(count - 1)], decoded by `threads` threads (default: the cores this
     process may use; OpenCV releases the interpreter lock while it decodes).
 
@@ -59,6 +59,13 @@ def decode_all(read: Callable[[int], np.ndarray | None], count: int, threads: in
         except BaseException:
             pool.shutdown(wait=True, cancel_futures=True)
             raise
+
+
+def cached_image_size(transform) -> int | None:
+    """The side the cache may resize the images to for `transform` without changing its
+    outputs: its output size when it only resizes and mirrors (`resizes_only`, as the demo's
+    augmentation and the test transform), else None (the images are held as decoded)."""
+    return transform.size if getattr(transform, "resizes_only", False) else None
 
 
 def images_bytes(sizes: Sequence[tuple[int, int]]) -> int:

@@ -171,8 +171,24 @@ def transform_boxes(
     """Move normalised boxes [n, 4] of a width x height image through expand, crop and mirror.
 
     A crop keeps the boxes whose centre lies inside it, clipped to it. Returns boxes float32
-    [m, 4] normalised to the output, all of positive size, and their labels [m].
+    [m, 4] normalised to the output, all of positive size, and their labels [m]. Without
+    zoom-out and crop the normalised boxes only mirror, whatever the image size.
     """
+    if params.expand is None and params.crop is None:
+        out = boxes.astype(np.float64)
+    else:
+        out, labels = _expand_and_crop_boxes(boxes, labels, params, width, height)
+    if params.flip:
+        out = np.stack([1 - out[:, 2], out[:, 1], 1 - out[:, 0], out[:, 3]], axis=1)
+    out = np.clip(out, 0.0, 1.0).astype(np.float32)
+    valid = (out[:, 2] > out[:, 0]) & (out[:, 3] > out[:, 1])
+    return out[valid], labels[valid]
+
+
+def _expand_and_crop_boxes(boxes: np.ndarray, labels: np.ndarray, params: AugmentParams,
+                           width: int, height: int) -> tuple[np.ndarray, np.ndarray]:
+    """Normalised boxes [n, 4] -> float64 [m, 4] normalised to the crop of the zoom-out
+    canvas (the boxes whose centre lies inside it, clipped to it), and their labels [m]."""
     (left, top), (x0, y0, x1, y1) = _geometry(params, width, height)
     pixels = boxes.astype(np.float64) * (width, height, width, height) + (left, top, left, top)
     if params.crop is not None:
@@ -180,12 +196,7 @@ def transform_boxes(
         keep = ((centres > (x0, y0)) & (centres < (x1, y1))).all(axis=1)
         pixels = np.clip(pixels[keep], (x0, y0, x0, y0), (x1, y1, x1, y1))
         labels = labels[keep]
-    out = (pixels - (x0, y0, x0, y0)) / (x1 - x0, y1 - y0, x1 - x0, y1 - y0)
-    if params.flip:
-        out = np.stack([1 - out[:, 2], out[:, 1], 1 - out[:, 0], out[:, 3]], axis=1)
-    out = np.clip(out, 0.0, 1.0).astype(np.float32)
-    valid = (out[:, 2] > out[:, 0]) & (out[:, 3] > out[:, 1])
-    return out[valid], labels[valid]
+    return (pixels - (x0, y0, x0, y0)) / (x1 - x0, y1 - y0, x1 - x0, y1 - y0), labels
 
 
 def warp_matrix(params: AugmentParams, width: int, height: int, size: int) -> np.ndarray:
@@ -240,6 +251,13 @@ class SSDAugmentation:
         return (f"SSDAugmentation(size={self.size}, mean={self.mean}, max_expand={self.max_expand}, "
                 f"photometric={self.photometric}, crop={self.crop}, mirror={self.mirror})")
 
+    @property
+    def resizes_only(self) -> bool:
+        """Whether every draw only resizes to S x S and maybe mirrors (no photometric change,
+        zoom-out or crop). Then an image already resized to S x S gives the same output bit for
+        bit: ``cv2.resize`` to its own size copies it (what `data.cache_images` relies on)."""
+        return not self.photometric and self.max_expand == 1 and not self.crop
+
     def sample_params(self, height: int, width: int, boxes: np.ndarray,
                       rng: np.random.Generator) -> AugmentParams:
         """Draw every random choice for a height x width image with normalised boxes [n, 4]."""
@@ -281,16 +299,29 @@ class SSDAugmentation:
         height, width = image.shape[:2]
         boxes, labels = transform_boxes(np.asarray(boxes).reshape(-1, 4), np.asarray(labels),
                                         params, width, height)
-        image = photometric(image, params)
+        resampled = self._resample(photometric(image, params), params)
+        return finish(resampled, params.channel_order, self.mean), boxes, labels
+
+    def _resample(self, image: np.ndarray, params: AugmentParams) -> np.ndarray:
+        """[H, W, 3] -> [S, S, 3] through zoom-out, crop and mirror in one bilinear warp.
+
+        Without zoom-out and crop it is a plain rescale (and mirror): then ``cv2.resize``, as
+        BaseTransform resizes at test time, and ``cv2.flip``. They sample the same positions
+        as the warp (its centre alignment is resize's) in half the time; their fixed-point
+        weights round differently, by at most 1 in a pixel value.
+        """
+        size = (self.size, self.size)
+        if params.expand is None and params.crop is None:
+            resized = cv2.resize(image, size, interpolation=cv2.INTER_LINEAR)
+            return cv2.flip(resized, 1) if params.flip else resized
+        height, width = image.shape[:2]
         # Outside the image: the zoom-out canvas (the mean) or, without zoom-out, the edge pixels
         # (as cv2.resize does).
         fill = np.empty(3)
         fill[list(params.channel_order)] = self.mean  # so that the swap in `finish` restores it
         border = cv2.BORDER_CONSTANT if params.expand is not None else cv2.BORDER_REPLICATE
-        warped = cv2.warpAffine(image, warp_matrix(params, width, height, self.size),
-                                (self.size, self.size), flags=cv2.INTER_LINEAR,
-                                borderMode=border, borderValue=tuple(fill))
-        return finish(warped, params.channel_order, self.mean), boxes, labels
+        return cv2.warpAffine(image, warp_matrix(params, width, height, self.size), size,
+                              flags=cv2.INTER_LINEAR, borderMode=border, borderValue=tuple(fill))
 
     def __call__(self, image: np.ndarray, boxes: np.ndarray, labels: np.ndarray,
                  rng: np.random.Generator | None = None):
@@ -308,6 +339,8 @@ class BaseTransform:
     Called like SSDAugmentation; boxes and labels pass through unchanged (they are normalised,
     so resizing does not move them) and may be None.
     """
+
+    resizes_only = True  # see SSDAugmentation.resizes_only
 
     def __init__(self, size: int = 300, mean: Sequence[float] = (104, 117, 123)):
         self.size = int(size)

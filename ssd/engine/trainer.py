@@ -26,6 +26,7 @@ from tqdm import tqdm
 
 from ssd.data import DataError, build_dataset, build_transform, make_train_loader
 from ssd.data.build import class_names_for
+from ssd.data.image_cache import cached_image_size
 from ssd.engine import checkpoint as ckpt
 from ssd.engine.distributed import DistInfo, barrier, ranks_agree
 from ssd.engine.freeze import freeze_modules
@@ -297,10 +298,10 @@ class Trainer:
         _seed_everything(cfg.train.seed)
         # Data first: a missing data set stops the run before any heavy work.
         train_set = build_dataset(cfg, train=True)
-        if cfg.data.cache_images:
-            _cache_training_images(train_set, progress and dist.is_main)
-        test_set = build_dataset(cfg, train=False) if cfg.train.eval_period > 0 else None
         train_transform = build_transform(cfg, train=True)
+        if cfg.data.cache_images:
+            _cache_training_images(train_set, train_transform, progress and dist.is_main)
+        test_set = build_dataset(cfg, train=False) if cfg.train.eval_period > 0 else None
         precision = training_precision(cfg.train.amp, device)
         image_dtype = batch_image_dtype(cfg.data.batch_dtype, precision)
 
@@ -652,13 +653,16 @@ def _refuse_another_run(output_dir: Path, resume, overwrite: bool) -> None:
         )
 
 
-def _cache_training_images(train_set, progress: bool) -> None:
+def _cache_training_images(train_set, transform, progress: bool) -> None:
     """`data.cache_images`: decode the training images into memory before the workers start
-    (every DDP process holds its own copy)."""
+    (every DDP process holds its own copy), already resized to the input size when `transform`
+    only resizes and mirrors (the same batches from a fraction of the memory)."""
     start = time.perf_counter()
-    held = train_set.cache_images(progress=progress)
-    logger.info("data.cache_images: %d training images decoded into memory (%.2f GiB) in %.1f s",
-                len(train_set), held / 2**30, time.perf_counter() - start)
+    size = cached_image_size(transform)
+    held = train_set.cache_images(progress=progress, size=size)
+    logger.info("data.cache_images: %d training images decoded into memory%s (%.2f GiB) in %.1f s",
+                len(train_set), f", resized to {size} px" if size else "", held / 2**30,
+                time.perf_counter() - start)
 
 
 def _build_model(cfg, device: torch.device, init_weights, class_names=None) -> nn.Module:
