@@ -7,7 +7,9 @@ from the process that holds the images and read them from memory without copying
 systems that start workers by spawning instead of forking, each worker receives its own copy).
 
 The cache holds the images exactly as decoding returns them, so a cached data set yields the
-same samples, bit for bit, as one that decodes every time.
+same samples, bit for bit, as one that decodes every time; or, for a transform that only
+resizes and mirrors (`cached_image_size`), resized to its output size, which gives that
+transform the same outputs from a fraction of the memory.
 """
 
 from __future__ import annotations
