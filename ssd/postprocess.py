@@ -195,8 +195,8 @@ def _greedy_nms_batched(boxes: torch.Tensor, candidate: torch.Tensor, threshold:
     return keep
 
 
-def _overlap_matrix(boxes: torch.Tensor, threshold: float, dtype: torch.dtype = torch.bool) -> torch.Tensor:
-    """[G, k, 4] xyxy -> Tensor[G, k, k] of `dtype`, 1 (True) where IoU > threshold, else 0,
+def _overlap_matrix(boxes: torch.Tensor, threshold: float, dtype: torch.dtype) -> torch.Tensor:
+    """[G, k, 4] xyxy -> Tensor[G, k, k] of `dtype`, 1 where IoU > threshold, else 0,
     computed in group chunks.
 
     The IoU is torchvision's (same float32 operations), compared as torchvision compares it

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import torch
 
-from benchmarks import best_time, random_targets
+from benchmarks import best_time, random_targets, synchronize
 from ssd.config import load_config
 from ssd.engine.solver import build_optimizer
 from ssd.engine.trainer import train_step
@@ -47,8 +47,7 @@ def make_step(cfg, device: torch.device, channels_last: bool, precision: str,
     def step():
         train_step(network, criterion, optimizer, scaler, images, targets, precision, channels_last,
                    cfg.solver.clip_grad_norm)
-        if device.type == "cuda":
-            torch.cuda.synchronize()
+        synchronize(device)
 
     return step
 

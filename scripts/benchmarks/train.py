@@ -12,7 +12,7 @@ from pathlib import Path
 
 import torch
 
-from benchmarks import random_targets
+from benchmarks import random_targets, synchronize
 from ssd.config import load_config
 from ssd.engine.solver import build_optimizer
 from ssd.engine.trainer import train_step
@@ -45,13 +45,11 @@ def time_steps(mode: str, device: torch.device, steps: int) -> float:
         train_step(model, criterion, optimizer, scaler, images, targets, precision, channels_last)
 
     step()  # warm-up
-    if device.type == "cuda":
-        torch.cuda.synchronize()
+    synchronize(device)
     start = time.perf_counter()
     for _ in range(steps):
         step()
-    if device.type == "cuda":
-        torch.cuda.synchronize()
+    synchronize(device)
     return (time.perf_counter() - start) / steps
 
 

@@ -13,12 +13,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-import cv2
 import numpy as np
 import torch
 
 from ssd import system
 from ssd.data import image_cache
+from ssd.data.transforms import resize_square
 from ssd.fileio import decode_image_file
 
 logger = logging.getLogger(__name__)
@@ -274,7 +274,7 @@ class DetectionDataset(torch.utils.data.Dataset):
         image = self._read_image(self.records[index])
         if image is None:
             return None, None
-        held = image if size is None else cv2.resize(image, (size, size), interpolation=cv2.INTER_LINEAR)
+        held = image if size is None else resize_square(image, size)
         held.setflags(write=False)  # a transform writing into it would change the data set
         return held, image.shape[:2]
 

@@ -64,6 +64,17 @@ class AugmentParams:
     crop: tuple[float, float, float, float] | None = None  # (x0, y0, x1, y1) in the canvas
     flip: bool = False  # horizontal mirror
 
+    @property
+    def plain_rescale(self) -> bool:
+        """No zoom-out and no crop: the output frames the whole image (maybe mirrored)."""
+        return self.expand is None and self.crop is None
+
+
+def resize_square(image: np.ndarray, size: int) -> np.ndarray:
+    """[H, W, 3] -> [size, size, 3], bilinear (cv2.resize; an image already that size is
+    copied unchanged). The one resize of the transforms and of the resized image cache."""
+    return cv2.resize(image, (size, size), interpolation=cv2.INTER_LINEAR)
+
 
 def boxes_iou(boxes_a: np.ndarray, boxes_b: np.ndarray) -> np.ndarray:
     """IoU of every pair: a [N, 4] xyxy, b [M, 4] xyxy -> [N, M] (continuous coordinates)."""
@@ -174,7 +185,7 @@ def transform_boxes(
     [m, 4] normalised to the output, all of positive size, and their labels [m]. Without
     zoom-out and crop the normalised boxes only mirror, whatever the image size.
     """
-    if params.expand is None and params.crop is None:
+    if params.plain_rescale:
         out = boxes.astype(np.float64)
     else:
         out, labels = _expand_and_crop_boxes(boxes, labels, params, width, height)
@@ -310,9 +321,8 @@ class SSDAugmentation:
         as the warp (its centre alignment is resize's) in half the time; their fixed-point
         weights round differently, by at most 1 in a pixel value.
         """
-        size = (self.size, self.size)
-        if params.expand is None and params.crop is None:
-            resized = cv2.resize(image, size, interpolation=cv2.INTER_LINEAR)
+        if params.plain_rescale:
+            resized = resize_square(image, self.size)
             return cv2.flip(resized, 1) if params.flip else resized
         height, width = image.shape[:2]
         # Outside the image: the zoom-out canvas (the mean) or, without zoom-out, the edge pixels
@@ -320,8 +330,9 @@ class SSDAugmentation:
         fill = np.empty(3)
         fill[list(params.channel_order)] = self.mean  # so that the swap in `finish` restores it
         border = cv2.BORDER_CONSTANT if params.expand is not None else cv2.BORDER_REPLICATE
-        return cv2.warpAffine(image, warp_matrix(params, width, height, self.size), size,
-                              flags=cv2.INTER_LINEAR, borderMode=border, borderValue=tuple(fill))
+        return cv2.warpAffine(image, warp_matrix(params, width, height, self.size),
+                              (self.size, self.size), flags=cv2.INTER_LINEAR, borderMode=border,
+                              borderValue=tuple(fill))
 
     def __call__(self, image: np.ndarray, boxes: np.ndarray, labels: np.ndarray,
                  rng: np.random.Generator | None = None):
@@ -352,5 +363,4 @@ class BaseTransform:
     def __call__(self, image: np.ndarray, boxes: np.ndarray | None = None,
                  labels: np.ndarray | None = None, rng: np.random.Generator | None = None):
         """image uint8 [H, W, 3] BGR -> (float32 [S, S, 3] RGB minus mean, boxes, labels)."""
-        resized = cv2.resize(image, (self.size, self.size), interpolation=cv2.INTER_LINEAR)
-        return finish(resized, (0, 1, 2), self.mean), boxes, labels
+        return finish(resize_square(image, self.size), (0, 1, 2), self.mean), boxes, labels
