@@ -63,4 +63,6 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from ssd.cli.common import run_cli
+
+    run_cli(main)  # a bad --opts key or value: one `error: ...` line, exit status 2
