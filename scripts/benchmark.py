@@ -21,6 +21,7 @@ import argparse
 import importlib
 import inspect
 import json
+import logging
 import sys
 from pathlib import Path
 
@@ -48,6 +49,7 @@ def main(argv: list[str] | None = None) -> int:
                         help="config overrides for the sections that take a config, applied after "
                              "the section's own")
     args = parser.parse_args(argv)
+    logging.getLogger("ssd").setLevel(logging.WARNING)  # the figures only, not the trainer's log
     options = {"device": args.device, "batch_size": args.batch_size, "workers": args.workers,
                "config": args.config, "overrides": args.opts}
     results = {}
