@@ -94,6 +94,41 @@ def prior_iou(boxes: torch.Tensor, priors_xyxy: torch.Tensor,
     return inter.div_(union.sub_(inter).clamp_(min=torch.finfo(inter.dtype).tiny))
 
 
+class _GeometryMemo(NamedTuple):
+    """The last priors passed to `prior_geometry`, their version counter and geometry."""
+
+    priors: torch.Tensor
+    version: int
+    geometry: tuple[torch.Tensor, PriorIntervals]
+
+
+_last_geometry: _GeometryMemo | None = None
+
+
+def prior_geometry(priors_cxcywh: torch.Tensor) -> tuple[torch.Tensor, PriorIntervals]:
+    """Corners [P, 4] xyxy and `prior_intervals` of priors [P, 4] (cx, cy, w, h).
+
+    The loss passes the same priors tensor (a model buffer) every step, so the result for
+    the last tensor is kept: finding the distinct intervals sorts all P priors twice. The
+    memo holds that tensor itself, so its identity cannot pass to another tensor, and its
+    version counter, so an in-place change is seen. Inference tensors keep no version
+    counter and are never memoised.
+    """
+    global _last_geometry
+    memo = _last_geometry
+    if torch.is_inference(priors_cxcywh):
+        return _compute_geometry(priors_cxcywh)
+    if memo is None or memo.priors is not priors_cxcywh or memo.version != priors_cxcywh._version:
+        memo = _GeometryMemo(priors_cxcywh, priors_cxcywh._version, _compute_geometry(priors_cxcywh))
+        _last_geometry = memo
+    return memo.geometry
+
+
+def _compute_geometry(priors_cxcywh: torch.Tensor) -> tuple[torch.Tensor, PriorIntervals]:
+    priors_xyxy = cxcywh_to_xyxy(priors_cxcywh)
+    return priors_xyxy, prior_intervals(priors_xyxy)
+
+
 def _distinct_intervals(low: torch.Tensor, high: torch.Tensor):
     """Distinct (low, high) pairs of [P] coordinates: lows [U], highs [U] and index [P]
     with pair p == (lows[index[p]], highs[index[p]]). Pairs are told apart by their bits."""
@@ -191,8 +226,7 @@ def match(
         positive [B, P] bool;
         best_iou [B, P] float: IoU of each prior with its assigned ground truth.
     """
-    priors_xyxy = cxcywh_to_xyxy(priors_cxcywh)
-    intervals = prior_intervals(priors_xyxy)
+    priors_xyxy, intervals = prior_geometry(priors_cxcywh)
     chunk = images_per_chunk or max(gt_valid.shape[0], 1)
     parts = [
         _match_chunk(boxes, valid, priors_xyxy, intervals, iou_threshold)
@@ -214,10 +248,12 @@ def _match_chunk(
     """`match` of gt_boxes [B, n, 4] / gt_valid [B, n] (B: this chunk's images)."""
     batch, num_gt = gt_valid.shape
     num_priors = priors_xyxy.shape[0]
-    iou = prior_iou(gt_boxes, priors_xyxy, intervals)  # [B, n, P]
-    iou[~gt_valid] = -1.0  # padding rows never win (writes only those rows)
-
-    best_iou, matched_index = iou.max(dim=1)  # [B, P]: best ground truth per prior
+    # Padding rows become (0, 0, 0, 0), whose IoU with every prior is 0 <= any valid IoU, so
+    # the maximum over all rows is the maximum over the valid ones (0 without any).
+    gt_boxes = gt_boxes * gt_valid[..., None]  # [B, n, 4]
+    iou = prior_iou(gt_boxes, priors_xyxy, intervals)  # [B, n, P], >= 0
+    best_iou = iou.amax(dim=1)  # [B, P]: best ground truth per prior
+    matched_index = first_row_reaching(iou, best_iou, gt_valid)  # [B, P]
     best_prior = iou.argmax(dim=2)  # [B, n]: best prior per ground truth
 
     # Bipartite step: force each valid ground truth onto its best prior. Scattering in order
@@ -234,4 +270,29 @@ def _match_chunk(
                            best_iou)
     positive = (best_iou >= iou_threshold) | claimed
     positive &= gt_valid.any(dim=1, keepdim=True)  # images with no objects: all background
-    return matched_index, positive, best_iou.clamp(min=0)
+    return matched_index, positive, best_iou
+
+
+def first_row_reaching(values: torch.Tensor, target: torch.Tensor,
+                       valid: torch.Tensor) -> torch.Tensor:
+    """Per column, the first valid row whose value equals the target.
+
+    With target = values.amax(dim=1) this is the index that `values.max(dim=1)` returns
+    (the first maximal row) restricted to valid rows, found about three times faster on
+    CPU: `max(dim=1)` with indices reduces over the middle dimension of a [B, n, P] tensor
+    much more slowly than `amax` does. The index is n minus the `amax` of
+    (row reaches the target) * (n - row), a weight that is 0 for invalid rows.
+
+    Args:
+        values: [B, n, P].
+        target: [B, P].
+        valid: [B, n] bool.
+
+    Returns:
+        [B, P] long row index; 0 where no valid row reaches the target.
+    """
+    num_rows = values.shape[1]
+    weight_dtype = torch.uint8 if num_rows <= torch.iinfo(torch.uint8).max else torch.int32
+    weights = torch.arange(num_rows, 0, -1, device=values.device).to(weight_dtype) * valid  # [B, n]
+    reach = ((values == target[:, None]) * weights[:, :, None]).amax(dim=1)  # [B, P]: n - row or 0
+    return torch.where(reach > 0, num_rows - reach.long(), 0)

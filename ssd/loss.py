@@ -42,11 +42,14 @@ class PriorTargets(NamedTuple):
 
     labels: [B, P] long, 0 = background, k + 1 = foreground class k.
     positive: [B, P] bool, priors matched to a ground-truth box.
-    loc_targets: [K, 4] encoded offsets of the K positive priors, in `positive.nonzero()` order.
+    positive_index: [K] long, the positives' indices into the flattened [B * P] priors, in
+        `positive.nonzero()` order (row-major).
+    loc_targets: [K, 4] encoded offsets of the K positive priors, in that order.
     """
 
     labels: torch.Tensor
     positive: torch.Tensor
+    positive_index: torch.Tensor
     loc_targets: torch.Tensor
 
 
@@ -125,17 +128,19 @@ def assign_targets(
         variances: encoding variances (centre, size).
 
     Returns:
-        PriorTargets(labels [B, P], positive [B, P], loc_targets [K, 4]).
+        PriorTargets(labels [B, P], positive [B, P], positive_index [K], loc_targets [K, 4]).
     """
     with torch.no_grad():
         chunk = images_per_chunk(gt.device, gt.shape[1] * priors.shape[0])  # IoU [chunk, n, P]
         matched_index, positive, _ = match(gt[..., :4], valid, priors, iou_threshold, chunk)  # [B, P]
         gt_labels = gt[..., 4].long() + 1  # [B, n], background is 0
-        labels = gt_labels.gather(1, matched_index).masked_fill(~positive, 0)  # [B, P]
-        image, prior = positive.nonzero(as_tuple=True)  # K positives, row-major
+        labels = gt_labels.gather(1, matched_index).masked_fill_(~positive, 0)  # [B, P]
+        positive_index = flat_index(positive)  # [K], row-major
+        num_priors = positive.shape[1]
+        image, prior = positive_index // num_priors, positive_index % num_priors  # [K] each
         matched_boxes = gt[image, matched_index[image, prior], :4]  # [K, 4] xyxy
         loc_targets = encode(matched_boxes, priors[prior], variances)  # [K, 4]
-    return PriorTargets(labels, positive, loc_targets)
+    return PriorTargets(labels, positive, positive_index, loc_targets)
 
 
 def hard_negative_mask(
@@ -160,21 +165,26 @@ def hard_negative_mask(
         num_pos = positive.sum(dim=1)  # [B]
         num_neg = (num_pos.double() * neg_pos_ratio).floor().long()  # [B]
         num_neg = torch.minimum(num_neg, num_priors - num_pos)  # at most every negative
-        ranked = background_loss.detach().masked_fill(positive, float("-inf"))  # [B, P]
+        ranked = torch.where(positive, float("-inf"), background_loss.detach())  # [B, P]
         k = int(num_neg.max()) if num_neg.numel() else 0
         top = ranked.topk(k, dim=1).indices  # [B, k], hardest first
         keep = torch.arange(k, device=positive.device) < num_neg[:, None]  # [B, k]
         return torch.zeros_like(positive).scatter_(1, top, keep)
 
 
-def _rows(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """values[mask] for values [B, P, ...] and mask [B, P], rows in `mask.nonzero()` order.
+def flat_index(mask: torch.Tensor) -> torch.Tensor:
+    """Indices [K] of the True entries of mask [B, P] in the flattened [B * P], row-major."""
+    return mask.reshape(-1).nonzero().squeeze(1)
+
+
+def _rows(values: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+    """Rows `index` [K] (see `flat_index`) of values [B, P, ...] flattened -> [K, ...].
 
     An index_select of the flattened rows: its backward is an index_add into the gradient,
     much faster on CPU than the accumulating index_put of boolean indexing.
     """
-    flat = values.reshape(mask.numel(), *values.shape[2:])  # [B, P, ...] -> [B*P, ...]
-    return flat.index_select(0, mask.reshape(-1).nonzero().squeeze(1))
+    flat = values.reshape(-1, *values.shape[2:])  # [B, P, ...] -> [B*P, ...]
+    return flat.index_select(0, index)
 
 
 def localization_loss(loc_pred: torch.Tensor, loc_targets: torch.Tensor, kind: str) -> torch.Tensor:
@@ -255,7 +265,7 @@ class _DetectionLoss(nn.Module):
             priors = priors.to(loc.device, torch.float32)
             assigned = assign_targets(gt, valid, priors, self.iou_threshold, self.variances)
             num_pos = assigned.positive.sum().clamp(min=1).float()
-            loc_pred = _rows(loc, assigned.positive)  # [B, P, 4] -> [K, 4]
+            loc_pred = _rows(loc, assigned.positive_index)  # [B, P, 4] -> [K, 4]
             loss_loc = localization_loss(loc_pred, assigned.loc_targets, self.loc_loss)
             loss_conf = self.confidence_loss(conf, assigned)
         return {"loss_loc": self.loc_weight * loss_loc / num_pos, "loss_conf": loss_conf / num_pos}
@@ -309,19 +319,20 @@ class MultiBoxLoss(_DetectionLoss):
     def confidence_loss(self, conf: torch.Tensor, assigned: PriorTargets) -> torch.Tensor:
         """Cross-entropy summed over positives and mined negatives; conf [B, P, C]."""
         selected = assigned.positive | self.mine_negatives(conf, assigned.positive)  # [B, P]
+        index = flat_index(selected)  # [S]
         # Only the selected rows enter the graph: [B, P, C] -> [S, C].
-        return F.cross_entropy(_rows(conf, selected), _rows(assigned.labels, selected),
-                               reduction="sum")
+        return F.cross_entropy(_rows(conf, index), _rows(assigned.labels, index), reduction="sum")
 
     def mine_negatives(self, conf: torch.Tensor, positive: torch.Tensor) -> torch.Tensor:
         """[B, P, C] logits + [B, P] positives -> [B, P] bool mined negatives."""
         with torch.no_grad():
             # Fused log-softmax (about twice as fast as logsumexp - conf[..., 0]) over chunks
-            # of images: [chunk, P, C] -> [chunk, P], concatenated to [B, P].
+            # of images, each [chunk, P, C] -> [chunk, P] written into its rows of [B, P].
             per_image = conf.shape[1] * conf.shape[2]  # P * C
             chunk = images_per_chunk(conf.device, per_image) or max(len(conf), 1)
-            background_loss = torch.cat([-F.log_softmax(part, dim=-1)[..., 0]
-                                         for part in conf.split(chunk)])
+            background_loss = conf.new_empty(conf.shape[:2])  # [B, P]
+            for part, rows in zip(conf.split(chunk), background_loss.split(chunk)):
+                torch.neg(F.log_softmax(part, dim=-1)[..., 0], out=rows)
         return hard_negative_mask(background_loss, positive, self.neg_pos_ratio)
 
 

@@ -4,9 +4,12 @@ from ssd.box_utils import (
     cxcywh_to_xyxy,
     decode,
     encode,
+    first_row_reaching,
     match,
     pad_targets,
     pairwise_iou,
+    prior_geometry,
+    prior_intervals,
     prior_iou,
     xyxy_to_cxcywh,
 )
@@ -111,3 +114,67 @@ def test_match_in_chunks_of_images_equals_the_whole_batch():
         for got, expected in zip(match(gt[..., :4], valid, priors, 0.5, images_per_chunk=chunk), whole):
             assert torch.equal(got, expected)
     assert whole[1].any() and not whole[1][1].any()  # positives, none in the empty image
+
+
+def _reference_first_row(values, target, valid):
+    """The first valid row equal to the target, by a loop over the columns."""
+    batch, rows, columns = values.shape
+    index = torch.zeros(batch, columns, dtype=torch.long)
+    for b in range(batch):
+        for p in range(columns):
+            hits = [r for r in range(rows) if valid[b, r] and values[b, r, p] == target[b, p]]
+            index[b, p] = hits[0] if hits else 0
+    return index
+
+
+def test_first_row_reaching_is_the_first_valid_maximum_with_ties_and_padding():
+    generator = torch.Generator().manual_seed(2)
+    for rows in (1, 3, 7, 300):  # 300 rows: wider weights than uint8 holds
+        values = torch.randint(0, 3, (4, rows, 9), generator=generator).float()  # many ties
+        valid = torch.rand(4, rows, generator=generator) < 0.7
+        valid[0] = False  # an image without valid rows
+        valid[1, 0] = True
+        target = values.masked_fill(~valid[:, :, None], -1).amax(dim=1)
+        got = first_row_reaching(values, target, valid)
+        assert torch.equal(got, _reference_first_row(values, target, valid)), rows
+        # Where every row is valid this is the index max(dim=1) returns.
+        full = torch.ones_like(valid)
+        assert torch.equal(first_row_reaching(values, values.amax(dim=1), full),
+                           values.max(dim=1).indices)
+
+
+def test_match_ignores_what_padding_rows_hold():
+    generator = torch.Generator().manual_seed(3)
+    priors = torch.cat([torch.rand(200, 2, generator=generator),
+                        0.05 + 0.4 * torch.rand(200, 2, generator=generator)], dim=1)
+    priors[:2] = torch.tensor([[0.3, 0.35, 0.4, 0.5], [0.32, 0.35, 0.4, 0.5]])  # IoU 1, 0.9
+    rows = [torch.tensor([[0.1, 0.1, 0.5, 0.6, 0.0], [0.1, 0.1, 0.5, 0.6, 1.0]]),  # a tie
+            torch.zeros(0, 5), torch.tensor([[0.4, 0.3, 0.9, 0.8, 2.0]])]
+    gt, valid = pad_targets(rows)
+    expected = match(gt[..., :4], valid, priors, 0.5)
+    garbage = gt.clone()
+    garbage[~valid] = torch.tensor([0.0, 0.0, 1.0, 1.0, 0.0])  # a box overlapping every prior
+    for got, want in zip(match(garbage[..., :4], valid, priors, 0.5), expected):
+        assert torch.equal(got, want)
+    index, positive, _ = expected
+    # Equal IoU: the first object wins, except on the prior the bipartite step gives the later.
+    assert index[0, 0] == 1 and positive[0, 0]
+    assert index[0, 1] == 0 and positive[0, 1]
+    assert not positive[1].any() and (index[1] == 0).all()
+
+
+def test_prior_geometry_follows_in_place_changes_and_new_tensors():
+    priors = torch.tensor([[0.5, 0.5, 0.2, 0.2], [0.2, 0.3, 0.1, 0.4]])
+    corners, intervals = prior_geometry(priors)
+    assert torch.equal(corners, cxcywh_to_xyxy(priors))
+    assert prior_geometry(priors)[1] is intervals  # the same tensor again: kept
+    priors[1, 0] = 0.7  # in place
+    corners, intervals = prior_geometry(priors)
+    assert torch.equal(corners, cxcywh_to_xyxy(priors))
+    assert torch.equal(intervals.x_low, prior_intervals(corners).x_low)
+    other = priors.clone()
+    other[0, 2] = 0.4
+    assert torch.equal(prior_geometry(other)[0], cxcywh_to_xyxy(other))
+    with torch.inference_mode():
+        frozen = priors + 0
+    assert torch.equal(prior_geometry(frozen)[0], cxcywh_to_xyxy(frozen))
