@@ -217,8 +217,10 @@ def match(
         gt_valid: [B, n] bool, False for padding.
         priors_cxcywh: [P, 4] default boxes.
         iou_threshold: minimum IoU for a positive prior.
-        images_per_chunk: match this many images at a time (None: all). A chunk's
-            [chunk, n, P] IoU steps can stay in a CPU cache; the results do not depend on it.
+        images_per_chunk: match this many images at a time (None: all at once). A chunk's
+            [chunk, n, P] IoU steps can stay in a CPU cache. Chunks hold images with similar
+            numbers of rows in use and drop the padding rows none of their images needs.
+            The results do not depend on it.
 
     Returns:
         matched_index [B, P] long: index into n of each prior's ground truth (valid for all
@@ -227,15 +229,26 @@ def match(
         best_iou [B, P] float: IoU of each prior with its assigned ground truth.
     """
     priors_xyxy, intervals = prior_geometry(priors_cxcywh)
-    chunk = images_per_chunk or max(gt_valid.shape[0], 1)
-    parts = [
-        _match_chunk(boxes, valid, priors_xyxy, intervals, iou_threshold)
-        for boxes, valid in zip(gt_boxes.split(chunk), gt_valid.split(chunk))
-    ]
-    if len(parts) == 1:
-        return parts[0]
-    matched_index, positive, best_iou = (torch.cat(results) for results in zip(*parts))
+    if images_per_chunk is None or images_per_chunk >= len(gt_valid):
+        return _match_chunk(gt_boxes, gt_valid, priors_xyxy, intervals, iou_threshold)
+    # Images in order of the rows they use, so that a chunk of images with few objects is
+    # matched over [chunk, few, P] rather than the batch's [chunk, n, P].
+    rows_used = rows_in_use(gt_valid)  # [B]
+    order = rows_used.argsort(stable=True)  # [B]
+    parts = []
+    for images, rows in zip(order.split(images_per_chunk), rows_used[order].split(images_per_chunk)):
+        kept = max(int(rows[-1]), 1)  # the chunk's largest count (sorted); at least one row
+        parts.append(_match_chunk(gt_boxes[images, :kept], gt_valid[images, :kept], priors_xyxy,
+                                  intervals, iou_threshold))
+    back = order.argsort()  # [B]: the chunks' rows back in batch order
+    matched_index, positive, best_iou = (torch.cat(results)[back] for results in zip(*parts))
     return matched_index, positive, best_iou
+
+
+def rows_in_use(valid: torch.Tensor) -> torch.Tensor:
+    """[B, n] bool -> [B] long: 1 + the index of each row's last True entry (0 without any)."""
+    positions = torch.arange(1, valid.shape[1] + 1, device=valid.device)  # [n]
+    return (positions * valid).amax(dim=1)
 
 
 def _match_chunk(

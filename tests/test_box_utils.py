@@ -11,6 +11,7 @@ from ssd.box_utils import (
     prior_geometry,
     prior_intervals,
     prior_iou,
+    rows_in_use,
     xyxy_to_cxcywh,
 )
 
@@ -114,6 +115,11 @@ def test_match_in_chunks_of_images_equals_the_whole_batch():
         for got, expected in zip(match(gt[..., :4], valid, priors, 0.5, images_per_chunk=chunk), whole):
             assert torch.equal(got, expected)
     assert whole[1].any() and not whole[1][1].any()  # positives, none in the empty image
+
+
+def test_rows_in_use_counts_up_to_the_last_valid_row():
+    valid = torch.tensor([[True, False, True, False], [False] * 4, [True, True, False, False]])
+    assert rows_in_use(valid).tolist() == [3, 0, 2]  # a gap does not shorten the first image
 
 
 def _reference_first_row(values, target, valid):
