@@ -203,7 +203,7 @@ def match(
     gt_valid: torch.Tensor,
     priors_cxcywh: torch.Tensor,
     iou_threshold: float = defaults.MATCH_IOU_THRESHOLD,
-    images_per_chunk: int | None = None,
+    chunk_elements: int | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Assign every prior of every image to a ground truth box, for a whole batch at once.
 
@@ -217,10 +217,11 @@ def match(
         gt_valid: [B, n] bool, False for padding.
         priors_cxcywh: [P, 4] default boxes.
         iou_threshold: minimum IoU for a positive prior.
-        images_per_chunk: match this many images at a time (None: all at once). A chunk's
-            [chunk, n, P] IoU steps can stay in a CPU cache. Chunks hold images with similar
-            numbers of rows in use and drop the padding rows none of their images needs.
-            The results do not depend on it.
+        chunk_elements: None matches the whole batch at once. Otherwise images are matched
+            in chunks whose [images, rows, P] IoU tensors have at most about this many
+            elements, so that their steps stay in a CPU cache: images in order of the rows
+            they use, each chunk cut to its largest count (padding rows none of its images
+            needs are dropped), at least one image per chunk. The results do not depend on it.
 
     Returns:
         matched_index [B, P] long: index into n of each prior's ground truth (valid for all
@@ -229,20 +230,36 @@ def match(
         best_iou [B, P] float: IoU of each prior with its assigned ground truth.
     """
     priors_xyxy, intervals = prior_geometry(priors_cxcywh)
-    if images_per_chunk is None or images_per_chunk >= len(gt_valid):
+    if chunk_elements is None:
         return _match_chunk(gt_boxes, gt_valid, priors_xyxy, intervals, iou_threshold)
     # Images in order of the rows they use, so that a chunk of images with few objects is
-    # matched over [chunk, few, P] rather than the batch's [chunk, n, P].
+    # matched over [images, few, P] rather than the batch's [images, n, P].
     rows_used = rows_in_use(gt_valid)  # [B]
     order = rows_used.argsort(stable=True)  # [B]
-    parts = []
-    for images, rows in zip(order.split(images_per_chunk), rows_used[order].split(images_per_chunk)):
-        kept = max(int(rows[-1]), 1)  # the chunk's largest count (sorted); at least one row
+    sorted_rows = rows_used[order].tolist()
+    parts, start = [], 0
+    for size in chunk_sizes(sorted_rows, len(priors_xyxy), chunk_elements):
+        images = order[start:start + size]
+        kept = max(sorted_rows[start + size - 1], 1)  # the chunk's largest count; at least one
         parts.append(_match_chunk(gt_boxes[images, :kept], gt_valid[images, :kept], priors_xyxy,
                                   intervals, iou_threshold))
+        start += size
     back = order.argsort()  # [B]: the chunks' rows back in batch order
     matched_index, positive, best_iou = (torch.cat(results)[back] for results in zip(*parts))
     return matched_index, positive, best_iou
+
+
+def chunk_sizes(sorted_rows: Sequence[int], num_priors: int, chunk_elements: int) -> list[int]:
+    """Split images with ascending row counts into consecutive chunks of at most about
+    `chunk_elements` IoU entries (images * largest rows * num_priors), one image at least."""
+    sizes: list[int] = []
+    size = 0
+    for rows in sorted_rows:
+        if size and (size + 1) * max(rows, 1) * num_priors > chunk_elements:
+            sizes.append(size)
+            size = 0
+        size += 1
+    return sizes + [size] if size else sizes
 
 
 def rows_in_use(valid: torch.Tensor) -> torch.Tensor:

@@ -131,8 +131,9 @@ def assign_targets(
         PriorTargets(labels [B, P], positive [B, P], positive_index [K], loc_targets [K, 4]).
     """
     with torch.no_grad():
-        chunk = images_per_chunk(gt.device, gt.shape[1] * priors.shape[0])  # IoU [chunk, n, P]
-        matched_index, positive, _ = match(gt[..., :4], valid, priors, iou_threshold, chunk)  # [B, P]
+        chunk_elements = CPU_CHUNK_ELEMENTS if gt.device.type == "cpu" else None
+        matched_index, positive, _ = match(gt[..., :4], valid, priors, iou_threshold,
+                                           chunk_elements)  # [B, P] each
         gt_labels = gt[..., 4].long() + 1  # [B, n], background is 0
         labels = gt_labels.gather(1, matched_index).masked_fill_(~positive, 0)  # [B, P]
         positive_index = flat_index(positive)  # [K], row-major

@@ -1,6 +1,7 @@
 import torch
 
 from ssd.box_utils import (
+    chunk_sizes,
     cxcywh_to_xyxy,
     decode,
     encode,
@@ -111,10 +112,17 @@ def test_match_in_chunks_of_images_equals_the_whole_batch():
                                torch.zeros(count, 1)], dim=1))
     gt, valid = pad_targets(rows)
     whole = match(gt[..., :4], valid, priors, 0.5)
-    for chunk in (1, 2, 3):
-        for got, expected in zip(match(gt[..., :4], valid, priors, 0.5, images_per_chunk=chunk), whole):
+    for elements in (1, 300 * 4, 300 * 7, 10**6):  # one image per chunk ... all in one
+        for got, expected in zip(match(gt[..., :4], valid, priors, 0.5, chunk_elements=elements),
+                                 whole):
             assert torch.equal(got, expected)
     assert whole[1].any() and not whole[1][1].any()  # positives, none in the empty image
+
+
+def test_chunk_sizes_keep_each_chunk_within_the_budget():
+    assert chunk_sizes([0, 1, 1, 2, 2, 5], num_priors=10, chunk_elements=40) == [3, 2, 1]
+    assert chunk_sizes([9, 9], num_priors=10, chunk_elements=40) == [1, 1]  # one at least
+    assert chunk_sizes([], num_priors=10, chunk_elements=40) == []
 
 
 def test_rows_in_use_counts_up_to_the_last_valid_row():
