@@ -1,16 +1,20 @@
 """Benchmark section `loss`: MultiBoxLoss forward+backward vs the classic per-image algorithm.
 
 What is timed: one forward and backward pass of the loss alone (no network) on leaf copies of
-random loc [B, 8732, 4] and conf [B, 8732, 21] float32 predictions, with 3-6 random objects
-per image, for ``ssd.loss.MultiBoxLoss`` and for ``classic_multibox_loss`` (the algorithm of
-the classic SSD PyTorch port, below). Both run in the same process, alternating within each
-round so that load from other processes falls on both alike; after a warm-up round, the
-median of the rounds counts. On CUDA every timed call ends with ``torch.cuda.synchronize``.
-The target is the batched loss at least 3x faster than the classic one at batch 32 on CPU.
+random loc [B, 8732, 4] and conf [B, 8732, 21] float32 predictions, for ``ssd.loss.MultiBoxLoss``
+and for ``classic_multibox_loss`` (the algorithm of the classic SSD PyTorch port, below), with
+two kinds of random targets: 3-6 objects in every image, and skewed counts (most images 1-3
+objects, a few 8-20, mean 3: a batch is padded to its largest count, which the batched loss
+must not pay for). Both losses run in the same process, alternating within each round so that
+load from other processes falls on both alike; after a warm-up round, the median of the rounds
+counts, and the spread of the per-round ratios (each from two back-to-back timings) is shown.
+On CUDA every timed call ends with ``torch.cuda.synchronize``. The target is the batched loss
+at least 3x faster than the classic one at batch 32 on CPU.
 """
 
 from __future__ import annotations
 
+import statistics
 import time
 from typing import Callable, Sequence
 
@@ -25,6 +29,9 @@ from ssd.priors import priors_from_config
 
 BATCH, NUM_CLASSES = 32, 21
 MIN_OBJECTS, MAX_OBJECTS = 3, 6
+# Object counts of the skewed scenario, repeated over the batch: mostly 1-3, a few 8-20 (mean 3).
+SKEWED_COUNTS = (1, 1, 2, 2, 3, 1, 2, 4, 1, 3, 2, 1, 5, 2, 1, 3,
+                 1, 2, 20, 1, 2, 3, 1, 8, 2, 1, 2, 1, 3, 1, 2, 12)
 VARIANCES = defaults.VARIANCES
 IOU_THRESHOLD, NEG_POS_RATIO = 0.5, 3
 TARGET_RATIO = 3.0  # the batched loss must be at least this much faster than the classic one
@@ -122,15 +129,20 @@ def classic_multibox_loss(
     return {"loss_loc": loss_l / n, "loss_conf": loss_c / n}
 
 
-def make_batch(priors: torch.Tensor, batch: int = BATCH, seed: int = 0):
-    """Random loc [B, P, 4], conf [B, P, C] and 3-6 random objects per image for priors [P, 4]."""
+def make_batch(priors: torch.Tensor, batch: int = BATCH, seed: int = 0,
+               counts: Sequence[int] | None = None):
+    """Random loc [B, P, 4], conf [B, P, C] and random objects for priors [P, 4]: counts[i]
+    objects in image i (cycled over the batch), or 3-6 per image when counts is None."""
     generator = torch.Generator().manual_seed(seed)
     num_priors = priors.shape[0]
     loc = torch.randn(batch, num_priors, 4, generator=generator)
     conf = torch.randn(batch, num_priors, NUM_CLASSES, generator=generator)
     targets = []
-    for _ in range(batch):
-        n = int(torch.randint(MIN_OBJECTS, MAX_OBJECTS + 1, (), generator=generator))
+    for image in range(batch):
+        if counts is None:
+            n = int(torch.randint(MIN_OBJECTS, MAX_OBJECTS + 1, (), generator=generator))
+        else:
+            n = counts[image % len(counts)]
         low = torch.rand(n, 2, generator=generator) * 0.65
         size = 0.05 + torch.rand(n, 2, generator=generator) * 0.3
         labels = torch.randint(0, NUM_CLASSES - 1, (n, 1), generator=generator).float()
@@ -140,7 +152,7 @@ def make_batch(priors: torch.Tensor, batch: int = BATCH, seed: int = 0):
 
 def _time_interleaved(steps: dict[str, Callable[[], dict]], repeats: int,
                       device: torch.device) -> tuple[dict, dict]:
-    """Median seconds per step over `repeats` rounds (after a warm-up round), and last results.
+    """Seconds per step of each of `repeats` rounds (after a warm-up round), and last results.
 
     The steps alternate within each round so that load from other processes on a shared
     machine falls on both alike; each timing waits for the device to finish.
@@ -154,8 +166,7 @@ def _time_interleaved(steps: dict[str, Callable[[], dict]], repeats: int,
             results[name] = step()
             synchronize(device)
             times[name].append(time.perf_counter() - start)
-    medians = {name: sorted(values)[len(values) // 2] for name, values in times.items()}
-    return medians, results
+    return times, results
 
 
 def _forward_backward(loss_fn: Callable, loc, conf, priors, targets) -> Callable[[], dict]:
@@ -172,41 +183,58 @@ def _forward_backward(loss_fn: Callable, loc, conf, priors, targets) -> Callable
     return step
 
 
+SCENARIOS = {"3-6 objects/image": None, "skewed counts (mean 3, max 20)": SKEWED_COUNTS}
+
+
 def run(quick: bool = False, device: str = "cpu", batch_size: int = BATCH) -> dict:
-    """Time both implementations on `device` at `batch_size` and print the figures."""
+    """Time both implementations on `device` at `batch_size` for each target scenario and
+    print the figures; returns them per scenario."""
     device = torch.device(device)
     cfg = load_config()
     priors = priors_from_config(cfg.model.priors, cfg.model.image_size).to(device)  # [8732, 4]
-    loc, conf, targets = make_batch(priors.cpu(), batch_size)
+    repeats = 3 if quick else 30
+    print(f"loss forward+backward, fp32, {device} ({torch.get_num_threads()} threads), batch "
+          f"{batch_size}, {priors.shape[0]} priors, {NUM_CLASSES} classes (median of {repeats} "
+          "alternating rounds)")
+    return {name: _run_scenario(priors, counts, name, device, batch_size, repeats)
+            for name, counts in SCENARIOS.items()}
+
+
+def _run_scenario(priors: torch.Tensor, counts: Sequence[int] | None, name: str,
+                  device: torch.device, batch_size: int, repeats: int) -> dict:
+    """Figures of one target scenario (see `run`)."""
+    loc, conf, targets = make_batch(priors.cpu(), batch_size, counts=counts)
     loc, conf, targets = loc.to(device), conf.to(device), [t.to(device) for t in targets]
-    repeats = 3 if quick else 15
     crit = MultiBoxLoss(num_classes=NUM_CLASSES, iou_threshold=IOU_THRESHOLD,
                         neg_pos_ratio=NEG_POS_RATIO, variances=VARIANCES)
-    medians, results = _time_interleaved({
+    times, results = _time_interleaved({
         "batched": _forward_backward(crit, loc, conf, priors, targets),
         "classic": _forward_backward(classic_multibox_loss, loc, conf, priors, targets),
     }, repeats, device)
-    t_fast, t_base = medians["batched"], medians["classic"]
+    t_fast, t_base = statistics.median(times["batched"]), statistics.median(times["classic"])
     fast, base = results["batched"], results["classic"]
     agree = all(torch.allclose(fast[k].cpu(), base[k].cpu(), rtol=1e-5, atol=1e-6) for k in fast)
     ratio = t_base / t_fast
-    figures = {
+    round_ratios = sorted(b / f for f, b in zip(times["batched"], times["classic"]))
+    quarter = len(round_ratios) // 4
+    spread = (round_ratios[quarter], round_ratios[-1 - quarter])  # interquartile range
+    print(f"  {name}")
+    print(f"    MultiBoxLoss (batched)       {t_fast * 1000:8.1f} ms")
+    print(f"    classic per-image algorithm  {t_base * 1000:8.1f} ms")
+    print(f"    ratio                        {ratio:8.2f}x   (per-round ratios {spread[0]:.2f}-"
+          f"{spread[1]:.2f} between the quartiles; same loss values: {agree}; target >= "
+          f"{TARGET_RATIO:.0f}x: {'yes' if ratio >= TARGET_RATIO else 'NO'})")
+    return {
         "device": str(device),
         "threads": torch.get_num_threads(),
         "precision": "fp32",
         "batch": batch_size,
         "priors": int(priors.shape[0]),
         "classes": NUM_CLASSES,
+        "objects_per_image": [len(t) for t in targets],
         "multibox_ms": round(t_fast * 1e3, 2),
         "classic_ms": round(t_base * 1e3, 2),
         "ratio": round(ratio, 2),
+        "round_ratio_quartiles": [round(r, 2) for r in spread],
         "same_loss": agree,
     }
-    print(f"loss forward+backward, fp32, {device} ({torch.get_num_threads()} threads), batch "
-          f"{batch_size}, {priors.shape[0]} priors, {NUM_CLASSES} classes, "
-          f"{MIN_OBJECTS}-{MAX_OBJECTS} objects/image (median of {repeats})")
-    print(f"  MultiBoxLoss (batched)       {t_fast * 1000:8.1f} ms")
-    print(f"  classic per-image algorithm  {t_base * 1000:8.1f} ms")
-    print(f"  ratio                        {ratio:8.2f}x   (same loss values: {agree}; "
-          f"target >= {TARGET_RATIO:.0f}x: {'yes' if ratio >= TARGET_RATIO else 'NO'})")
-    return figures
