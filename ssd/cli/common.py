@@ -29,7 +29,11 @@ CHECKOUT_CONFIGS = Path(ssd.__file__).resolve().parents[1] / CONFIGS_FOLDER
 
 def run_cli(main: Callable[[], int | None]) -> NoReturn:
     """Call `main()` (which parses sys.argv) with the library's log messages shown as plain
-    lines, and exit with its status; user errors become `error: ...` on stderr, exit status 2."""
+    lines, and exit with its status; user errors become `error: ...` on stderr, exit status 2.
+    Freed memory stays in the process for reuse (`ssd.system.keep_freed_memory`)."""
+    from ssd.system import keep_freed_memory
+
+    keep_freed_memory()
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     try:
         code = main()
