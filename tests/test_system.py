@@ -60,8 +60,10 @@ def test_repeated_steps_reuse_freed_memory_instead_of_faulting_it_in_again():
     pages = MEASURED_STEPS * STEP_MIB * PAGES_PER_MIB
     applied, faults = _refill({KEEP_FREED_MEMORY_ENV: None})
     assert applied and faults < pages // 20
-    applied, faults = _refill({KEEP_FREED_MEMORY_ENV: "0"})  # glibc's default behaviour
-    assert not applied and faults > pages // 2
+    # glibc's default: blocks above its mmap threshold come and go with the system, though
+    # how many depends on what its heap happens to hold (a fifth to all of them, measured).
+    applied, faults = _refill({KEEP_FREED_MEMORY_ENV: "0"})
+    assert not applied and faults > pages // 8
 
 
 @needs_glibc
