@@ -23,4 +23,5 @@ def test_loop_section_interleaves_segments_and_leaves_out_their_first_windows():
     assert all(ratio > 0 for ratio in result["segment_ratios"])
     assert result["loop_images_per_s"] > 0 and result["bare_images_per_s"] > 0
     assert result["ratio"] == result["loop_images_per_s"] / result["bare_images_per_s"]
+    assert min(result["segment_ratios"]) <= result["segment_median_ratio"] <= max(result["segment_ratios"])
     assert result["timed_loop_windows"] == segments * timed

@@ -17,7 +17,9 @@ window's ends.
 The CPU's speed drifts over a run on shared machines, so the two are interleaved: each segment
 times bare windows, then runs `Trainer.train` for one more window than it times (a fresh
 loader each time: its first window, worker start-up included, is not timed). The ratio is the
-median loop window over the median bare window; the per-segment ratios show the spread.
+median loop window over the median bare window; each segment's ratio pairs windows timed
+within a minute of each other, and their median is printed too (less moved by drift between
+segments); the per-segment ratios show the spread.
 """
 
 from __future__ import annotations
@@ -89,7 +91,7 @@ def run(quick: bool = False, device: str | None = None, batch_size: int | None =
     """Time `config`'s training loop (with `overrides` after the section's own) against its
     bare step; print and return
     {"loop_images_per_s", "bare_images_per_s", "ratio", "data_wait_fraction",
-    "segment_ratios", ...}."""
+    "segment_ratios", "segment_median_ratio", ...}."""
     segments, timed_per_segment = (2, 2) if quick else (SEGMENTS, TIMED_WINDOWS_PER_SEGMENT)
     segment_iters = (1 + timed_per_segment) * WINDOW
     with tempfile.TemporaryDirectory() as tmp:
@@ -124,6 +126,7 @@ def run(quick: bool = False, device: str | None = None, batch_size: int | None =
               "segment_ratios": [median_rate(loop_records) / statistics.median(bare_rates)
                                  for loop_records, bare_rates in zip(loop, bare)]}
     result["ratio"] = result["loop_images_per_s"] / result["bare_images_per_s"]
+    result["segment_median_ratio"] = statistics.median(result["segment_ratios"])
     print(f"{Path(config).name}: {cfg.model.backbone} {cfg.model.image_size} px, batch {result['batch']}, "
           f"{result['device']} ({result['precision']}), {result['num_workers']} loader workers, "
           f"{result['batch_dtype'].removeprefix('torch.')} batches; "
@@ -132,6 +135,7 @@ def run(quick: bool = False, device: str | None = None, batch_size: int | None =
     print(f"  bare train_step (fixed batch):    {result['bare_images_per_s']:8.1f} images/s")
     print(f"  Trainer.train loop:               {result['loop_images_per_s']:8.1f} images/s "
           f"(data wait {100 * result['data_wait_fraction']:.1f}% of the window)")
-    print(f"  ratio loop / bare:                {result['ratio']:8.3f} "
+    print(f"  ratio loop / bare:                {result['ratio']:8.3f} of the medians, "
+          f"{result['segment_median_ratio']:.3f} median of the segments' "
           f"(per segment: {', '.join(f'{r:.3f}' for r in result['segment_ratios'])})")
     return result
