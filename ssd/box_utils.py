@@ -187,14 +187,19 @@ def pad_targets(targets: Sequence[torch.Tensor]) -> tuple[torch.Tensor, torch.Te
         boxes [B, n_max, 5] zero-padded, valid [B, n_max] bool. n_max is at least 1 so
         downstream shapes stay non-empty.
     """
-    n_max = max([1] + [len(t) for t in targets])
+    counts = [len(t) for t in targets]
+    n_max = max([1] + counts)
     device = targets[0].device if len(targets) else torch.device("cpu")
     dtype = targets[0].dtype if len(targets) else torch.float32
     padded = torch.zeros(len(targets), n_max, 5, device=device, dtype=dtype)
     valid = torch.zeros(len(targets), n_max, dtype=torch.bool, device=device)
-    for index, target in enumerate(targets):  # one copy per image, no per-box work
-        padded[index, : len(target)] = target
-        valid[index, : len(target)] = True
+    if sum(counts):  # all rows in one copy: row r of image i goes to padded[i, r]
+        per_image = torch.tensor(counts, device=device)  # [B]
+        image = torch.repeat_interleave(torch.arange(len(counts), device=device), per_image)  # [N]
+        first_row = per_image.cumsum(0) - per_image  # [B]: where each image's rows start
+        row = torch.arange(len(image), device=device) - first_row[image]  # [N]
+        padded[image, row] = torch.cat(list(targets))  # [N, 5]
+        valid[image, row] = True
     return padded, valid
 
 
@@ -224,8 +229,8 @@ def match(
             needs are dropped), at least one image per chunk. The results do not depend on it.
 
     Returns:
-        matched_index [B, P] long: index into n of each prior's ground truth (valid for all
-            priors, meaningful for positives);
+        matched_index [B, P] long: index into n of each positive prior's ground truth (0 for
+            the other priors);
         positive [B, P] bool;
         best_iou [B, P] float: IoU of each prior with its assigned ground truth.
     """
@@ -275,32 +280,58 @@ def _match_chunk(
     intervals: PriorIntervals,
     iou_threshold: float,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """`match` of gt_boxes [B, n, 4] / gt_valid [B, n] (B: this chunk's images)."""
-    batch, num_gt = gt_valid.shape
+    """`match` of gt_boxes [B, n, 4] / gt_valid [B, n] (B: this chunk's images).
+
+    Only the [B, n, P] IoU and its two reductions run over every prior; the bipartite claims
+    and the matched rows of the positives are found on the few priors they concern.
+    """
     num_priors = priors_xyxy.shape[0]
     # Padding rows become (0, 0, 0, 0), whose IoU with every prior is 0 <= any valid IoU, so
     # the maximum over all rows is the maximum over the valid ones (0 without any).
     gt_boxes = gt_boxes * gt_valid[..., None]  # [B, n, 4]
     iou = prior_iou(gt_boxes, priors_xyxy, intervals)  # [B, n, P], >= 0
     best_iou = iou.amax(dim=1)  # [B, P]: best ground truth per prior
-    matched_index = first_row_reaching(iou, best_iou, gt_valid)  # [B, P]
     best_prior = iou.argmax(dim=2)  # [B, n]: best prior per ground truth
+    positive = best_iou >= iou_threshold  # [B, P]
+    if iou_threshold <= 0:  # the 0 of images without objects would pass
+        positive &= gt_valid.any(dim=1, keepdim=True)
 
-    # Bipartite step: force each valid ground truth onto its best prior. Scattering in order
-    # of increasing ground-truth index makes the last ground truth win ties, like the loop
-    # `for j in range(n): best_truth_idx[best_prior_idx[j]] = j` of the classic port.
-    gt_ids = torch.arange(num_gt, device=gt_valid.device).expand(batch, num_gt)
-    masked_prior = torch.where(gt_valid, best_prior, torch.full_like(best_prior, num_priors))
-    # [B, P + 1]: the extra column swallows padding; -1 where no ground truth claims a prior.
-    claim = torch.full((batch, num_priors + 1), -1, dtype=torch.long, device=gt_valid.device)
-    claim = claim.scatter_reduce_(1, masked_prior, gt_ids, reduce="amax")[:, :num_priors]
-    claimed = claim >= 0
-    matched_index = torch.where(claimed, claim, matched_index)
-    best_iou = torch.where(claimed, iou.gather(1, claim.clamp(min=0)[:, None]).squeeze(1),
-                           best_iou)
-    positive = (best_iou >= iou_threshold) | claimed
-    positive &= gt_valid.any(dim=1, keepdim=True)  # images with no objects: all background
+    claimed, claimant = bipartite_claims(best_prior, gt_valid, num_priors)  # [U] each
+    flat_positive = positive.view(-1)  # [B, P] -> [B*P]
+    flat_positive[claimed] = True
+    image, prior = positive.nonzero(as_tuple=True)  # [K] each
+    # The first valid row reaching each positive's best IoU: [K, n, 1] against [K, 1].
+    first = first_row_reaching(iou[image, :, prior][..., None], best_iou[image, prior][:, None],
+                               gt_valid[image])[:, 0]  # [K]
+    matched_index = torch.zeros_like(positive, dtype=torch.long)  # [B, P]
+    matched_index[image, prior] = first
+    matched_index.view(-1)[claimed] = claimant  # [B, P] -> [B*P]
+    claimed_image, claimed_prior = claimed // num_priors, claimed % num_priors  # [U] each
+    best_iou.view(-1)[claimed] = iou[claimed_image, claimant, claimed_prior]  # [B, P] -> [B*P]
     return matched_index, positive, best_iou
+
+
+def bipartite_claims(best_prior: torch.Tensor, valid: torch.Tensor,
+                     num_priors: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The bipartite step of matching: every valid ground truth claims its best prior.
+
+    Where several ground truths of an image claim the same prior the last one wins, as the
+    loop `for j in range(n): best_truth_idx[best_prior_idx[j]] = j` of the classic port does.
+
+    Args:
+        best_prior: [B, n] long, each ground truth's highest-IoU prior.
+        valid: [B, n] bool, False for padding.
+        num_priors: P.
+
+    Returns:
+        claimed [U] long, the distinct claimed priors as indices into the flattened [B * P];
+        claimant [U] long, the ground-truth row that keeps each.
+    """
+    image, row = valid.nonzero(as_tuple=True)  # [V] each
+    slot = image * num_priors + best_prior[image, row]  # [V]
+    claimed, which = slot.unique(return_inverse=True)  # [U], [V]
+    claimant = torch.full_like(claimed, -1).scatter_reduce_(0, which, row, reduce="amax")  # [U]
+    return claimed, claimant
 
 
 def first_row_reaching(values: torch.Tensor, target: torch.Tensor,

@@ -1,6 +1,7 @@
 import torch
 
 from ssd.box_utils import (
+    bipartite_claims,
     chunk_sizes,
     cxcywh_to_xyxy,
     decode,
@@ -117,6 +118,20 @@ def test_match_in_chunks_of_images_equals_the_whole_batch():
                                  whole):
             assert torch.equal(got, expected)
     assert whole[1].any() and not whole[1][1].any()  # positives, none in the empty image
+
+
+def test_match_with_a_zero_threshold_leaves_images_without_objects_all_background():
+    priors = torch.tensor([[0.3, 0.3, 0.4, 0.4], [0.7, 0.7, 0.2, 0.2]])
+    gt, valid = pad_targets([torch.tensor([[0.1, 0.1, 0.5, 0.5, 0.0]]), torch.zeros(0, 5)])
+    _, positive, _ = match(gt[..., :4], valid, priors, iou_threshold=0.0)
+    assert positive[0].all() and not positive[1].any()
+
+
+def test_bipartite_claims_keep_the_last_ground_truth_of_a_shared_prior():
+    best_prior = torch.tensor([[3, 3, 5], [3, 0, 0]])
+    valid = torch.tensor([[True, True, True], [True, False, False]])
+    claimed, claimant = bipartite_claims(best_prior, valid, num_priors=10)
+    assert claimed.tolist() == [3, 5, 13] and claimant.tolist() == [1, 2, 0]
 
 
 def test_chunk_sizes_keep_each_chunk_within_the_budget():
