@@ -125,6 +125,7 @@ def prior_geometry(priors_cxcywh: torch.Tensor) -> tuple[torch.Tensor, PriorInte
 
 
 def _compute_geometry(priors_cxcywh: torch.Tensor) -> tuple[torch.Tensor, PriorIntervals]:
+    """What `prior_geometry` returns, computed afresh."""
     priors_xyxy = cxcywh_to_xyxy(priors_cxcywh)
     return priors_xyxy, prior_intervals(priors_xyxy)
 
@@ -193,9 +194,11 @@ def pad_targets(targets: Sequence[torch.Tensor]) -> tuple[torch.Tensor, torch.Te
     dtype = targets[0].dtype if len(targets) else torch.float32
     padded = torch.zeros(len(targets), n_max, 5, device=device, dtype=dtype)
     valid = torch.zeros(len(targets), n_max, dtype=torch.bool, device=device)
-    if sum(counts):  # all rows in one copy: row r of image i goes to padded[i, r]
+    total = sum(counts)
+    if total:  # all rows in one copy: row r of image i goes to padded[i, r]
         per_image = torch.tensor(counts, device=device)  # [B]
-        image = torch.repeat_interleave(torch.arange(len(counts), device=device), per_image)  # [N]
+        image = torch.repeat_interleave(torch.arange(len(counts), device=device), per_image,
+                                        output_size=total)  # [N]
         first_row = per_image.cumsum(0) - per_image  # [B]: where each image's rows start
         row = torch.arange(len(image), device=device) - first_row[image]  # [N]
         padded[image, row] = torch.cat(list(targets))  # [N, 5]
