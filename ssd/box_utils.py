@@ -341,12 +341,8 @@ def first_row_reaching(values: torch.Tensor, target: torch.Tensor,
                        valid: torch.Tensor) -> torch.Tensor:
     """Per column, the first valid row whose value reaches (>=) the target.
 
-    With target = values.amax(dim=1) this is the index that `values.max(dim=1)` returns
-    (the first maximal row) restricted to valid rows, found about three times faster on
-    CPU: `max(dim=1)` with indices reduces over the middle dimension of a [B, n, P] tensor
-    much more slowly than `amax` does. The index is n minus the `amax` of
-    (row reaches the target) * (n - row), a weight that is 0 for invalid rows. (`>=` rather
-    than `==`: the same rows when the target is the maximum, and a faster comparison on CPU.)
+    With target = the maximum over the valid rows this is the first maximal valid row, the
+    index `max(dim=1)` returns.
 
     Args:
         values: [B, n, P].
@@ -356,8 +352,5 @@ def first_row_reaching(values: torch.Tensor, target: torch.Tensor,
     Returns:
         [B, P] long row index; 0 where no valid row reaches the target.
     """
-    num_rows = values.shape[1]
-    weight_dtype = torch.uint8 if num_rows <= torch.iinfo(torch.uint8).max else torch.int32
-    weights = torch.arange(num_rows, 0, -1, device=values.device).to(weight_dtype) * valid  # [B, n]
-    reach = ((values >= target[:, None]) * weights[:, :, None]).amax(dim=1)  # [B, P]: n - row or 0
-    return torch.where(reach > 0, num_rows - reach.long(), 0)
+    reaching = (values >= target[:, None]) & valid[:, :, None]  # [B, n, P]
+    return reaching.to(torch.uint8).argmax(dim=1)  # the first 1 (argmax keeps the first maximum)

@@ -29,12 +29,16 @@ BOX_TOLERANCE = 1e-3  # how far outside [0, 1] a normalised coordinate may lie (
 CPU_CHUNK_ELEMENTS = 1 << 19
 
 
+def chunk_elements(device: torch.device) -> int | None:
+    """Elements per chunk of a per-prior step: CPU_CHUNK_ELEMENTS on CPU; None (the whole
+    batch at once, fewest kernel launches) on other devices."""
+    return CPU_CHUNK_ELEMENTS if device.type == "cpu" else None
+
+
 def images_per_chunk(device: torch.device, elements_per_image: int) -> int | None:
-    """Images per chunk of a per-prior step: cache-sized on CPU; None (the whole batch at
-    once, fewest kernel launches) on other devices."""
-    if device.type != "cpu":
-        return None
-    return max(1, CPU_CHUNK_ELEMENTS // max(elements_per_image, 1))
+    """Images per chunk of a per-prior step (see `chunk_elements`)."""
+    elements = chunk_elements(device)
+    return None if elements is None else max(1, elements // max(elements_per_image, 1))
 
 
 class PriorTargets(NamedTuple):
@@ -131,9 +135,8 @@ def assign_targets(
         PriorTargets(labels [B, P], positive [B, P], positive_index [K], loc_targets [K, 4]).
     """
     with torch.no_grad():
-        chunk_elements = CPU_CHUNK_ELEMENTS if gt.device.type == "cpu" else None
         matched_index, positive, _ = match(gt[..., :4], valid, priors, iou_threshold,
-                                           chunk_elements)  # [B, P] each
+                                           chunk_elements(gt.device))  # [B, P] each
         gt_labels = gt[..., 4].long() + 1  # [B, n], background is 0
         labels = gt_labels.gather(1, matched_index).masked_fill_(~positive, 0)  # [B, P]
         positive_index = flat_index(positive)  # [K], row-major

@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import time
+from pathlib import Path
 from typing import Callable
 
 import torch
 
 from ssd.modeling import build_model
 from ssd.precision import autocast_context, prepare_for_inference, uses_channels_last
+
+CONFIGS = Path(__file__).resolve().parents[2] / "configs"
+DEMO_CONFIG = CONFIGS / "shapes.yaml"  # the demo's config
 
 
 def best_time(function: Callable[[], object], repeats: int, warmup: bool = True) -> tuple[float, object]:
@@ -30,20 +34,27 @@ def synchronize(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def median_times(calls: dict[str, Callable[[], object]], repeats: int,
-                 device: torch.device) -> dict[str, float]:
-    """Median seconds per call over `repeats` interleaved rounds after one warm-up call, each
-    call timed between two synchronisations of `device`."""
+def interleaved_times(calls: dict[str, Callable[[], object]], repeats: int,
+                      device: torch.device) -> tuple[dict[str, list[float]], dict[str, object]]:
+    """Seconds of each call in each of `repeats` rounds after one warm-up call, and each call's
+    last result. The calls alternate within a round, so that load from other processes on a
+    shared machine falls on all alike; each is timed between two synchronisations of `device`."""
+    results = {name: call() for name, call in calls.items()}
     times: dict[str, list[float]] = {name: [] for name in calls}
-    for call in calls.values():
-        call()
     for _ in range(repeats):
         for name, call in calls.items():
             synchronize(device)
             start = time.perf_counter()
-            call()
+            results[name] = call()
             synchronize(device)
             times[name].append(time.perf_counter() - start)
+    return times, results
+
+
+def median_times(calls: dict[str, Callable[[], object]], repeats: int,
+                 device: torch.device) -> dict[str, float]:
+    """Median seconds per call of `interleaved_times`."""
+    times, _ = interleaved_times(calls, repeats, device)
     return {name: sorted(values)[len(values) // 2] for name, values in times.items()}
 
 

@@ -14,16 +14,15 @@ from __future__ import annotations
 
 import statistics
 import time
-from pathlib import Path
 
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
+from benchmarks import CONFIGS
 from ssd.config import load_config
 from ssd.modeling import build_model
 from ssd.precision import autocast_context, default_precision
 
-CONFIGS = Path(__file__).resolve().parents[2] / "configs"
 BATCH = 8
 BACKBONE_CONFIGS = {  # backbone -> its config (model.pretrained=null: no weight files needed)
     "vgg16": CONFIGS / "voc300.yaml",

@@ -23,13 +23,10 @@ from pathlib import Path
 
 import torch
 
-from benchmarks import make_forward, median_times, synchronize
+from benchmarks import DEMO_CONFIG, make_forward, median_times, synchronize
 from benchmarks.demo import make_step
 from ssd.config import load_config
 from ssd.precision import default_precision, enable_cudnn_autotune, precision_label, training_precision
-
-CONFIGS = Path(__file__).resolve().parents[2] / "configs"
-DEMO_CONFIG = CONFIGS / "shapes.yaml"
 
 
 def _first_call_seconds(call, device: torch.device) -> float:

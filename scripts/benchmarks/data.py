@@ -26,6 +26,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from benchmarks import DEMO_CONFIG
 from ssd.config import load_config
 from ssd.data import build_dataset, build_transform, make_train_loader
 from ssd.data.image_cache import cached_image_size
@@ -35,7 +36,6 @@ from ssd.data.transforms import CROP_MIN_IOUS, CROP_TRIALS, SSDAugmentation
 
 SIZE = 300
 MEAN = (104.0, 117.0, 123.0)
-DEMO_CONFIG = Path(__file__).resolve().parents[2] / "configs" / "shapes.yaml"  # the demo config
 DEFAULT_WORKERS = (0, 1, 2)
 LOADER_IMAGES = 256  # of the generated shapes set
 BATCHES_PER_WORKER = 4  # at least this many batches per worker in a timed round

@@ -8,21 +8,15 @@ training time of the demo's `solver.max_iter` iterations (data loading and evalu
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import torch
 
-from benchmarks import best_time, random_targets, synchronize
+from benchmarks import DEMO_CONFIG, best_time, random_targets, synchronize
 from ssd.config import load_config
 from ssd.engine.solver import build_optimizer
 from ssd.engine.trainer import train_step
 from ssd.loss import build_loss
 from ssd.modeling import build_model
 from ssd.precision import training_precision
-
-CONFIGS = Path(__file__).resolve().parents[2] / "configs"
-
-CONFIG = CONFIGS / "shapes.yaml"  # the demo config
 
 
 def make_step(cfg, device: torch.device, channels_last: bool, precision: str,
@@ -53,7 +47,7 @@ def make_step(cfg, device: torch.device, channels_last: bool, precision: str,
 
 
 def run(quick: bool = False) -> dict:
-    cfg = load_config(CONFIG)
+    cfg = load_config(DEMO_CONFIG)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     precision = training_precision(cfg.train.amp, device)
     modes = {
@@ -69,7 +63,7 @@ def run(quick: bool = False) -> dict:
     labels = {"fp32": "fp32 NCHW (baseline)", "channels_last": "fp32 channels_last",
               "as_configured": f"as configured ({precision}"
                                f"{', channels_last' if cfg.train.channels_last else ''})"}
-    print(f"{CONFIG.name}: {cfg.model.backbone} {cfg.model.image_size} px, batch {batch}, {device.type}")
+    print(f"{DEMO_CONFIG.name}: {cfg.model.backbone} {cfg.model.image_size} px, batch {batch}, {device.type}")
     for name, value in seconds.items():
         print(f"  {labels[name]:<36s}: {value:6.3f} s/step ({batch / value:6.1f} images/s, "
               f"{seconds['fp32'] / value:.2f}x baseline)", flush=True)

@@ -31,7 +31,7 @@ from pathlib import Path
 
 import torch
 
-from benchmarks import synchronize
+from benchmarks import DEMO_CONFIG, synchronize
 from ssd.config import load_config
 from ssd.data.loader import resolve_num_workers
 from ssd.data.shapes import read_shapes_settings, shapes_settings
@@ -39,9 +39,6 @@ from ssd.engine.metrics_log import read_metrics
 from ssd.engine.trainer import Trainer
 from ssd.precision import batch_image_dtype
 
-CONFIGS = Path(__file__).resolve().parents[2] / "configs"
-
-DEMO_CONFIG = CONFIGS / "shapes.yaml"
 TRAIN_IMAGES = 512  # of a generated set: a few seconds to write, several epochs are not needed
 WINDOW = 10  # iterations per timed window (the log period)
 SEGMENTS = 5  # alternations of bare windows and loop windows

@@ -15,13 +15,12 @@ at least 3x faster than the classic one at batch 32 on CPU.
 from __future__ import annotations
 
 import statistics
-import time
 from typing import Callable, Sequence
 
 import torch
 import torch.nn.functional as F
 
-from benchmarks import synchronize
+from benchmarks import interleaved_times
 from ssd import defaults
 from ssd.config import load_config
 from ssd.loss import MultiBoxLoss
@@ -150,25 +149,6 @@ def make_batch(priors: torch.Tensor, batch: int = BATCH, seed: int = 0,
     return loc, conf, targets
 
 
-def _time_interleaved(steps: dict[str, Callable[[], dict]], repeats: int,
-                      device: torch.device) -> tuple[dict, dict]:
-    """Seconds per step of each of `repeats` rounds (after a warm-up round), and last results.
-
-    The steps alternate within each round so that load from other processes on a shared
-    machine falls on both alike; each timing waits for the device to finish.
-    """
-    results = {name: step() for name, step in steps.items()}
-    times: dict[str, list[float]] = {name: [] for name in steps}
-    for _ in range(repeats):
-        for name, step in steps.items():
-            synchronize(device)
-            start = time.perf_counter()
-            results[name] = step()
-            synchronize(device)
-            times[name].append(time.perf_counter() - start)
-    return times, results
-
-
 def _forward_backward(loss_fn: Callable, loc, conf, priors, targets) -> Callable[[], dict]:
     """A step that runs `loss_fn` forward and backward on leaf copies of loc and conf."""
     loc_leaf = loc.clone().requires_grad_()
@@ -207,7 +187,7 @@ def _run_scenario(priors: torch.Tensor, counts: Sequence[int] | None, name: str,
     loc, conf, targets = loc.to(device), conf.to(device), [t.to(device) for t in targets]
     crit = MultiBoxLoss(num_classes=NUM_CLASSES, iou_threshold=IOU_THRESHOLD,
                         neg_pos_ratio=NEG_POS_RATIO, variances=VARIANCES)
-    times, results = _time_interleaved({
+    times, results = interleaved_times({
         "batched": _forward_backward(crit, loc, conf, priors, targets),
         "classic": _forward_backward(classic_multibox_loss, loc, conf, priors, targets),
     }, repeats, device)

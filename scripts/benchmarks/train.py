@@ -8,19 +8,16 @@ backward + SGD update on random images with 1-8 random boxes each.
 from __future__ import annotations
 
 import time
-from pathlib import Path
 
 import torch
 
-from benchmarks import random_targets, synchronize
+from benchmarks import CONFIGS, random_targets, synchronize
 from ssd.config import load_config
 from ssd.engine.solver import build_optimizer
 from ssd.engine.trainer import train_step
 from ssd.loss import build_loss
 from ssd.modeling import build_model
 from ssd.precision import cpu_has_native_bf16
-
-CONFIGS = Path(__file__).resolve().parents[2] / "configs"
 
 BATCH = 8
 
