@@ -85,6 +85,21 @@ class InstalledProject:
         return {key: value for key, value in os.environ.items() if key != "PYTHONPATH"}
 
 
+def _see_running_site_packages(project: InstalledProject) -> None:
+    """Let the new virtualenv import the packages of the interpreter running the tests (torch,
+    numpy, ...) through a .pth file naming its site-packages folders. `venv
+    --system-site-packages` would not do: run from inside a virtualenv, it sees the base
+    Python's packages, not the virtualenv's. Folders named in a .pth file have their own .pth
+    files ignored, so an editable install of the checkout stays invisible there."""
+    import subprocess
+
+    folders = [entry for entry in sys.path
+               if Path(entry).name in ("site-packages", "dist-packages") and Path(entry).is_dir()]
+    purelib = subprocess.run([str(project.python), "-c", "import sysconfig; print(sysconfig.get_path('purelib'))"],
+                             capture_output=True, text=True, check=True).stdout.strip()
+    (Path(purelib) / "_running_interpreter.pth").write_text("".join(f"{folder}\n" for folder in folders))
+
+
 @pytest.fixture(scope="session")
 def installed_project(tmp_path_factory) -> InstalledProject:
     """pip install (not editable, offline, no dependencies: the virtualenv sees the system
@@ -102,7 +117,8 @@ def installed_project(tmp_path_factory) -> InstalledProject:
     for folder in ("ssd", "configs"):
         shutil.copytree(REPO_ROOT / folder, source / folder, ignore=shutil.ignore_patterns("__pycache__"))
     project = InstalledProject(root / "venv")
-    subprocess.run([sys.executable, "-m", "venv", "--system-site-packages", str(project.venv)], check=True)
+    subprocess.run([sys.executable, "-m", "venv", str(project.venv)], check=True)
+    _see_running_site_packages(project)
     install = [str(project.python), "-m", "pip", "install", "-q", "--no-deps", str(source)]
     done = subprocess.run([*install[:-1], "--no-build-isolation", install[-1]], capture_output=True,
                           text=True)
