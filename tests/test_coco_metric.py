@@ -16,6 +16,7 @@ from test_data_yolo import write_set as write_yolo_set
 from ssd.cli import eval as eval_script
 from ssd.config import load_config
 from ssd.data import VOCDataset, YOLODataset
+from ssd.engine.metrics_log import read_metrics
 from ssd.evaluation import evaluate_detections
 from ssd.modeling import build_model
 
@@ -190,3 +191,19 @@ def test_eval_metric_coco_reports_the_coco_numbers(tmp_path, capsys, layout):
     assert summary["coco"]["AP"] == summary["mAP"]
     assert set(COCO_TABLE_ROWS) <= set(summary["coco"])
     assert set(summary["ap"]) <= set(classes)
+
+
+def test_training_evaluates_with_the_coco_metric_on_a_voc_set(tmp_path):
+    from ssd.engine.trainer import Trainer
+
+    cfg = ssd7_config(*voc_overrides(write_voc_set(tmp_path / "data")), "test.metric=coco",
+                      "solver.batch_size=3", "solver.max_iter=2", "solver.warmup_iters=1",
+                      "train.log_period=1", "train.checkpoint_period=2", "train.eval_period=2")
+    trainer = Trainer.from_config(cfg, output_dir=tmp_path / "run", device="cpu", progress=False)
+    trainer.train()
+    evals = [r for r in read_metrics(tmp_path / "run" / "metrics.jsonl") if r["kind"] == "eval"]
+    assert len(evals) == 1 and evals[0]["metric"] == "coco"
+    coco = evals[0]["coco"]
+    assert set(COCO_TABLE_ROWS) <= set(coco)
+    assert 0.0 <= coco["AP"] <= 1.0 and coco["AP"] == evals[0]["mAP"]
+    assert coco["APl"] is None  # no large object in the test set: COCO's -1, written as null
