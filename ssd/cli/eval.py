@@ -9,9 +9,13 @@ The config comes from the checkpoint when it carries one, else from --config, el
 configs/voc300.yaml (the file in the working directory, else the built-in one with its data
 folder data/VOCdevkit relative to the working directory). Writes to --output (default: eval/<weights name>/):
     results.json                 per-class AP, mAP, settings, skipped images, timing (strict
-                                 JSON: a metric without countable ground truth is null)
+                                 JSON: a metric without countable ground truth is null); with
+                                 --metric coco also "coco": AP, AP50, AP75, APs, APm, APl, AR
     comp4_det_test_<class>.txt   detections in the VOC results format (1-based pixels)
     pr_curves.png                precision-recall curve per class (VOC metrics)
+
+--metric coco works on every data set format: a COCO set is scored against its annotation
+file, any other against its ground truth in COCO form (see ssd.evaluation.dataset_eval).
 
 Precision: fp32 by default (the reference numbers); bf16 / fp16 run the network under
 autocast; auto picks the fastest safe one for the device (fp16 on CUDA, bf16 on CPUs with

@@ -33,6 +33,7 @@ from ssd.engine.freeze import freeze_modules
 from ssd.engine.inference import evaluate_model, make_eval_loader
 from ssd.engine.metrics_log import MetricsLog, plot_metrics
 from ssd.engine.solver import advance_schedule, build_optimizer, build_scheduler, set_schedule_iteration
+from ssd.evaluation import coco_numbers
 from ssd.fileio import atomic_torch_save, remove_stale_temporaries
 from ssd.loss import build_loss
 from ssd.modeling import build_model
@@ -592,6 +593,8 @@ class Trainer:
         self.model.train()
         record = {"kind": "eval", "iteration": self.iteration, "mAP": result["mAP"],
                   "metric": self.cfg.test.metric, "ap": result.get("ap", {})}
+        if "coco" in result:  # AP, AP50, AP75, APs, APm, APl and the ARs
+            record["coco"] = coco_numbers(result["coco"])
         self.log.write(record)
         tqdm.write(f"[iteration {self.iteration}] {self.cfg.test.metric} mAP = {result['mAP']:.4f}")
         if result["mAP"] > self.best_map:

@@ -4,9 +4,16 @@
     res = voc_evaluate(gt, dets, class_names, iou_threshold=0.5, use_07_metric=True)
     res["ap"]["dog"], res["mAP"]
     evaluate_detections(dataset, detections, "voc07")   # a data set's ground truth, same result
+    evaluate_detections(dataset, detections, "coco")    # any format: AP, AP50, AP75, APs/m/l, AR
 """
 
-from ssd.evaluation.coco import COCO_STAT_NAMES, coco_evaluate, to_coco_results
+from ssd.evaluation.coco import (
+    COCO_STAT_NAMES,
+    coco_evaluate,
+    coco_numbers,
+    ground_truth_to_coco,
+    to_coco_results,
+)
 from ssd.evaluation.dataset_eval import (
     METRICS,
     check_has_images,
@@ -23,9 +30,11 @@ __all__ = [
     "METRICS",
     "check_has_images",
     "coco_evaluate",
+    "coco_numbers",
     "detections_to_pixels",
     "evaluate_detections",
     "ground_truth_pixels",
+    "ground_truth_to_coco",
     "inclusive_iou",
     "load_voc_results",
     "plot_pr_curves",

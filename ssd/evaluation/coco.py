@@ -3,6 +3,8 @@
 Pixel frame: COCO boxes are continuous coordinates ``[x, y, w, h]`` with ``w = x2 - x1``
 (no +1). A COCO data set normalises boxes as ``x / width``, so
 ``ssd.postprocess.scale_boxes(normalised, width, height)`` gives detections in that frame.
+Ground truth of any other format becomes a COCO index in memory with
+``ground_truth_to_coco`` (``ssd.evaluation.dataset_eval`` puts its boxes in this frame).
 """
 
 from __future__ import annotations
@@ -18,6 +20,57 @@ from pycocotools.cocoeval import COCOeval
 
 COCO_STAT_NAMES = ("AP", "AP50", "AP75", "APs", "APm", "APl",
                    "AR1", "AR10", "AR100", "ARs", "ARm", "ARl")  # order of COCOeval.stats
+FIRST_CATEGORY_ID = 1  # ground_truth_to_coco numbers categories as COCO does, from 1
+
+
+def ground_truth_to_coco(
+    gt: Mapping[int, Mapping[str, Any]],
+    class_names: Sequence[str],
+) -> COCO:
+    """Ground truth in COCO form, as a pycocotools index held in memory (no file).
+
+    Args:
+        gt: ``{coco_image_id (int): {"width": int, "height": int, "boxes": ndarray[n, 4] xyxy
+            in the continuous COCO frame (``w = x2 - x1``), "labels": int ndarray[n] 0-based,
+            "difficult": bool ndarray[n]}}``, one entry per evaluated image (images without
+            objects included).
+        class_names: foreground class names in label order; label ``k`` becomes category id
+            ``k + FIRST_CATEGORY_ID`` (``category_ids(class_names)``).
+
+    Returns:
+        A ``COCO`` whose annotations have ``bbox [x, y, w, h]``, ``area = w * h`` (which sorts
+        them into COCO's small / medium / large) and ``iscrowd``: 1 for a difficult object,
+        else 0. COCOeval neither counts a crowd object as a miss nor a detection matched to it
+        as a false positive; it matches a crowd object by intersection over the detection's
+        area (not IoU), and any number of detections may match it. (An ``ignore`` key would not
+        do: COCOeval overwrites it with ``iscrowd``.)
+    """
+    label_to_category_id = category_ids(class_names)
+    images, annotations = [], []
+    for image_id, record in gt.items():
+        images.append({"id": int(image_id), "width": int(record["width"]),
+                       "height": int(record["height"])})
+        boxes = np.asarray(record["boxes"], dtype=np.float64).reshape(-1, 4)
+        sizes = boxes[:, 2:] - boxes[:, :2]  # [n, 2] (w, h)
+        labels = np.asarray(record["labels"], dtype=np.int64).reshape(-1)
+        difficult = np.asarray(record.get("difficult", np.zeros(len(labels), bool)), dtype=bool)
+        for (x, y), (w, h), label, crowd in zip(boxes[:, :2].tolist(), sizes.tolist(),
+                                                labels.tolist(), difficult.reshape(-1).tolist()):
+            annotations.append({"id": len(annotations) + 1, "image_id": int(image_id),
+                                "category_id": label_to_category_id[label], "bbox": [x, y, w, h],
+                                "area": w * h, "iscrowd": int(crowd)})
+    categories = [{"id": category_id, "name": name}
+                  for category_id, name in zip(label_to_category_id, class_names)]
+    coco = COCO()
+    coco.dataset = {"images": images, "annotations": annotations, "categories": categories}
+    with contextlib.redirect_stdout(io.StringIO()):  # createIndex prints its progress
+        coco.createIndex()
+    return coco
+
+
+def category_ids(class_names: Sequence[str]) -> list[int]:
+    """The category id ``ground_truth_to_coco`` gives each 0-based label."""
+    return list(range(FIRST_CATEGORY_ID, FIRST_CATEGORY_ID + len(class_names)))
 
 
 def to_coco_results(
@@ -89,6 +142,12 @@ def coco_evaluate(
     stats = {name: float(value) for name, value in zip(COCO_STAT_NAMES, evaluator.stats)}
     stats["per_class"] = _per_class_ap(evaluator, coco_gt)
     return stats
+
+
+def coco_numbers(stats: Mapping[str, Any]) -> dict[str, float | None]:
+    """The 12 numbers of a ``coco_evaluate`` result (no "per_class"), None where COCO had
+    nothing to score (its -1), so that they are written to JSON as null."""
+    return {name: (float(stats[name]) if stats[name] >= 0 else None) for name in COCO_STAT_NAMES}
 
 
 def _empty_results(coco_gt: COCO) -> COCO:

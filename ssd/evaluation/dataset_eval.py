@@ -5,6 +5,10 @@ image ids and pixel boxes out, scored with the VOC or COCO metric.
 
 Only the images that have a key in ``detections`` are scored (their ground truth, nothing
 else), so an image left out of inference (unreadable, skipped) leaves the evaluation.
+
+The COCO metric works on every format: a COCO data set is scored against its own annotation
+file; any other (VOC, YOLO, shapes) has its ground truth turned into COCO form in memory
+(``coco_inputs``), difficult objects as crowd regions (neither counted nor penalised).
 """
 
 from __future__ import annotations
@@ -13,7 +17,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from ssd.evaluation.coco import coco_evaluate
+from ssd.evaluation.coco import category_ids, coco_evaluate, ground_truth_to_coco
 from ssd.evaluation.voc import voc_evaluate
 
 METRICS = ("voc07", "voc10", "coco")
@@ -42,16 +46,21 @@ def ground_truth_pixels(dataset, indices: Sequence[int] | None = None) -> dict[s
     annotation value - ``dataset.coordinate_origin`` (VOC XML is 1-based, COCO 0-based);
     labels [n] int64 0-based; difficult [n] bool.
     """
-    origin = float(getattr(dataset, "coordinate_origin", 1.0))
     gt = {}
     for index in range(len(dataset)) if indices is None else indices:
         ann = dataset.get_annotation(index)
-        gt[ann["image_id"]] = {
-            "boxes": np.asarray(ann["boxes"], dtype=np.float64).reshape(-1, 4) - origin,  # [n, 4]
-            "labels": np.asarray(ann["labels"], dtype=np.int64),
-            "difficult": np.asarray(ann["difficult"], dtype=bool),
-        }
+        gt[ann["image_id"]] = _ground_truth_record(dataset, ann)
     return gt
+
+
+def _ground_truth_record(dataset, ann: dict[str, Any]) -> dict[str, np.ndarray]:
+    """One `get_annotation` result in the evaluation frame (see ground_truth_pixels)."""
+    origin = float(getattr(dataset, "coordinate_origin", 1.0))
+    return {
+        "boxes": np.asarray(ann["boxes"], dtype=np.float64).reshape(-1, 4) - origin,  # [n, 4]
+        "labels": np.asarray(ann["labels"], dtype=np.int64),
+        "difficult": np.asarray(ann["difficult"], dtype=bool),
+    }
 
 
 def detections_to_pixels(dataset, detections: dict[int, dict[str, np.ndarray]]):
@@ -64,13 +73,68 @@ def detections_to_pixels(dataset, detections: dict[int, dict[str, np.ndarray]]):
     out = {}
     for index, found in detections.items():
         ann = dataset.get_annotation(index)
-        scale = np.array([ann["width"], ann["height"]] * 2, dtype=np.float64)
-        out[ann["image_id"]] = {
-            "boxes": found["boxes"].astype(np.float64) * scale,
-            "scores": found["scores"].astype(np.float64),
-            "labels": found["labels"].astype(np.int64),
-        }
+        out[ann["image_id"]] = _detection_record(ann, found)
     return out
+
+
+def _detection_record(ann: dict[str, Any], found: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """One image's normalised detections in pixels of the image `ann` describes."""
+    scale = np.array([ann["width"], ann["height"]] * 2, dtype=np.float64)
+    return {
+        "boxes": found["boxes"].astype(np.float64) * scale,  # [K, 4]
+        "scores": found["scores"].astype(np.float64),
+        "labels": found["labels"].astype(np.int64),
+    }
+
+
+def uses_inclusive_pixels(dataset) -> bool:
+    """Whether `dataset` annotates inclusive pixel indices, as the VOC devkit does (1-based:
+    a box from x = 1 to x = 10 covers 10 pixels), rather than continuous coordinates (COCO and
+    YOLO: a box from x = 0 to x = 10 is 10 wide). The 1-based formats are the inclusive ones."""
+    return float(getattr(dataset, "coordinate_origin", 1.0)) == 1.0
+
+
+def to_continuous_frame(boxes: np.ndarray, inclusive: bool) -> np.ndarray:
+    """Boxes [n, 4] xyxy of the evaluation frame -> COCO's continuous frame (``w = x2 - x1``):
+    inclusive pixels end one pixel after their last index, so x2 and y2 gain 1 for them. Applied
+    to ground truth and detections alike, so the COCO IoU equals the devkit's inclusive IoU."""
+    if not inclusive:
+        return boxes
+    return boxes + np.array([0.0, 0.0, 1.0, 1.0])
+
+
+def coco_inputs(dataset, detections: dict[int, dict[str, np.ndarray]]):
+    """Ground truth and detections of the images in `detections`, ready for ``coco_evaluate``.
+
+    Both are keyed by data set index (which is the COCO image id) and in COCO's continuous pixel
+    frame (``to_continuous_frame``): VOC's inclusive boxes span ``xmax - xmin + 1`` pixels, and
+    a detection (trained on ``(xml - 1) / size``) gains the same pixel on its far edges; COCO
+    and YOLO boxes are continuous already.
+
+    Returns:
+        (``ground_truth_to_coco`` of the ground truth (difficult objects as iscrowd=1),
+        ``{index: {"boxes": float64 [K, 4] xyxy, "scores": [K], "labels": int64 [K]}}``).
+    """
+    inclusive = uses_inclusive_pixels(dataset)
+    gt, dets = {}, {}
+    for index, found in detections.items():
+        ann = dataset.get_annotation(index)
+        truth = _ground_truth_record(dataset, ann)
+        gt[index] = {**truth, "boxes": to_continuous_frame(truth["boxes"], inclusive),
+                     "width": ann["width"], "height": ann["height"]}
+        pixels = _detection_record(ann, found)
+        dets[index] = {**pixels, "boxes": to_continuous_frame(pixels["boxes"], inclusive)}
+    return ground_truth_to_coco(gt, list(dataset.class_names)), dets
+
+
+def _coco_metric(dataset, detections: dict[int, dict[str, np.ndarray]]) -> dict[str, Any]:
+    """``coco_evaluate`` of `detections`: against the data set's own COCO index when it has
+    one (a COCO annotation file), else against its ground truth in COCO form."""
+    if getattr(dataset, "coco", None) is not None:
+        return coco_evaluate(dataset.coco, detections_to_pixels(dataset, detections),
+                             dataset.label_to_category_id)
+    coco_gt, pixel_dets = coco_inputs(dataset, detections)
+    return coco_evaluate(coco_gt, pixel_dets, category_ids(dataset.class_names))
 
 
 def evaluate_detections(dataset, detections: dict[int, dict[str, np.ndarray]],
@@ -82,16 +146,17 @@ def evaluate_detections(dataset, detections: dict[int, dict[str, np.ndarray]],
 
     Returns:
         VOC: the ``voc_evaluate`` result ("ap" per class, NaN where a class has no countable
-        ground truth; "mAP" NaN when no class has any). COCO: {"mAP": AP@[.5:.95], "coco":
-        the 12 stats (-1 where COCO has nothing to score), "ap": per-class AP}.
+        ground truth; "mAP" NaN when no class has any). COCO (any data set format): {"mAP":
+        AP@[.5:.95], "coco": the 12 stats of ``COCO_STAT_NAMES`` (AP, AP50, AP75, APs, APm,
+        APl, then AR; -1 where COCO has nothing to score) and "per_class", "ap": per-class AP}.
     """
     if metric not in METRICS:
         raise ValueError(f"metric must be one of {', '.join(METRICS)}, got {metric!r}")
-    pixel_dets = detections_to_pixels(dataset, detections)
     if metric == "coco":
-        stats = coco_evaluate(dataset.coco, pixel_dets, dataset.label_to_category_id)
+        stats = _coco_metric(dataset, detections)
         mean = stats["AP"] if stats["AP"] >= 0 else float("nan")  # -1: nothing to score
         return {"mAP": mean, "coco": stats, "ap": dict(stats["per_class"]), "excluded": []}
+    pixel_dets = detections_to_pixels(dataset, detections)
     gt = ground_truth_pixels(dataset, list(detections))
     return voc_evaluate(gt, pixel_dets, list(dataset.class_names),
                         iou_threshold=VOC_IOU_THRESHOLD, use_07_metric=(metric == "voc07"))
