@@ -20,25 +20,12 @@ from torch import nn
 
 from ssd import defaults
 from ssd.box_utils import encode, match, pad_targets
+from ssd.ops.chunked_match import chunk_elements
+from ssd.ops.mining import background_loss, hard_negative_mask
+from ssd.ops.prior_iou import PriorGeometry, prior_geometry
 
 LOC_LOSSES = ("smooth_l1", "l1")
 BOX_TOLERANCE = 1e-3  # how far outside [0, 1] a normalised coordinate may lie (rounding)
-# On CPU the per-prior steps (matching IoU, mining log-softmax) run over chunks of images
-# whose tensors have about this many elements (2 MiB of float32), so that their temporaries
-# stay in cache instead of streaming through memory shared with the other cores.
-CPU_CHUNK_ELEMENTS = 1 << 19
-
-
-def chunk_elements(device: torch.device) -> int | None:
-    """Elements per chunk of a per-prior step: CPU_CHUNK_ELEMENTS on CPU; None (the whole
-    batch at once, fewest kernel launches) on other devices."""
-    return CPU_CHUNK_ELEMENTS if device.type == "cpu" else None
-
-
-def images_per_chunk(device: torch.device, elements_per_image: int) -> int | None:
-    """Images per chunk of a per-prior step (see `chunk_elements`)."""
-    elements = chunk_elements(device)
-    return None if elements is None else max(1, elements // max(elements_per_image, 1))
 
 
 class PriorTargets(NamedTuple):
@@ -121,6 +108,7 @@ def assign_targets(
     priors: torch.Tensor,
     iou_threshold: float,
     variances: Sequence[float],
+    geometry: PriorGeometry | None = None,
 ) -> PriorTargets:
     """Match priors to the ground truth of a batch and build what each prior should predict.
 
@@ -130,12 +118,13 @@ def assign_targets(
         priors: [P, 4] default boxes (cx, cy, w, h), float32.
         iou_threshold: minimum IoU for a positive prior.
         variances: encoding variances (centre, size).
+        geometry: the priors' `PriorGeometry` when the caller keeps it; else computed here.
 
     Returns:
         PriorTargets(labels [B, P], positive [B, P], positive_index [K], loc_targets [K, 4]).
     """
     with torch.no_grad():
-        matched_index, positive, _ = match(gt[..., :4], valid, priors, iou_threshold,
+        matched_index, positive, _ = match(gt[..., :4], valid, geometry or priors, iou_threshold,
                                            chunk_elements(gt.device))  # [B, P] each
         gt_labels = gt[..., 4].long() + 1  # [B, n], background is 0
         labels = gt_labels.gather(1, matched_index).masked_fill_(~positive, 0)  # [B, P]
@@ -145,35 +134,6 @@ def assign_targets(
         matched_boxes = gt[image, matched_index[image, prior], :4]  # [K, 4] xyxy
         loc_targets = encode(matched_boxes, priors[prior], variances)  # [K, 4]
     return PriorTargets(labels, positive, positive_index, loc_targets)
-
-
-def hard_negative_mask(
-    background_loss: torch.Tensor, positive: torch.Tensor, neg_pos_ratio: float
-) -> torch.Tensor:
-    """Per image, the `neg_pos_ratio * num_pos` negatives with the largest background loss.
-
-    The count is capped at the number of negatives of the image; an image without positives
-    keeps no negatives. Selection is done without gradient (the same set as the double-argsort
-    rank trick, found with one `topk` of the largest count in the batch).
-
-    Args:
-        background_loss: [B, P] cross-entropy of each prior against the background class.
-        positive: [B, P] bool.
-        neg_pos_ratio: negatives kept per positive.
-
-    Returns:
-        [B, P] bool, True for the mined negatives (never a positive).
-    """
-    with torch.no_grad():
-        num_priors = positive.shape[1]
-        num_pos = positive.sum(dim=1)  # [B]
-        num_neg = (num_pos.double() * neg_pos_ratio).floor().long()  # [B]
-        num_neg = torch.minimum(num_neg, num_priors - num_pos)  # at most every negative
-        ranked = torch.where(positive, float("-inf"), background_loss.detach())  # [B, P]
-        k = int(num_neg.max()) if num_neg.numel() else 0
-        top = ranked.topk(k, dim=1).indices  # [B, k], hardest first
-        keep = torch.arange(k, device=positive.device) < num_neg[:, None]  # [B, k]
-        return torch.zeros_like(positive).scatter_(1, top, keep)
 
 
 def flat_index(mask: torch.Tensor) -> torch.Tensor:
@@ -242,6 +202,8 @@ class _DetectionLoss(nn.Module):
         self.variances = tuple(float(v) for v in variances)
         self.loc_weight = loc_weight
         self.loc_loss = loc_loss
+        self._geometry_priors: torch.Tensor | None = None  # the priors `_geometry` is of
+        self._geometry: PriorGeometry | None = None
 
     def forward(
         self,
@@ -267,12 +229,27 @@ class _DetectionLoss(nn.Module):
         with torch.autocast(loc.device.type, enabled=False):
             loc, conf = loc.float(), conf.float()
             priors = priors.to(loc.device, torch.float32)
-            assigned = assign_targets(gt, valid, priors, self.iou_threshold, self.variances)
+            assigned = assign_targets(gt, valid, priors, self.iou_threshold, self.variances,
+                                      self.prior_geometry(priors))
             num_pos = assigned.positive.sum().clamp(min=1).float()
             loc_pred = _rows(loc, assigned.positive_index)  # [B, P, 4] -> [K, 4]
             loss_loc = localization_loss(loc_pred, assigned.loc_targets, self.loc_loss)
             loss_conf = self.confidence_loss(conf, assigned)
         return {"loss_loc": self.loc_weight * loss_loc / num_pos, "loss_conf": loss_conf / num_pos}
+
+    def prior_geometry(self, priors: torch.Tensor) -> PriorGeometry:
+        """The `PriorGeometry` of priors [P, 4] (cx, cy, w, h), kept between calls.
+
+        A model passes the same priors every step, and finding their distinct intervals sorts
+        all P twice; the geometry is computed again only when the priors differ from the last
+        ones in shape, device or value (one comparison of P x 4 numbers).
+        """
+        seen = self._geometry_priors
+        if (seen is None or seen.shape != priors.shape or seen.device != priors.device
+                or not torch.equal(seen, priors)):
+            self._geometry_priors = priors.detach().clone()
+            self._geometry = prior_geometry(self._geometry_priors)
+        return self._geometry
 
     def confidence_loss(self, conf: torch.Tensor, assigned: PriorTargets) -> torch.Tensor:
         """Summed (not yet normalised) classification loss; conf [B, P, C] float32."""
@@ -329,15 +306,7 @@ class MultiBoxLoss(_DetectionLoss):
 
     def mine_negatives(self, conf: torch.Tensor, positive: torch.Tensor) -> torch.Tensor:
         """[B, P, C] logits + [B, P] positives -> [B, P] bool mined negatives."""
-        with torch.no_grad():
-            # Fused log-softmax (about twice as fast as logsumexp - conf[..., 0]) over chunks
-            # of images, each [chunk, P, C] -> [chunk, P] written into its rows of [B, P].
-            per_image = conf.shape[1] * conf.shape[2]  # P * C
-            chunk = images_per_chunk(conf.device, per_image) or max(len(conf), 1)
-            background_loss = conf.new_empty(conf.shape[:2])  # [B, P]
-            for part, rows in zip(conf.split(chunk), background_loss.split(chunk)):
-                torch.neg(F.log_softmax(part, dim=-1)[..., 0], out=rows)
-        return hard_negative_mask(background_loss, positive, self.neg_pos_ratio)
+        return hard_negative_mask(background_loss(conf), positive, self.neg_pos_ratio)
 
 
 class FocalLoss(_DetectionLoss):

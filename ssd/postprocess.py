@@ -5,18 +5,13 @@
     pixels = scale_boxes(dets[0]["boxes"], width, height)
 
 Decoding, softmax, thresholding, the per-class candidate selection and the final per-image
-top-k run for the whole batch at once. Greedy NMS has two forms with identical results:
-
-* "loop": one ``torchvision.ops.nms`` call per (image, class) with candidates; it skips the
-  pairs a suppressed box would need, which makes it the fastest form on CPU.
-* "batched": every (image, class) group at once: a [G, k, k] overlap matrix, then greedy
-  suppression as a fixed-point iteration over all groups (``_greedy_nms_batched``), a few
-  tensor operations per iteration and usually 5 to 10 iterations; no Python loop over images
-  or boxes. Meant for CUDA.
+top-k run for the whole batch at once. Greedy NMS has two forms with identical results
+(``ssd.ops.nms``): "loop", one ``torchvision.ops.nms`` call per (image, class), the fastest on
+CPU; "batched", every (image, class) group at once in tensor operations, meant for CUDA.
 
 Ties are broken the same way on every device: by decreasing score, then lower class, then
-lower prior index (integer sort keys made of the score's bits and the index, see
-``_descending_keys``), and both NMS forms compute the IoU with torchvision's arithmetic.
+lower prior index (``ssd.ops.sort_keys``), and both NMS forms compute the IoU with
+torchvision's arithmetic.
 """
 
 from __future__ import annotations
@@ -25,18 +20,14 @@ from dataclasses import asdict, dataclass
 from typing import Sequence
 
 import torch
-from torchvision.ops import nms
 
 from ssd import defaults
-from ssd.box_utils import decode, pairwise_iou
+from ssd.box_utils import decode
+from ssd.ops.nms import greedy_nms_batched, greedy_nms_loop
+from ssd.ops.sort_keys import descending_keys
 
 METHODS = ("auto", "loop", "batched")
 BATCHED_MAX_CANDIDATES = 1024  # "auto" keeps the loop above this many candidates per class
-OVERLAP_CHUNK_ELEMENTS = 1 << 24  # IoU entries computed at once by the batched form (64 MiB)
-# The batched form counts overlapping kept boxes with a matrix product of 0/1 values: a sum of
-# non-negative terms is > 0 exactly when one term is 1, whatever the float format's rounding.
-# float16 on CUDA (half the memory of float32); float32 elsewhere (fast on every CPU).
-OVERLAP_MATMUL_DTYPE = {"cuda": torch.float16}
 
 
 def detect(
@@ -87,7 +78,7 @@ def detect(
     flat_priors = top_priors.reshape(batch, num_groups * limit)  # [B, C-1, k] -> [B, (C-1)*k]
     candidate_boxes = boxes.gather(1, flat_priors[..., None].expand(-1, -1, 4))  # [B, (C-1)*k, 4]
     group_boxes = candidate_boxes.reshape(batch * num_groups, limit, 4)  # -> [G, k, 4]
-    nms_form = _greedy_nms_batched if method == "batched" else _greedy_nms_loop
+    nms_form = greedy_nms_batched if method == "batched" else greedy_nms_loop
     keep = nms_form(group_boxes, candidate.reshape(-1, limit), nms_threshold)  # [G, k]
     kept = keep.reshape(batch, num_groups * limit)  # [G, k] -> [B, (C-1)*k]
     return _top_k_per_image(candidate_boxes, top_scores.reshape(batch, -1), kept, limit, top_k)
@@ -101,23 +92,6 @@ def nms_method(method: str, device: torch.device, candidates_per_class: int) -> 
         return method
     bounded = 0 < candidates_per_class <= BATCHED_MAX_CANDIDATES
     return "batched" if device.type == "cuda" and bounded else "loop"
-
-
-def _descending_keys(values: torch.Tensor) -> torch.Tensor:
-    """Distinct int64 sort keys: larger value first, then lower index along the last dim.
-
-    Args:
-        values: FloatTensor[..., N] float32 >= 0 (the bits of a non-negative float32 order
-            like the float itself).
-
-    Returns:
-        Int64Tensor[..., N]: (bits of the value) * 2^b + (N - 1 - index), b bits holding N.
-    """
-    size = values.shape[-1]
-    index_bits = max(size - 1, 1).bit_length()
-    reversed_index = torch.arange(size - 1, -1, -1, device=values.device)  # [N]
-    keys = values.contiguous().view(torch.int32).long()  # [..., N]
-    return keys.bitwise_left_shift_(index_bits).bitwise_or_(reversed_index)
 
 
 def _candidates(
@@ -135,88 +109,8 @@ def _candidates(
     """
     num_priors = scores.shape[-1]
     limit = num_priors if candidates_per_class <= 0 else min(candidates_per_class, num_priors)
-    top_priors = _descending_keys(scores).topk(limit, dim=-1, sorted=True).indices  # [B, K, k]
+    top_priors = descending_keys(scores).topk(limit, dim=-1, sorted=True).indices  # [B, K, k]
     return scores.gather(-1, top_priors), top_priors
-
-
-def _greedy_nms_loop(boxes: torch.Tensor, candidate: torch.Tensor, threshold: float) -> torch.Tensor:
-    """Greedy NMS of each group with one ``torchvision.ops.nms`` call per non-empty group.
-
-    Args:
-        boxes: FloatTensor[G, k, 4] xyxy, each group in its NMS order.
-        candidate: BoolTensor[G, k], True for a prefix of each group (the candidates).
-        threshold: IoU above which a box is suppressed.
-
-    Returns:
-        BoolTensor[G, k]: the boxes NMS keeps.
-    """
-    num_groups, limit = candidate.shape
-    # nms sorts by score: strictly decreasing stand-in scores keep the given order exactly.
-    rank_scores = torch.arange(limit, 0, -1, dtype=boxes.dtype, device=boxes.device)  # [k]
-    kept = [
-        group * limit + nms(boxes[group, :count], rank_scores[:count], threshold)
-        for group, count in enumerate(candidate.sum(dim=1).tolist()) if count
-    ]
-    keep = torch.zeros(num_groups * limit, dtype=torch.bool, device=boxes.device)
-    if kept:
-        keep[torch.cat(kept)] = True
-    return keep.reshape(num_groups, limit)  # [G*k] -> [G, k]
-
-
-def _greedy_nms_batched(boxes: torch.Tensor, candidate: torch.Tensor, threshold: float) -> torch.Tensor:
-    """Greedy NMS of all groups at once, as a fixed-point iteration of tensor operations.
-
-    Greedy NMS keeps box i when it is a candidate and no kept box before it overlaps it. Each
-    iteration applies that rule to every box at once, given the previous iteration's kept set,
-    starting from all candidates. Box i's fate depends only on boxes before it, so after
-    iteration t the first t boxes of every group are settled; and a set the rule maps to itself
-    is the greedy result (the only fixed point, by induction over the boxes). So the iteration
-    stops as soon as nothing changes: after as many iterations as the longest chain of boxes
-    suppressing or freeing one another, 5 to 10 on SSD300 outputs (at most k + 1). Each
-    iteration's check reads one flag back from the device.
-
-    Args:
-        boxes: FloatTensor[G, k, 4] xyxy, each group in its NMS order.
-        candidate: BoolTensor[G, k], the boxes taking part.
-        threshold: IoU above which a box is suppressed.
-
-    Returns:
-        BoolTensor[G, k]: the boxes NMS keeps.
-    """
-    dtype = OVERLAP_MATMUL_DTYPE.get(boxes.device.type, torch.float32)
-    earlier_overlaps = _overlap_matrix(boxes, threshold, dtype).triu_(diagonal=1)  # [G, j, i]: j < i
-    keep = candidate
-    for _ in range(candidate.shape[1] + 1):
-        # [G, 1, k] @ [G, k, k] -> [G, 1, k] -> [G, k]: how many kept boxes before i overlap it
-        overlapped_by = torch.bmm(keep.to(dtype)[:, None, :], earlier_overlaps)[:, 0]
-        keep, previous = candidate & ~(overlapped_by > 0), keep
-        if torch.equal(keep, previous):
-            break
-    return keep
-
-
-def _overlap_matrix(boxes: torch.Tensor, threshold: float, dtype: torch.dtype) -> torch.Tensor:
-    """[G, k, 4] xyxy -> Tensor[G, k, k] of `dtype`, 1 where IoU > threshold, else 0,
-    computed in group chunks.
-
-    The IoU is torchvision's (same float32 operations), compared as torchvision compares it
-    with a float64 threshold, so both NMS forms take the same decisions.
-    """
-    num_groups, limit = boxes.shape[:2]
-    if num_groups == 0:
-        return boxes.new_zeros(0, limit, limit, dtype=dtype)
-    strict_threshold = _float32_below_or_at(threshold)
-    groups_per_chunk = max(1, OVERLAP_CHUNK_ELEMENTS // max(limit * limit, 1))
-    return torch.cat([(pairwise_iou(part, part) > strict_threshold).to(dtype)  # [chunk, k, k] each
-                      for part in boxes.split(groups_per_chunk)])
-
-
-def _float32_below_or_at(threshold: float) -> float:
-    """The largest float32 <= threshold: for float32 x, x > it exactly when x > threshold."""
-    rounded = torch.tensor(threshold, dtype=torch.float32)
-    if rounded.double() > threshold:
-        rounded = torch.nextafter(rounded, torch.tensor(float("-inf")))
-    return rounded.item()
 
 
 def _top_k_per_image(
@@ -236,7 +130,7 @@ def _top_k_per_image(
     """
     num_entries = scores.shape[1]
     count = num_entries if top_k <= 0 else min(top_k, num_entries)
-    keys = _descending_keys(scores).masked_fill_(~kept, -1)  # [B, M], -1 sorts last
+    keys = descending_keys(scores).masked_fill_(~kept, -1)  # [B, M], -1 sorts last
     top_keys, top_index = keys.topk(count, dim=1, sorted=True)  # [B, count]
     top_boxes = boxes.gather(1, top_index[..., None].expand(-1, -1, 4))  # [B, count, 4]
     top_scores = scores.gather(1, top_index)  # [B, count]

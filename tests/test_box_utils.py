@@ -1,19 +1,12 @@
 import torch
 
 from ssd.box_utils import (
-    bipartite_claims,
-    chunk_sizes,
     cxcywh_to_xyxy,
     decode,
     encode,
-    first_row_reaching,
     match,
     pad_targets,
     pairwise_iou,
-    prior_geometry,
-    prior_intervals,
-    prior_iou,
-    rows_in_use,
     xyxy_to_cxcywh,
 )
 
@@ -84,24 +77,6 @@ def test_match_two_objects_competing_for_one_prior():
     assert not positive[0, 1]
 
 
-def test_prior_iou_is_pairwise_iou_bit_for_bit():
-    from ssd.config import load_config
-    from ssd.priors import priors_from_config
-
-    cfg = load_config()
-    priors = cxcywh_to_xyxy(priors_from_config(cfg.model.priors, cfg.model.image_size))
-    generator = torch.Generator().manual_seed(0)
-    low = torch.rand(3, 5, 2, generator=generator) * 0.7
-    boxes = torch.cat([low, low + 0.02 + 0.3 * torch.rand(3, 5, 2, generator=generator)], -1)
-    boxes[0, 0] = priors[100]  # a box equal to a prior: IoU exactly 1
-    assert torch.equal(prior_iou(boxes, priors), pairwise_iou(boxes, priors))
-    assert prior_iou(boxes, priors)[0, 0, 100] == 1.0
-    # Unclipped priors with negative coordinates and repeated intervals.
-    odd = torch.tensor([[-0.2, -0.1, 0.3, 0.4], [-0.2, 0.5, 0.3, 0.9], [0.1, -0.1, 0.6, 0.4],
-                        [-0.2, -0.1, 0.3, 0.4], [0.0, 0.0, 0.0, 0.0]])
-    assert torch.equal(prior_iou(boxes, odd), pairwise_iou(boxes, odd))
-
-
 def test_match_in_chunks_of_images_equals_the_whole_batch():
     generator = torch.Generator().manual_seed(1)
     priors = torch.cat([torch.rand(300, 2, generator=generator),
@@ -127,51 +102,6 @@ def test_match_with_a_zero_threshold_leaves_images_without_objects_all_backgroun
     assert positive[0].all() and not positive[1].any()
 
 
-def test_bipartite_claims_keep_the_last_ground_truth_of_a_shared_prior():
-    best_prior = torch.tensor([[3, 3, 5], [3, 0, 0]])
-    valid = torch.tensor([[True, True, True], [True, False, False]])
-    claimed, claimant = bipartite_claims(best_prior, valid, num_priors=10)
-    assert claimed.tolist() == [3, 5, 13] and claimant.tolist() == [1, 2, 0]
-
-
-def test_chunk_sizes_keep_each_chunk_within_the_budget():
-    assert chunk_sizes([0, 1, 1, 2, 2, 5], num_priors=10, chunk_elements=40) == [3, 2, 1]
-    assert chunk_sizes([9, 9], num_priors=10, chunk_elements=40) == [1, 1]  # one at least
-    assert chunk_sizes([], num_priors=10, chunk_elements=40) == []
-
-
-def test_rows_in_use_counts_up_to_the_last_valid_row():
-    valid = torch.tensor([[True, False, True, False], [False] * 4, [True, True, False, False]])
-    assert rows_in_use(valid).tolist() == [3, 0, 2]  # a gap does not shorten the first image
-
-
-def _reference_first_row(values, target, valid):
-    """The first valid row equal to the target, by a loop over the columns."""
-    batch, rows, columns = values.shape
-    index = torch.zeros(batch, columns, dtype=torch.long)
-    for b in range(batch):
-        for p in range(columns):
-            hits = [r for r in range(rows) if valid[b, r] and values[b, r, p] == target[b, p]]
-            index[b, p] = hits[0] if hits else 0
-    return index
-
-
-def test_first_row_reaching_is_the_first_valid_maximum_with_ties_and_padding():
-    generator = torch.Generator().manual_seed(2)
-    for rows in (1, 3, 7, 300):  # 300 rows: wider weights than uint8 holds
-        values = torch.randint(0, 3, (4, rows, 9), generator=generator).float()  # many ties
-        valid = torch.rand(4, rows, generator=generator) < 0.7
-        valid[0] = False  # an image without valid rows
-        valid[1, 0] = True
-        target = values.masked_fill(~valid[:, :, None], -1).amax(dim=1)
-        got = first_row_reaching(values, target, valid)
-        assert torch.equal(got, _reference_first_row(values, target, valid)), rows
-        # Where every row is valid this is the index max(dim=1) returns.
-        full = torch.ones_like(valid)
-        assert torch.equal(first_row_reaching(values, values.amax(dim=1), full),
-                           values.max(dim=1).indices)
-
-
 def test_match_ignores_what_padding_rows_hold():
     generator = torch.Generator().manual_seed(3)
     priors = torch.cat([torch.rand(200, 2, generator=generator),
@@ -190,20 +120,3 @@ def test_match_ignores_what_padding_rows_hold():
     assert index[0, 0] == 1 and positive[0, 0]
     assert index[0, 1] == 0 and positive[0, 1]
     assert not positive[1].any() and (index[1] == 0).all()
-
-
-def test_prior_geometry_follows_in_place_changes_and_new_tensors():
-    priors = torch.tensor([[0.5, 0.5, 0.2, 0.2], [0.2, 0.3, 0.1, 0.4]])
-    corners, intervals = prior_geometry(priors)
-    assert torch.equal(corners, cxcywh_to_xyxy(priors))
-    assert prior_geometry(priors)[1] is intervals  # the same tensor again: kept
-    priors[1, 0] = 0.7  # in place
-    corners, intervals = prior_geometry(priors)
-    assert torch.equal(corners, cxcywh_to_xyxy(priors))
-    assert torch.equal(intervals.x_low, prior_intervals(corners).x_low)
-    other = priors.clone()
-    other[0, 2] = 0.4
-    assert torch.equal(prior_geometry(other)[0], cxcywh_to_xyxy(other))
-    with torch.inference_mode():
-        frozen = priors + 0
-    assert torch.equal(prior_geometry(frozen)[0], cxcywh_to_xyxy(frozen))

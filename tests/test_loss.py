@@ -1,86 +1,17 @@
-import importlib
 import math
-import sys
-from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
 import torch
 import torch.nn.functional as F
-from torchvision.ops import box_iou
 
 from ssd.config import load_config
-from ssd.loss import FocalLoss, MultiBoxLoss, assign_targets, build_loss, hard_negative_mask, prepare_targets
+from ssd.loss import FocalLoss, MultiBoxLoss, assign_targets, build_loss, prepare_targets
+from ssd.ops.mining import hard_negative_mask
+from ssd.ops.reference import classic_multibox_loss, per_image_focal_loss, per_image_multibox_loss
 from ssd.priors import default_boxes, priors_from_config
 
 VARIANCES = (0.1, 0.2)
-
-
-# ---------------------------------------------------------------------------------------------
-# An independent, straightforward reference: one image at a time, Python loops, torchvision IoU.
-# ---------------------------------------------------------------------------------------------
-
-
-def _to_xyxy(cxcywh):
-    return torch.cat([cxcywh[:, :2] - cxcywh[:, 2:] / 2, cxcywh[:, :2] + cxcywh[:, 2:] / 2], dim=1)
-
-
-def _reference_match(truths, priors, threshold):
-    """truths [n, 5] -> labels [P] (0 = background), matched boxes [P, 4] xyxy."""
-    num_priors = priors.shape[0]
-    if len(truths) == 0:
-        return torch.zeros(num_priors, dtype=torch.long), torch.zeros(num_priors, 4)
-    iou = box_iou(truths[:, :4], _to_xyxy(priors))  # [n, P]
-    owner = [int(iou[:, p].argmax()) for p in range(num_priors)]
-    overlap = [float(iou[owner[p], p]) for p in range(num_priors)]
-    for j in range(len(truths)):  # each object claims its best prior; later objects win
-        best = int(iou[j].argmax())
-        owner[best], overlap[best] = j, 2.0
-    labels = torch.tensor([int(truths[owner[p], 4]) + 1 if overlap[p] >= threshold else 0
-                           for p in range(num_priors)])
-    return labels, truths[owner, :4]
-
-
-def _reference_encode(boxes, priors):
-    centre = ((boxes[:, :2] + boxes[:, 2:]) / 2 - priors[:, :2]) / (VARIANCES[0] * priors[:, 2:])
-    size = torch.log((boxes[:, 2:] - boxes[:, :2]) / priors[:, 2:]) / VARIANCES[1]
-    return torch.cat([centre, size], dim=1)
-
-
-def _reference_multibox(loc, conf, priors, targets, neg_pos_ratio=3, loc_loss="smooth_l1"):
-    loc_fn = F.smooth_l1_loss if loc_loss == "smooth_l1" else F.l1_loss
-    total_loc, total_conf, total_pos = 0.0, 0.0, 0
-    for i, truths in enumerate(targets):
-        labels, boxes = _reference_match(truths, priors, 0.5)
-        pos = labels > 0
-        num_pos = int(pos.sum())
-        if num_pos:
-            loc_t = _reference_encode(boxes[pos], priors[pos])
-            total_loc = total_loc + loc_fn(loc[i][pos], loc_t, reduction="sum")
-        ce = F.cross_entropy(conf[i], labels, reduction="none")  # [P]
-        mining = ce.detach().clone()
-        mining[pos] = -1.0
-        _, order = mining.sort(descending=True)  # the double-sort rank trick of the classic port
-        _, rank = order.sort()
-        num_neg = min(neg_pos_ratio * num_pos, len(labels) - num_pos)
-        selected = pos | (rank < num_neg)
-        total_conf = total_conf + ce[selected].sum()
-        total_pos += num_pos
-    n = max(total_pos, 1)
-    return {"loss_loc": total_loc / n, "loss_conf": total_conf / n}
-
-
-def _reference_focal(conf, priors, targets, alpha, gamma):
-    total, total_pos = 0.0, 0
-    for i, truths in enumerate(targets):
-        labels, _ = _reference_match(truths, priors, 0.5)
-        prob = F.softmax(conf[i], dim=1)
-        for p, label in enumerate(labels.tolist()):
-            pt = prob[p, label]
-            weight = alpha if label > 0 else 1 - alpha
-            total = total - weight * (1 - pt) ** gamma * torch.log(pt)
-        total_pos += int((labels > 0).sum())
-    return total / max(total_pos, 1)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -132,7 +63,7 @@ def test_multibox_equals_per_image_reference(neg_pos_ratio, loc_loss):
     crit = MultiBoxLoss(num_classes=5, neg_pos_ratio=neg_pos_ratio, variances=VARIANCES,
                         loc_loss=loc_loss)
     got = crit(loc, conf, priors, targets)
-    expected = _reference_multibox(loc, conf, priors, targets, neg_pos_ratio, loc_loss)
+    expected = per_image_multibox_loss(loc, conf, priors, targets, neg_pos_ratio, loc_loss)
     assert expected["loss_conf"] > 0 and expected["loss_loc"] > 0
     _assert_losses_close(got, expected)
 
@@ -141,7 +72,7 @@ def test_multibox_gradients_equal_reference():
     loc, conf, priors, targets = _random_batch(seed=1)
     loc_a, conf_a, loc_b, conf_b = _leaves(loc, conf, loc, conf)
     got = MultiBoxLoss(num_classes=5)(loc_a, conf_a, priors, targets)
-    expected = _reference_multibox(loc_b, conf_b, priors, targets)
+    expected = per_image_multibox_loss(loc_b, conf_b, priors, targets)
     (got["loss_loc"] + got["loss_conf"]).backward()
     (expected["loss_loc"] + expected["loss_conf"]).backward()
     torch.testing.assert_close(loc_a.grad, loc_b.grad, rtol=1e-5, atol=1e-6)
@@ -253,7 +184,7 @@ def test_batch_without_objects_is_finite(crit):
     if isinstance(crit, MultiBoxLoss):  # nothing positive, nothing mined
         assert losses["loss_conf"].item() == 0.0
     else:  # every prior is background: the focal sum over all priors, divided by 1
-        expected = _reference_focal(conf.detach(), priors, [torch.zeros(0, 5)] * len(loc), 0.25, 2.0)
+        expected = per_image_focal_loss(conf.detach(), priors, [torch.zeros(0, 5)] * len(loc), 0.25, 2.0)
         torch.testing.assert_close(losses["loss_conf"], expected, rtol=1e-5, atol=1e-5)
 
 
@@ -297,7 +228,7 @@ def test_focal_with_gamma_zero_is_weighted_cross_entropy():
 def test_focal_equals_reference_on_random_batch():
     loc, conf, priors, targets = _random_batch(seed=6, counts=(2, 0, 4))
     losses = FocalLoss(num_classes=5, alpha=0.3, gamma=1.5)(loc, conf, priors, targets)
-    expected = _reference_focal(conf, priors, targets, 0.3, 1.5)
+    expected = per_image_focal_loss(conf, priors, targets, 0.3, 1.5)
     torch.testing.assert_close(losses["loss_conf"], expected, rtol=1e-5, atol=1e-5)
 
 
@@ -385,14 +316,14 @@ def test_focal_and_l1_selectable_from_yaml(tmp_path):
     assert (crit.alpha, crit.gamma) == (0.4, 1.0)
     loc, conf, priors, targets = _random_batch(seed=7)
     torch.testing.assert_close(crit(loc, conf, priors, targets)["loss_conf"],
-                               _reference_focal(conf, priors, targets, 0.4, 1.0), rtol=1e-5, atol=1e-5)
+                               per_image_focal_loss(conf, priors, targets, 0.4, 1.0), rtol=1e-5, atol=1e-5)
 
 
 def test_multibox_options_from_overrides():
     cfg = load_config(overrides=["loss.neg_pos_ratio=1", "loss.loc_loss=l1", "model.num_classes=5"])
     crit = build_loss(cfg)
     loc, conf, priors, targets = _random_batch(seed=8)
-    expected = _reference_multibox(loc, conf, priors, targets, neg_pos_ratio=1, loc_loss="l1")
+    expected = per_image_multibox_loss(loc, conf, priors, targets, neg_pos_ratio=1, loc_loss="l1")
     _assert_losses_close(crit(loc, conf, priors, targets), expected)
 
 
@@ -423,23 +354,29 @@ def test_build_loss_unknown_name_lists_known():
 # ---------------------------------------------------------------------------------------------
 
 
-def _classic_benchmark():
-    """scripts/benchmarks/loss.py, imported as the benchmark script imports it."""
-    scripts = str(Path(__file__).resolve().parents[1] / "scripts")
-    if scripts not in sys.path:
-        sys.path.insert(0, scripts)
-    return importlib.import_module("benchmarks.loss")
+def _ssd300_batch(priors, batch, seed, num_classes=21):
+    """Random loc [B, P, 4], conf [B, P, C] and 3-6 random objects in every image."""
+    generator = torch.Generator().manual_seed(seed)
+    loc = torch.randn(batch, len(priors), 4, generator=generator)
+    conf = torch.randn(batch, len(priors), num_classes, generator=generator)
+    targets = []
+    for _ in range(batch):
+        n = int(torch.randint(3, 7, (), generator=generator))
+        low = torch.rand(n, 2, generator=generator) * 0.65
+        size = 0.05 + torch.rand(n, 2, generator=generator) * 0.3
+        labels = torch.randint(0, num_classes - 1, (n, 1), generator=generator).float()
+        targets.append(torch.cat([low, low + size, labels], dim=1))
+    return loc, conf, targets
 
 
 @pytest.mark.parametrize("seed", [0, 1])
 def test_multibox_equals_the_classic_algorithm_on_ssd300_priors(seed):
-    bench = _classic_benchmark()
     cfg = load_config()
     priors = priors_from_config(cfg.model.priors, cfg.model.image_size)
-    loc, conf, targets = bench.make_batch(priors, batch=4, seed=seed)
+    loc, conf, targets = _ssd300_batch(priors, batch=4, seed=seed)
     loc_a, conf_a, loc_b, conf_b = _leaves(loc, conf, loc, conf)
-    got = MultiBoxLoss(num_classes=bench.NUM_CLASSES)(loc_a, conf_a, priors, targets)
-    expected = bench.classic_multibox_loss(loc_b, conf_b, priors, targets)
+    got = MultiBoxLoss(num_classes=cfg.model.num_classes)(loc_a, conf_a, priors, targets)
+    expected = classic_multibox_loss(loc_b, conf_b, priors, targets)
     assert expected["loss_conf"] > 0 and expected["loss_loc"] > 0
     for name in got:
         torch.testing.assert_close(got[name], expected[name], rtol=1e-5, atol=1e-6)
@@ -452,5 +389,5 @@ def test_multibox_equals_the_classic_algorithm_on_ssd300_priors(seed):
 def test_multibox_equals_the_classic_algorithm_on_small_priors():
     loc, conf, priors, targets = _random_batch(counts=(3, 1, 5, 2, 4), seed=10)
     got = MultiBoxLoss(num_classes=5)(loc, conf, priors, targets)
-    expected = _classic_benchmark().classic_multibox_loss(loc, conf, priors, targets)
+    expected = classic_multibox_loss(loc, conf, priors, targets)
     _assert_losses_close(got, expected)

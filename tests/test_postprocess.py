@@ -4,9 +4,11 @@ import pytest
 import torch
 from conftest import needs_cuda
 
+import ssd.ops.nms
 from ssd import postprocess
-from ssd.box_utils import cxcywh_to_xyxy, decode, pairwise_iou
+from ssd.box_utils import cxcywh_to_xyxy, pairwise_iou
 from ssd.config import load_config
+from ssd.ops.reference import classic_detect
 from ssd.postprocess import PostProcessor, build_postprocessor, detect, scale_boxes
 from ssd.priors import priors_from_config
 
@@ -92,28 +94,6 @@ def test_empty_results_have_the_right_shapes():
     assert only_background["boxes"].shape == (0, 4)
 
 
-def _reference_detect(loc, conf, priors, conf_threshold, nms_threshold, top_k, candidates):
-    """One image at a time, one class at a time, greedy NMS in a plain loop."""
-    results = []
-    for image_loc, image_conf in zip(loc.float(), conf.float()):
-        boxes = decode(image_loc, priors, (0.1, 0.2))
-        probabilities = image_conf.softmax(dim=-1)
-        found = []  # (score, label, box)
-        for label in range(1, conf.shape[-1]):
-            scores = probabilities[:, label]
-            order = [i for i in scores.argsort(descending=True).tolist()
-                     if scores[i] > conf_threshold][:candidates]
-            kept = []
-            for i in order:
-                ious = [pairwise_iou(boxes[i:i + 1], boxes[j:j + 1]).item() for j in kept]
-                if all(iou <= nms_threshold for iou in ious):
-                    kept.append(i)
-            found += [(scores[i].item(), label - 1, boxes[i]) for i in kept]
-        found = sorted(found, key=lambda row: -row[0])[:top_k]
-        results.append(found)
-    return results
-
-
 @pytest.mark.parametrize("seed", [0, 1, 2])
 def test_equals_straightforward_reference_on_random_inputs(seed):
     generator = torch.Generator().manual_seed(seed)
@@ -124,12 +104,11 @@ def test_equals_straightforward_reference_on_random_inputs(seed):
     conf = 2.0 * torch.randn(batch, num_priors, num_classes, generator=generator)
     settings = dict(conf_threshold=0.05, nms_threshold=0.45, top_k=40, candidates_per_class=25)
     results = detect(loc, conf, priors, **settings)
-    expected = _reference_detect(loc, conf, priors, *settings.values())
-    for result, rows in zip(results, expected):
-        assert len(rows) == len(result["scores"]) > 10
-        torch.testing.assert_close(result["scores"], torch.tensor([r[0] for r in rows]))
-        assert result["labels"].tolist() == [r[1] for r in rows]
-        torch.testing.assert_close(result["boxes"], torch.stack([r[2] for r in rows]))
+    expected = classic_detect(loc, conf, priors, **settings)
+    for result, reference in zip(results, expected):
+        assert len(reference["scores"]) == len(result["scores"]) > 10
+        for key in ("boxes", "scores", "labels"):
+            torch.testing.assert_close(result[key], reference[key])
 
 
 def test_images_of_a_batch_are_independent():
@@ -215,7 +194,7 @@ def _assert_same_detections(got, expected):
 @pytest.mark.parametrize("batch, prior_step, candidates", [(1, 1, 400), (32, 4, 60)])
 def test_loop_and_batched_forms_give_identical_detections(distribution, batch, prior_step,
                                                           candidates, monkeypatch):
-    monkeypatch.setattr(postprocess, "OVERLAP_CHUNK_ELEMENTS", 7 * candidates**2)  # 7 groups
+    monkeypatch.setattr(ssd.ops.nms, "OVERLAP_CHUNK_ELEMENTS", 7 * candidates**2)  # 7 groups
     loc, conf, priors = _ssd300_outputs(batch, distribution, batch, prior_step)
     settings = dict(conf_threshold=0.01, nms_threshold=0.45, candidates_per_class=candidates)
     loop = detect(loc, conf, priors, **settings, top_k=200, method="loop")
@@ -296,15 +275,3 @@ def test_auto_method_is_the_loop_on_cpu_and_batched_on_cuda():
     assert postprocess.nms_method("batched", torch.device("cpu"), 400) == "batched"
     with pytest.raises(ValueError, match="method must be one of auto, loop, batched, got 'fast'"):
         detect(torch.zeros(1, 5, 4), torch.zeros(1, 5, 3), PRIORS, method="fast")
-
-
-@pytest.mark.parametrize("threshold", [0.3, 0.45, 0.5, 0.7])
-def test_overlap_threshold_is_compared_as_torchvision_does_in_float64(threshold):
-    # torchvision's NMS compares the float32 IoU with the threshold as a double; 0.3 and 0.7
-    # round up in float32, so a plain float32 comparison would disagree at IoU == float32(t).
-    strict = postprocess._float32_below_or_at(threshold)
-    at_threshold = torch.tensor(threshold, dtype=torch.float32)
-    below = torch.nextafter(at_threshold, torch.tensor(0.0))
-    above = torch.nextafter(at_threshold, torch.tensor(1.0))
-    for iou in (below, at_threshold, above):
-        assert bool(iou > strict) == (iou.double().item() > threshold)

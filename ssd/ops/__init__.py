@@ -1,0 +1,12 @@
+"""Tuned kernels behind the SSD algorithm, one module per kernel.
+
+``ssd.box_utils.match``, ``ssd.loss.MultiBoxLoss`` and ``ssd.postprocess.detect`` read as the
+SSD algorithm and call these by what they compute. Each module's docstring states the plain
+computation it equals; tests/test_ops.py checks each bit for bit (``torch.equal``) against
+that plain form. `ssd.ops.reference` holds the plain classic algorithms (per-image matching
+and mining, the per-class NMS loop, the devkit AP loop) that tests and benchmarks compare with.
+"""
+
+# ssd.box_utils imports the matching kernels, and ssd.ops.prior_iou uses box_utils' box maths:
+# importing box_utils first lets either side be imported first.
+import ssd.box_utils  # noqa: E402,F401
