@@ -21,6 +21,7 @@ from ssd.evaluation import (
     voc_evaluate,
     write_voc_results,
 )
+from ssd.ops.reference import devkit_voc_eval
 
 
 def _gt(boxes, labels, difficult=None):
@@ -149,82 +150,6 @@ def test_degenerate_boxes_score_as_misses():
 # ------------------------------------------- agreement with a straightforward implementation
 
 
-def _reference_iou(a, b):
-    iw = max(min(a[2], b[2]) - max(a[0], b[0]) + 1.0, 0.0)
-    ih = max(min(a[3], b[3]) - max(a[1], b[1]) + 1.0, 0.0)
-    inter = iw * ih
-    union = (a[2] - a[0] + 1.0) * (a[3] - a[1] + 1.0) + (b[2] - b[0] + 1.0) * (
-        b[3] - b[1] + 1.0) - inter
-    return inter / union
-
-
-PUBLISHED_RECALL_POINTS = np.arange(0.0, 1.1, 0.1)  # what the published voc_eval uses
-EXACT_TENTHS = np.arange(11) / 10.0
-
-
-def _published_voc_eval(gt, dets, label, iou_threshold, use_07_metric,
-                        recall_points=PUBLISHED_RECALL_POINTS):
-    """One class's AP as the published ``voc_eval`` (py-faster-rcnn, ssd.pytorch's eval.py,
-    mmdetection) computes it, step by step in plain loops; NaN when the class has no
-    non-difficult ground truth (where the original divides by zero).
-
-    The only liberty: detections of equal score keep their input order (a stable sort),
-    where the original's ``np.argsort(-confidence)`` leaves the order of ties unspecified.
-    """
-    class_recs, num_positive = {}, 0
-    for image_id, truth in gt.items():
-        mask = np.asarray(truth["labels"]) == label
-        class_recs[image_id] = {"bbox": np.asarray(truth["boxes"])[mask],
-                                "difficult": np.asarray(truth["difficult"])[mask],
-                                "det": [False] * int(mask.sum())}
-        num_positive += int((~class_recs[image_id]["difficult"]).sum())
-    image_ids, confidence, boxes = [], [], []
-    for image_id in gt:
-        found = dets.get(image_id)
-        if found is None:
-            continue
-        for box, score, found_label in zip(found["boxes"], found["scores"], found["labels"]):
-            if found_label == label:
-                image_ids.append(image_id)
-                confidence.append(float(score))
-                boxes.append(list(box))
-    order = sorted(range(len(confidence)), key=lambda k: -confidence[k])  # stable
-    tp, fp = np.zeros(len(order)), np.zeros(len(order))
-    for d, k in enumerate(order):
-        record = class_recs[image_ids[k]]
-        overlap_max, j_max = -np.inf, -1
-        for j, gt_box in enumerate(record["bbox"]):
-            overlap = _reference_iou(boxes[k], gt_box)
-            if overlap > overlap_max:  # first ground truth wins ties, as np.argmax
-                overlap_max, j_max = overlap, j
-        if overlap_max > iou_threshold:
-            if not record["difficult"][j_max]:
-                if not record["det"][j_max]:
-                    tp[d] = 1.0
-                    record["det"][j_max] = True
-                else:
-                    fp[d] = 1.0
-        else:
-            fp[d] = 1.0
-    if num_positive == 0:
-        return float("nan")
-    fp, tp = np.cumsum(fp), np.cumsum(tp)
-    rec = tp / float(num_positive)
-    prec = tp / np.maximum(tp + fp, np.finfo(np.float64).eps)
-    if use_07_metric:
-        ap = 0.0
-        for t in recall_points:
-            p = 0.0 if np.sum(rec >= t) == 0 else np.max(prec[rec >= t])
-            ap = ap + p / 11.0
-        return float(ap)
-    mrec = np.concatenate(([0.0], rec, [1.0]))
-    mpre = np.concatenate(([0.0], prec, [0.0]))
-    for i in range(mpre.size - 1, 0, -1):
-        mpre[i - 1] = max(mpre[i - 1], mpre[i])
-    i = np.where(mrec[1:] != mrec[:-1])[0]
-    return float(np.sum((mrec[i + 1] - mrec[i]) * mpre[i + 1]))
-
-
 def _random_case(seed, num_images=40, num_classes=4):
     rng = np.random.default_rng(seed)
     gt, dets = {}, {}
@@ -260,7 +185,7 @@ def test_agrees_with_straightforward_implementation(seed, use_07_metric):
     gt, dets = _random_case(seed)
     threshold = 0.5 if seed < 6 else 0.3
     result = voc_evaluate(gt, dets, names, threshold, use_07_metric)
-    expected = {n: _published_voc_eval(gt, dets, k, threshold, use_07_metric)
+    expected = {n: devkit_voc_eval(gt, dets, k, threshold, use_07_metric)
                 for k, n in enumerate(names)}
     for name in names:
         if math.isnan(expected[name]):
@@ -324,12 +249,12 @@ def test_recall_exactly_on_published_points_matches_voc_eval(seed):
     for use_07_metric in (True, False):
         result = voc_evaluate(gt, dets, names, use_07_metric=use_07_metric)
         for label, name in enumerate(names):
-            expected = _published_voc_eval(gt, dets, label, 0.5, use_07_metric)
+            expected = devkit_voc_eval(gt, dets, label, 0.5, use_07_metric)
             if math.isnan(expected):
                 assert math.isnan(result["ap"][name])
             else:
                 assert abs(result["ap"][name] - expected) <= 1e-12, (name, use_07_metric)
-    exact_tenths = _published_voc_eval(gt, dets, 0, 0.5, True, recall_points=EXACT_TENTHS)
+    exact_tenths = devkit_voc_eval(gt, dets, 0, 0.5, True, recall_points=np.arange(11) / 10.0)  # exact tenths
     assert abs(voc_evaluate(gt, dets, names)["ap"]["a"] - exact_tenths) > 1e-3
 
 

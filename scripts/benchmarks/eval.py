@@ -18,6 +18,7 @@ import numpy as np
 from benchmarks import best_time
 from ssd.data.voc import VOC_CLASSES
 from ssd.evaluation import voc_evaluate
+from ssd.ops.reference import devkit_voc_eval
 
 NUM_IMAGES = 4952
 DETECTIONS_PER_IMAGE = 200
@@ -51,70 +52,6 @@ def synthetic_case(
             "labels": np.concatenate([near_labels, rng.integers(0, num_classes, other)]),
         }
     return gt, dets
-
-
-def devkit_voc_eval(gt: dict, dets: dict, label: int, iou_threshold: float = 0.5,
-                    use_07_metric: bool = True) -> float:
-    """AP of one class, devkit style: one Python iteration per detection (the baseline)."""
-    records, num_positive = {}, 0
-    for image_id, truth in gt.items():
-        mask = truth["labels"] == label
-        records[image_id] = {"boxes": truth["boxes"][mask], "difficult": truth["difficult"][mask],
-                             "taken": [False] * int(mask.sum())}
-        num_positive += int((~truth["difficult"][mask]).sum())
-    image_ids, scores, boxes = [], [], []
-    for image_id, found in dets.items():
-        mask = found["labels"] == label
-        image_ids += [image_id] * int(mask.sum())
-        scores.append(found["scores"][mask])
-        boxes.append(found["boxes"][mask])
-    order = np.argsort(-np.concatenate(scores), kind="stable")
-    boxes = np.concatenate(boxes)[order]
-    image_ids = [image_ids[i] for i in order]
-    tp, fp = np.zeros(len(order)), np.zeros(len(order))
-    for d in range(len(order)):
-        record, box = records[image_ids[d]], boxes[d]
-        best, best_index = -np.inf, -1
-        if record["boxes"].size > 0:
-            gt_boxes = record["boxes"]
-            iw = np.maximum(np.minimum(gt_boxes[:, 2], box[2])
-                            - np.maximum(gt_boxes[:, 0], box[0]) + 1.0, 0.0)
-            ih = np.maximum(np.minimum(gt_boxes[:, 3], box[3])
-                            - np.maximum(gt_boxes[:, 1], box[1]) + 1.0, 0.0)
-            inter = iw * ih
-            union = ((box[2] - box[0] + 1.0) * (box[3] - box[1] + 1.0)
-                     + (gt_boxes[:, 2] - gt_boxes[:, 0] + 1.0)
-                     * (gt_boxes[:, 3] - gt_boxes[:, 1] + 1.0) - inter)
-            overlaps = inter / union
-            best, best_index = overlaps.max(), overlaps.argmax()
-        if best > iou_threshold:
-            if not record["difficult"][best_index]:
-                if not record["taken"][best_index]:
-                    tp[d] = 1.0
-                    record["taken"][best_index] = True
-                else:
-                    fp[d] = 1.0
-        else:
-            fp[d] = 1.0
-    tp, fp = np.cumsum(tp), np.cumsum(fp)
-    recall = tp / num_positive
-    precision = tp / np.maximum(tp + fp, np.finfo(np.float64).eps)
-    return _devkit_ap(recall, precision, use_07_metric)
-
-
-def _devkit_ap(recall: np.ndarray, precision: np.ndarray, use_07_metric: bool) -> float:
-    if use_07_metric:
-        ap = 0.0
-        for threshold in np.arange(0.0, 1.1, 0.1):  # the published voc_eval's points
-            above = precision[recall >= threshold]
-            ap += (above.max() if above.size else 0.0) / 11.0
-        return float(ap)
-    mrec = np.concatenate(([0.0], recall, [1.0]))
-    mpre = np.concatenate(([0.0], precision, [0.0]))
-    for i in range(len(mpre) - 1, 0, -1):
-        mpre[i - 1] = max(mpre[i - 1], mpre[i])
-    steps = np.where(mrec[1:] != mrec[:-1])[0]
-    return float(np.sum((mrec[steps + 1] - mrec[steps]) * mpre[steps + 1]))
 
 
 def run(quick: bool) -> dict:

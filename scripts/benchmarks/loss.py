@@ -2,7 +2,7 @@
 
 What is timed: one forward and backward pass of the loss alone (no network) on leaf copies of
 random loc [B, 8732, 4] and conf [B, 8732, 21] float32 predictions, for ``ssd.loss.MultiBoxLoss``
-and for ``classic_multibox_loss`` (the algorithm of the classic SSD PyTorch port, below), with
+and for ``ssd.ops.reference.classic_multibox_loss`` (the classic SSD PyTorch port's algorithm), with
 two kinds of random targets: 3-6 objects in every image, and skewed counts (most images 1-3
 objects, a few 8-20, mean 3: a batch is padded to its largest count, which the batched loss
 must not pay for). Both losses run in the same process, alternating within each round so that
@@ -14,16 +14,17 @@ at least 3x faster than the classic one at batch 32 on CPU.
 
 from __future__ import annotations
 
+import functools
 import statistics
 from typing import Callable, Sequence
 
 import torch
-import torch.nn.functional as F
 
 from benchmarks import interleaved_times
 from ssd import defaults
 from ssd.config import load_config
 from ssd.loss import MultiBoxLoss
+from ssd.ops.reference import classic_multibox_loss
 from ssd.priors import priors_from_config
 
 BATCH, NUM_CLASSES = 32, 21
@@ -34,98 +35,6 @@ SKEWED_COUNTS = (1, 1, 2, 2, 3, 1, 2, 4, 1, 3, 2, 1, 5, 2, 1, 3,
 VARIANCES = defaults.VARIANCES
 IOU_THRESHOLD, NEG_POS_RATIO = 0.5, 3
 TARGET_RATIO = 3.0  # the batched loss must be at least this much faster than the classic one
-FORCED_OVERLAP = 2.0  # the classic port marks each object's best prior with an impossible IoU
-
-
-def _point_form(priors: torch.Tensor) -> torch.Tensor:
-    """[P, 4] (cx, cy, w, h) -> [P, 4] (xmin, ymin, xmax, ymax)."""
-    return torch.cat([priors[:, :2] - priors[:, 2:] / 2, priors[:, :2] + priors[:, 2:] / 2], dim=1)
-
-
-def _jaccard(box_a: torch.Tensor, box_b: torch.Tensor) -> torch.Tensor:
-    """IoU [A, B] of xyxy boxes a [A, 4] and b [B, 4], on expanded [A, B, 2] corner tensors."""
-    size = (box_a.shape[0], box_b.shape[0], 2)
-    max_xy = torch.min(box_a[:, None, 2:].expand(size), box_b[None, :, 2:].expand(size))
-    min_xy = torch.max(box_a[:, None, :2].expand(size), box_b[None, :, :2].expand(size))
-    inter_wh = torch.clamp(max_xy - min_xy, min=0)  # [A, B, 2]
-    inter = inter_wh[:, :, 0] * inter_wh[:, :, 1]  # [A, B]
-    area_a = ((box_a[:, 2] - box_a[:, 0]) * (box_a[:, 3] - box_a[:, 1]))[:, None].expand_as(inter)
-    area_b = ((box_b[:, 2] - box_b[:, 0]) * (box_b[:, 3] - box_b[:, 1]))[None, :].expand_as(inter)
-    return inter / (area_a + area_b - inter)
-
-
-def _encode(matched: torch.Tensor, priors: torch.Tensor) -> torch.Tensor:
-    """Offsets [P, 4] of matched xyxy boxes [P, 4] from (cx, cy, w, h) priors [P, 4]."""
-    centre = ((matched[:, :2] + matched[:, 2:]) / 2 - priors[:, :2]) / (VARIANCES[0] * priors[:, 2:])
-    size = torch.log((matched[:, 2:] - matched[:, :2]) / priors[:, 2:]) / VARIANCES[1]
-    return torch.cat([centre, size], dim=1)
-
-
-def classic_match(truths: torch.Tensor, priors: torch.Tensor, threshold: float):
-    """The classic port's ``match`` for one image.
-
-    Args:
-        truths: [n, 5] (xmin, ymin, xmax, ymax, 0-based label), n >= 1.
-        priors: [P, 4] (cx, cy, w, h).
-
-    Returns:
-        labels [P] long (0 = background) and loc targets [P, 4] (encoded matched boxes).
-    """
-    overlaps = _jaccard(truths[:, :4], _point_form(priors))  # [n, P]
-    best_prior = overlaps.argmax(dim=1)  # [n]
-    best_truth_overlap, best_truth = overlaps.max(dim=0)  # [P]
-    best_truth_overlap.index_fill_(0, best_prior, FORCED_OVERLAP)
-    for j in range(best_prior.shape[0]):  # every object keeps its best prior; later ones win
-        best_truth[best_prior[j]] = j
-    labels = truths[best_truth, 4].long() + 1  # [P]
-    labels[best_truth_overlap < threshold] = 0
-    return labels, _encode(truths[best_truth, :4], priors)
-
-
-def _log_sum_exp(x: torch.Tensor) -> torch.Tensor:
-    """[M, C] -> [M, 1], shifted by the global maximum as the classic port does."""
-    x_max = x.max()
-    return torch.log(torch.exp(x - x_max).sum(dim=1, keepdim=True)) + x_max
-
-
-def classic_multibox_loss(
-    loc: torch.Tensor,
-    conf: torch.Tensor,
-    priors: torch.Tensor,
-    targets: Sequence[torch.Tensor],
-    threshold: float = IOU_THRESHOLD,
-    neg_pos_ratio: int = NEG_POS_RATIO,
-) -> dict[str, torch.Tensor]:
-    """The classic SSD PyTorch port's MultiBoxLoss of loc [B, P, 4], conf [B, P, C].
-
-    Per image ``classic_match`` fills loc_t [B, P, 4] and conf_t [B, P]; then, for the whole
-    batch: Smooth L1 over the positives; the mining loss log_sum_exp(conf) - conf[label],
-    zeroed at positives; the rank of each prior by that loss from two sorts; num_neg =
-    clamp(neg_pos_ratio * num_pos, max=P - 1); cross-entropy over positives and mined
-    negatives; both sums divided by N, the batch's positives. Every image needs an object.
-    The mining loss is computed without gradient (it only ranks priors), the cheapest form.
-    """
-    batch, num_priors, num_classes = conf.shape
-    loc_t = loc.new_empty(batch, num_priors, 4)
-    conf_t = torch.empty(batch, num_priors, dtype=torch.long, device=conf.device)
-    for index, truths in enumerate(targets):
-        conf_t[index], loc_t[index] = classic_match(truths, priors, threshold)
-    pos = conf_t > 0  # [B, P]
-    num_pos = pos.sum(dim=1, keepdim=True)  # [B, 1]
-    loss_l = F.smooth_l1_loss(loc[pos], loc_t[pos], reduction="sum")
-    with torch.no_grad():
-        batch_conf = conf.reshape(-1, num_classes)  # [B, P, C] -> [B*P, C]
-        mining = _log_sum_exp(batch_conf) - batch_conf.gather(1, conf_t.reshape(-1, 1))
-        mining = mining.reshape(batch, num_priors)  # [B*P, 1] -> [B, P]
-        mining[pos] = 0
-        _, order = mining.sort(dim=1, descending=True)
-        _, rank = order.sort(dim=1)
-        num_neg = torch.clamp(neg_pos_ratio * num_pos, max=num_priors - 1)  # [B, 1]
-        neg = rank < num_neg
-    selected = pos | neg  # [B, P]
-    loss_c = F.cross_entropy(conf[selected], conf_t[selected], reduction="sum")
-    n = num_pos.sum()
-    return {"loss_loc": loss_l / n, "loss_conf": loss_c / n}
 
 
 def make_batch(priors: torch.Tensor, batch: int = BATCH, seed: int = 0,
@@ -189,7 +98,9 @@ def _run_scenario(priors: torch.Tensor, counts: Sequence[int] | None, name: str,
                         neg_pos_ratio=NEG_POS_RATIO, variances=VARIANCES)
     times, results = interleaved_times({
         "batched": _forward_backward(crit, loc, conf, priors, targets),
-        "classic": _forward_backward(classic_multibox_loss, loc, conf, priors, targets),
+        "classic": _forward_backward(functools.partial(
+            classic_multibox_loss, threshold=IOU_THRESHOLD, neg_pos_ratio=NEG_POS_RATIO),
+            loc, conf, priors, targets),
     }, repeats, device)
     t_fast, t_base = statistics.median(times["batched"]), statistics.median(times["classic"])
     fast, base = results["batched"], results["classic"]

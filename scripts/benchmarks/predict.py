@@ -23,9 +23,9 @@ import torch
 
 from benchmarks import best_time
 from ssd import defaults
-from ssd.box_utils import decode
 from ssd.config import load_config
 from ssd.modeling import build_model
+from ssd.ops.reference import classic_detect
 from ssd.postprocess import detect
 from ssd.precision import default_precision
 from ssd.priors import priors_from_config
@@ -50,53 +50,6 @@ def half_trained_outputs(batch: int, seed: int = 0) -> tuple[torch.Tensor, torch
     conf = 1.2 * torch.randn(batch, len(priors), cfg.model.num_classes, generator=generator)
     conf[..., 0] += 3.5
     return loc, conf, priors
-
-
-def classic_nms(boxes: torch.Tensor, scores: torch.Tensor, overlap: float,
-                candidates: int) -> torch.Tensor:
-    """Greedy NMS, one Python iteration per kept box (the baseline). boxes [N, 4] xyxy."""
-    x1, y1, x2, y2 = boxes.unbind(dim=1)
-    area = (x2 - x1) * (y2 - y1)
-    order = scores.argsort()[-candidates:]  # ascending: the best is last
-    keep = []
-    while order.numel() > 0:
-        best = order[-1]
-        keep.append(best)
-        order = order[:-1]
-        if order.numel() == 0:
-            break
-        inter_w = (x2[order].clamp(max=x2[best]) - x1[order].clamp(min=x1[best])).clamp(min=0)
-        inter_h = (y2[order].clamp(max=y2[best]) - y1[order].clamp(min=y1[best])).clamp(min=0)
-        inter = inter_w * inter_h
-        iou = inter / (area[order] - inter + area[best])
-        order = order[iou <= overlap]
-    return torch.stack(keep)
-
-
-def classic_detect(loc: torch.Tensor, conf: torch.Tensor, priors: torch.Tensor,
-                   conf_threshold: float, nms_threshold: float, top_k: int,
-                   candidates_per_class: int) -> list[dict[str, torch.Tensor]]:
-    """The baseline: per image, per class, threshold and ``classic_nms``; then top_k."""
-    probabilities = conf.float().softmax(dim=-1)
-    results = []
-    for image_loc, image_probabilities in zip(loc.float(), probabilities):
-        boxes = decode(image_loc, priors, defaults.VARIANCES)
-        kept_scores, kept_boxes, kept_labels = [], [], []
-        for label in range(1, conf.shape[-1]):
-            scores = image_probabilities[:, label]
-            mask = scores > conf_threshold
-            if not mask.any():
-                continue
-            keep = classic_nms(boxes[mask], scores[mask], nms_threshold, candidates_per_class)
-            kept_scores.append(scores[mask][keep])
-            kept_boxes.append(boxes[mask][keep])
-            kept_labels.append(torch.full((len(keep),), label - 1))
-        scores = torch.cat(kept_scores)
-        order = scores.argsort(descending=True)[:top_k]
-        results.append({"boxes": torch.cat(kept_boxes)[order], "scores": scores[order],
-                        "labels": torch.cat(kept_labels)[order]})
-    return results
-
 
 
 def _same_detections(a: list[dict], b: list[dict]) -> bool:
