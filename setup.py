@@ -27,6 +27,7 @@ setup(
         "tqdm>=4.60",
         "pycocotools>=2.0.6",
         "matplotlib>=3.5",
+        "pillow>=9.1",
     ],
     # The commands of scripts/{train,eval,predict,export_onnx}.py, with the same arguments.
     entry_points={

@@ -6,18 +6,18 @@
     root/data.yaml                      ``names: [a, b]`` or ``names: {0: a, 1: b}``
 
 Boxes are kept in 0-based pixels (``normalised * size``, coordinate_origin 0), so the evaluator
-and ``ds[i]`` see them as they see COCO's. The image size comes from the file header (JPEG,
-PNG), so building the data set does not decode every image. YOLO has no difficult flag.
+and ``ds[i]`` see them as they see COCO's. The image size comes from the file header (read by
+Pillow), so building the data set does not decode every image. YOLO has no difficult flag.
 """
 
 from __future__ import annotations
 
-import struct
 from pathlib import Path
 from typing import Callable, Sequence
 
 import numpy as np
 import yaml
+from PIL import Image
 
 from ssd.data.common import DataError, DetectionDataset, Record, list_images, read_image, sanitize_boxes
 
@@ -26,87 +26,28 @@ LABEL_FIELDS = 5  # class cx cy w h
 # jitter and is clipped; further out is an error (typically pixel coordinates in the file).
 EDGE_TOLERANCE = 0.01
 
-PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
-JPEG_SOI = b"\xff\xd8"
-# Start-of-frame markers (baseline, progressive, lossless, ...); C4, C8 and CC are not frames.
-JPEG_SOF_MARKERS = {0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD, 0xCE, 0xCF}
-JPEG_STANDALONE_MARKERS = {0x01, *range(0xD0, 0xDA)}  # no length field (TEM, RSTn, SOI, EOI)
-JPEG_APP1 = 0xE1  # holds the EXIF block
 EXIF_ORIENTATION_TAG = 0x0112
 EXIF_TRANSPOSED = {5, 6, 7, 8}  # orientations that rotate by 90 degrees: width and height swap
 
 
 # ------------------------------------------------------------------------------ image size
-def _exif_orientation(segment: bytes) -> int:
-    """The orientation (1-8) of a JPEG APP1 segment's EXIF block; 1 when there is none."""
-    if not segment.startswith(b"Exif\0\0"):
-        return 1
-    tiff = segment[6:]
-    order = {b"II": "<", b"MM": ">"}.get(tiff[:2])
-    if order is None or len(tiff) < 8:
-        return 1
-    (ifd,) = struct.unpack(order + "I", tiff[4:8])
-    if ifd + 2 > len(tiff):
-        return 1
-    (count,) = struct.unpack(order + "H", tiff[ifd:ifd + 2])
-    for start in range(ifd + 2, min(ifd + 2 + 12 * count, len(tiff) - 11), 12):  # 12-byte entries
-        tag, _kind, _count, value = struct.unpack(order + "HHI4s", tiff[start:start + 12])
-        if tag == EXIF_ORIENTATION_TAG:
-            return struct.unpack(order + "H", value[:2])[0]
-    return 1
-
-
-def _jpeg_size(stream) -> tuple[int, int] | None:
-    """(width, height) from the first start-of-frame marker, as decoded (EXIF rotation applied)."""
-    orientation = 1
-    while True:
-        byte = stream.read(1)
-        while byte == b"\xff":  # fill bytes before the marker code
-            byte = stream.read(1)
-        if not byte:
-            return None
-        marker = byte[0]
-        if marker in JPEG_STANDALONE_MARKERS:
-            continue
-        length_bytes = stream.read(2)
-        if len(length_bytes) < 2:
-            return None
-        length = struct.unpack(">H", length_bytes)[0] - 2
-        if marker in JPEG_SOF_MARKERS:
-            frame = stream.read(5)  # precision, height, width
-            if len(frame) < 5:
-                return None
-            height, width = struct.unpack(">HH", frame[1:5])
-            return (height, width) if orientation in EXIF_TRANSPOSED else (width, height)
-        segment = stream.read(length)
-        if marker == JPEG_APP1:
-            orientation = _exif_orientation(segment)
-        if stream.read(1) != b"\xff":  # the next marker must follow the segment
-            return None
-
-
 def read_image_size(path: str | Path) -> tuple[int, int]:
     """(width, height) of an image file as `read_image` decodes it.
 
-    JPEG (start-of-frame marker, EXIF orientation applied) and PNG (IHDR) sizes are read from
-    the header; other formats, and headers this reader does not understand, are decoded.
+    Read from the file header by Pillow's lazy ``Image.open`` (for JPEG with the EXIF
+    orientation applied, as the decoder applies it); files Pillow cannot identify are decoded.
 
     Raises:
         DataError: the file is missing or cannot be decoded (as `read_image`).
     """
     try:
-        with open(path, "rb") as stream:
-            head = stream.read(24)
-            size = None
-            if head.startswith(PNG_SIGNATURE) and head[12:16] == b"IHDR":
-                size = struct.unpack(">II", head[16:24])
-            elif head.startswith(JPEG_SOI):
-                stream.seek(len(JPEG_SOI))
-                size = _jpeg_size(stream)
-    except OSError:
-        size = None  # read_image names the problem
-    if size is not None and min(size) > 0:
-        return int(size[0]), int(size[1])
+        with Image.open(path) as image:
+            width, height = image.size
+            orientation = image.getexif().get(EXIF_ORIENTATION_TAG, 1) if image.format == "JPEG" else 1
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError):
+        width = height = 0  # read_image names the problem
+    if min(width, height) > 0:
+        return (height, width) if orientation in EXIF_TRANSPOSED else (width, height)
     height, width = read_image(path).shape[:2]
     return width, height
 
