@@ -337,3 +337,17 @@ def test_workers_send_one_packed_batch_that_unpacks_to_the_targets():
     images, targets, indices = packed.unpack()
     assert [tuple(t.shape) for t in targets] == [(0, 5), (1, 5), (2, 5)]
     assert torch.equal(targets[2], torch.full((2, 5), 2.0)) and indices.tolist() == [7, 6, 5]
+
+
+@pytest.mark.parametrize("in_worker", [False, True])
+def test_a_worker_stacks_the_images_in_shared_memory(in_worker, monkeypatch):
+    """In a loader worker the batch is stacked in shared memory, so sending it does not copy
+    it once more; in the main process it stays in ordinary memory."""
+    from ssd.data import loader
+
+    monkeypatch.setattr(loader, "get_worker_info", lambda: object() if in_worker else None)
+    items = [(torch.full((3, 4, 4), float(i)), torch.ones(1, 5), i) for i in range(3)]
+    images = loader.pack_batch(items, image_dtype=torch.float16).images
+    assert images.is_shared() == in_worker
+    assert images.dtype == torch.float16 and images.shape == (3, 3, 4, 4)
+    assert torch.equal(images[2], torch.full((3, 4, 4), 2.0, dtype=torch.float16))

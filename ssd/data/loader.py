@@ -73,19 +73,17 @@ def pack_batch(batch: Sequence[tuple[torch.Tensor, torch.Tensor, int] | LoadFail
     own) is the dtype of the stacked images (rounded to nearest, as ``Tensor.to`` rounds).
 
     In a loader worker the images are stacked straight into shared memory (as torch's
-    default_collate does), so sending the batch does not copy them once more.
+    default_collate does; ``Tensor.share_memory_`` of the empty batch), so sending the batch
+    does not copy them once more.
     """
     failure = next((item for item in batch if isinstance(item, LoadFailure)), None)
     if failure is not None:
         return failure
     first = batch[0][0]
     dtype = image_dtype or first.dtype
-    shape = (len(batch), *first.shape)  # [B, 3, S, S]
-    images = torch.empty(0, dtype=dtype)
+    images = torch.empty((len(batch), *first.shape), dtype=dtype)  # [B, 3, S, S]
     if get_worker_info() is not None:
-        nbytes = math.prod(shape) * images.element_size()
-        images = images.new(first.untyped_storage()._new_shared(nbytes, device="cpu"))
-    images = images.resize_(shape)
+        images.share_memory_()
     for slot, item in zip(images, batch):
         slot.copy_(item[0])
     boxes = torch.cat([item[1] for item in batch])  # [sum n_i, 5]
