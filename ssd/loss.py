@@ -279,7 +279,7 @@ class MultiBoxLoss(_DetectionLoss):
 
     Per image, the negatives with the largest background cross-entropy are kept,
     `neg_pos_ratio` per positive (capped at the number of negatives); see
-    `hard_negative_mask`. Gradients reach only positive priors' `loc` and the selected
+    `ssd.ops.mining.hard_negative_mask`. Gradients reach only positive priors' `loc` and the selected
     priors' `conf`.
     """
 
