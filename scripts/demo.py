@@ -23,6 +23,7 @@ from _common import REPO_ROOT  # noqa: I001  (sets up the import path)
 from ssd.cli.common import run_cli
 from ssd.config import load_config
 from ssd.engine.checkpoint import newest_checkpoint
+from ssd.fileio import path_inside
 
 
 class StepFailed(RuntimeError):
@@ -80,7 +81,7 @@ def first_test_image(cfg) -> Path:
     root = REPO_ROOT / cfg.data.root / f"VOC{cfg.data.test_sets[0][0]}"
     split = root / "ImageSets" / "Main" / f"{cfg.data.test_sets[0][1]}.txt"
     image_id = split.read_text().split()[0]
-    return root / "JPEGImages" / f"{image_id}.jpg"
+    return path_inside(root / "JPEGImages", f"{image_id}.jpg", f"first image id of {split}")
 
 
 if __name__ == "__main__":

@@ -6,18 +6,24 @@
   pickled code is refused with a message that names it, and nothing in it runs.
 - `decode_image_file`: one image decoder (works for non-ASCII paths).
 - `remove_stale_temporaries`: the temp files a killed process left behind.
+- `safe_file_name` / `safe_file_names`: a name taken from data (class name, image id, file
+  stem) as one harmless file-name component; `path_inside`: a relative path read from an
+  annotation file, refused unless it stays inside its folder. Names from data never steer
+  where a file is read or written.
 """
 
 from __future__ import annotations
 
+import hashlib
 import os
 import pickle
 import re
 import shutil
 import tempfile
+import unicodedata
 import zipfile
 from pathlib import Path
-from typing import IO, Any, Callable
+from typing import IO, Any, Callable, Sequence
 
 import cv2
 import numpy as np
@@ -29,6 +35,19 @@ _TEMP_PATTERN = re.compile(r"^\..+\.[A-Za-z0-9_]+\.tmp$")
 
 # Default permission bits of a new file before the umask is applied (what open() uses).
 ORDINARY_FILE_MODE = 0o666
+
+
+# A file-name component made from data is at most this many UTF-8 bytes: common file systems
+# allow 255, and the rest is left for the prefixes and suffixes added to it
+# ("comp4_det_test_" + name + ".txt", stem + "-2.jpeg").
+MAX_NAME_BYTES = 200
+# Characters kept in a name besides letters, marks and digits of any script.
+NAME_PUNCTUATION = frozenset(" -_.")
+# What every other character of a name (a path separator, NUL, a control character) becomes.
+NAME_REPLACEMENT = "_"
+# Hex digits of the SHA-256 of the original name appended to a rewritten one, so that the
+# result differs from every name kept as it is and from other rewritten names.
+NAME_TAG_DIGITS = 8
 
 
 class UnsafeFileError(ValueError):
@@ -196,3 +215,100 @@ def decode_image_file(path: str | Path, keep_depth: bool = False) -> np.ndarray 
         return None
     flags = cv2.IMREAD_ANYCOLOR | cv2.IMREAD_ANYDEPTH if keep_depth else cv2.IMREAD_COLOR
     return cv2.imdecode(data, flags)
+
+
+# ----------------------------------------------------------------------------- names from data
+def safe_file_name(name: str, what: str = "name") -> str:
+    """`name` (a class name, image id or file stem read from data) as one file-name component
+    that can neither leave its folder nor hide in it.
+
+    A name of letters, marks and digits of any script, spaces, '-', '_' and '.', not starting
+    with '.' and at most MAX_NAME_BYTES bytes of UTF-8, is returned unchanged ("traffic light",
+    "t-shirt", "v1.2", "café"). Otherwise every other character (path separators, NUL,
+    control characters, ...) becomes '_', leading dots become '_', an overlong name is cut,
+    and "-<first 8 hex digits of the name's SHA-256>" is appended: "x/../victim" becomes
+    "x_.._victim-<tag>", which no unchanged name and no other rewritten name equals.
+
+    Raises:
+        ValueError: `name` is not a string or is empty; the message says `what` it is.
+    """
+    if not isinstance(name, str) or not name:
+        raise ValueError(f"{what} {name!r} cannot name a file; expected a non-empty string")
+    safe = _safe_characters(name)
+    if safe == name and len(name.encode("utf-8")) <= MAX_NAME_BYTES:
+        return name
+    return _tagged(name, safe)
+
+
+def safe_file_names(names: Sequence[str], what: str = "name") -> list[str]:
+    """`safe_file_name` of each of `names`, checked so that no two distinct names share a file.
+
+    Names that differ only in case ("Car", "car") would share a file on case-insensitive file
+    systems (macOS, Windows): the later one gets its tagged form ("car-<tag>") instead.
+
+    Raises:
+        ValueError: a name is empty, or two distinct names still map to one file (the message
+            names both).
+    """
+    owners: dict[str, str] = {}  # case-folded file name -> the name written to it
+    file_names = []
+    for name in names:
+        file_name = safe_file_name(name, what)
+        if owners.get(file_name.casefold(), name) != name:
+            file_name = _tagged(name, _safe_characters(name))
+        owner = owners.setdefault(file_name.casefold(), name)
+        if owner != name:
+            raise ValueError(f"{what}s {owner!r} and {name!r} would be written to the same file "
+                             f"{file_name!r}; rename one of them")
+        file_names.append(file_name)
+    return file_names
+
+
+def path_inside(folder: str | Path, relative: str | Path, what: str) -> Path:
+    """``folder / relative`` for a relative path read from data (an image's file name in an
+    annotation file, an image id in a split list), refused when it would lead out of `folder`.
+
+    Sub-folders are fine ("train/0001.jpg"); an absolute path, a path through ".." that ends
+    outside `folder`, or a symbolic link inside `folder` that points out of it is not.
+
+    Args:
+        folder: the folder the path must stay in.
+        relative: the value read from data.
+        what: the value's source, for the message (e.g. "COCO annotation file
+            instances_val.json: image 3: file_name").
+
+    Returns:
+        ``Path(folder) / relative``, not resolved (messages show the path as the data gives it).
+
+    Raises:
+        ValueError: the path is empty, holds NUL, is absolute, or resolves outside `folder`;
+            the message names the value, `what` and `folder`.
+    """
+    folder, text = Path(folder), str(relative)
+    if not text or "\0" in text or os.path.isabs(text):
+        raise ValueError(f"{what} {text!r} is not a relative path; expected a path inside "
+                         f"{folder}")
+    joined = folder / text
+    base, target = folder.resolve(), joined.resolve()
+    if target != base and base not in target.parents:
+        raise ValueError(f"{what} {text!r} leads out of {folder} (to {target}); expected a "
+                         "path inside that folder")
+    return joined
+
+
+def _safe_characters(name: str) -> str:
+    """`name` with each character other than a letter, mark or digit of any script or one of
+    NAME_PUNCTUATION, and each leading dot (hidden files, "." and ".."), as NAME_REPLACEMENT."""
+    kept = "".join(char if char in NAME_PUNCTUATION or unicodedata.category(char)[0] in "LMN"
+                   else NAME_REPLACEMENT for char in name)
+    visible = kept.lstrip(".")
+    return NAME_REPLACEMENT * (len(kept) - len(visible)) + visible
+
+
+def _tagged(name: str, safe: str) -> str:
+    """`safe` (the safe characters of `name`), cut to fit MAX_NAME_BYTES with the tag, plus
+    "-" and the first NAME_TAG_DIGITS hex digits of the SHA-256 of `name`."""
+    digest = hashlib.sha256(name.encode("utf-8", "surrogatepass")).hexdigest()
+    tag = "-" + digest[:NAME_TAG_DIGITS]
+    head = safe.encode("utf-8", "surrogatepass")[:MAX_NAME_BYTES - len(tag)]
+    return head.decode("utf-8", "ignore") + tag

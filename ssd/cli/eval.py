@@ -11,7 +11,9 @@ folder data/VOCdevkit relative to the working directory). Writes to --output (de
     results.json                 per-class AP, mAP, settings, skipped images, timing (strict
                                  JSON: a metric without countable ground truth is null); with
                                  --metric coco also "coco": AP, AP50, AP75, APs, APm, APl, AR
-    comp4_det_test_<class>.txt   detections in the VOC results format (1-based pixels)
+    comp4_det_test_<class>.txt   detections in the VOC results format (1-based pixels); a class
+                                 name that is not a plain file name (a path separator, a
+                                 leading dot) is written without them, tagged with its hash
     pr_curves.png                precision-recall curve per class (VOC metrics)
 
 --metric coco works on every data set format: a COCO set is scored against its annotation
@@ -92,6 +94,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     from ssd.data import build_dataset, build_transform
     from ssd.engine.inference import evaluate_model, make_eval_loader
+    from ssd.evaluation.voc_results import results_file_names
     from ssd.postprocess import build_postprocessor
     from ssd.precision import default_precision, prepare_for_inference
     from ssd.weights import build_model_from_weights
@@ -102,6 +105,8 @@ def main(argv: list[str] | None = None) -> int:
     device = pick_device(args.device)
     precision = default_precision(device) if args.precision == AUTO_PRECISION else args.precision
     dataset = build_dataset(cfg, train=False)
+    if cfg.test.metric != "coco":
+        results_file_names(dataset.class_names)  # a class name no file can have: fail before inference
     loader = make_eval_loader(dataset, build_transform(cfg, train=False),
                               batch_size=cfg.test.batch_size, num_workers=cfg.data.num_workers,
                               pin_memory=device.startswith("cuda"))

@@ -3,7 +3,9 @@
 Category ids (1..90 with gaps for COCO 2017) map to contiguous 0-based labels in increasing id
 order; `label_to_category_id` maps back when writing results. Boxes are converted from the
 JSON's (x, y, w, h) to (xmin, ymin, xmax, ymax) pixels; crowd objects (iscrowd=1) are left out
-of the training targets and reported to the evaluator as difficult.
+of the training targets and reported to the evaluator as difficult. An image's `file_name` must
+lead to a file inside the image folder (sub-folders are fine; an absolute path, "..", or a link
+out of the folder is a "bad annotation" naming the annotation file and the value).
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ import numpy as np
 from pycocotools.coco import COCO
 
 from ssd.data.common import DataError, DetectionDataset, Record, sanitize_boxes
+from ssd.fileio import path_inside
 
 
 def load_coco(annotation_file: str | Path) -> COCO:
@@ -46,7 +49,7 @@ class COCODataset(DetectionDataset):
 
     Args:
         annotation_file: e.g. data/coco/annotations/instances_val2017.json.
-        image_dir: the folder holding the images' `file_name`s.
+        image_dir: the folder holding the images' `file_name`s (each must stay inside it).
         transform: called as ``transform(image, boxes, labels)`` by ``ds[i]``.
         skip_bad: count and skip bad images/annotations instead of raising.
         keep_empty: keep images without non-crowd objects.
@@ -95,7 +98,10 @@ class COCODataset(DetectionDataset):
         except (KeyError, TypeError, ValueError) as err:
             raise DataError(f"{where} lacks a valid field {err!s} (file_name, width, height)",
                             "bad annotation", self.annotation_file) from None
-        image_path = self.image_dir / file_name
+        try:
+            image_path = path_inside(self.image_dir, file_name, f"{where}: file_name")
+        except ValueError as err:
+            raise DataError(str(err), "bad annotation", self.annotation_file) from None
         if file_name not in images and not image_path.is_file():  # one listing, rare stats
             raise DataError(f"Image file not found: {image_path} ({where})", "missing image",
                             image_path)

@@ -12,6 +12,10 @@ iscrowd), YOLO label lines with 6 decimals (YOLO has no difficult flag: those ob
 out and counted). Images are copied; the output is written to a temporary folder next to it and
 renamed into place at the end, together with a README.txt holding the config to read it.
 
+Names from the data never steer where a file goes: the readers refuse an image path that leads
+out of its image folder (a COCO file_name, a VOC image id), and output files and split folders
+are named through `safe_file_name` (ordinary names unchanged).
+
 Source layouts (what the project's configs read):
     voc   root/ImageSets/Main/{split}.txt (root named VOC*) or root/VOC*/ImageSets/Main/{split}.txt;
           split files with an underscore (per-class lists) are not splits
@@ -38,9 +42,9 @@ from tqdm import tqdm
 
 from ssd.data.coco import COCODataset
 from ssd.data.common import DetectionDataset
-from ssd.data.voc import VOCDataset, read_split
+from ssd.data.voc import VOCDataset, read_split, voc_annotation_file
 from ssd.data.yolo import YOLODataset
-from ssd.fileio import replace_directory
+from ssd.fileio import replace_directory, safe_file_name, safe_file_names
 
 logger = logging.getLogger(__name__)
 
@@ -107,12 +111,13 @@ def _voc_splits(folder: Path) -> list[str]:
 
 def _voc_object_names(folder: Path, splits: Sequence[str]) -> set[str]:
     """Class names used by the XML files of `splits` (unreadable files: VOCDataset reports them)."""
-    ids = {image_id for split in splits
-           for image_id in read_split(folder / "ImageSets" / "Main" / f"{split}.txt")}
+    split_files = [folder / "ImageSets" / "Main" / f"{split}.txt" for split in splits]
+    xml_files = {voc_annotation_file(folder, image_id, split_file)
+                 for split_file in split_files for image_id in read_split(split_file)}
     names = set()
-    for image_id in ids:
+    for xml_file in xml_files:
         try:
-            root = ET.parse(folder / "Annotations" / f"{image_id}.xml").getroot()
+            root = ET.parse(xml_file).getroot()
         except (OSError, ET.ParseError):
             continue
         names.update(node.text.strip() for node in root.iterfind("object/name") if node.text)
@@ -193,19 +198,21 @@ READERS: dict[str, Callable[[Path, Sequence[str] | None], Collection]] = {
 # ----------------------------------------------------------------------------------- writers
 def output_stems(collection: Collection) -> dict[Path, str]:
     """One output file stem per source image, unique over all splits (VOC keeps every split's
-    images in one folder): the source stem, or stem-2, stem-3, ... when another image has it."""
+    images in one folder) and regardless of case: the source stem through `safe_file_name`
+    (unchanged when ordinary), or that stem-2, stem-3, ... when another image has it."""
     stems: dict[Path, str] = {}
-    taken: set[str] = set()
+    taken: set[str] = set()  # case-folded: "A.jpg" and "a.jpg" are one file on some systems
     for items in collection.splits.values():
         for item in items:
             if item.image_path in stems:  # the same image in two splits (VOC train + trainval)
                 continue
-            stem, count = item.image_path.stem, 1
-            while stem in taken:
+            first = safe_file_name(item.image_path.stem, f"file name of image {item.image_path}")
+            stem, count = first, 1
+            while stem.casefold() in taken:
                 count += 1
-                stem = f"{item.image_path.stem}-{count}"
+                stem = f"{first}-{count}"
             stems[item.image_path] = stem
-            taken.add(stem)
+            taken.add(stem.casefold())
     return stems
 
 
@@ -372,6 +379,8 @@ def convert_dataset(root: str | Path, out: str | Path, source: str, target: str,
     root, out = Path(root), Path(out)
     _check_paths(root, out, overwrite)
     collection = READERS[source](root, class_names)
+    collection.splits = dict(zip(safe_file_names(list(collection.splits), "split name"),
+                                 collection.splits.values()))
     if not collection.num_images():
         raise ValueError(f"No images found in the {source} data set at {root}")
     if not collection.class_names:

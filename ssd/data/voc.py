@@ -5,7 +5,8 @@
     root/VOC{year}/JPEGImages/{id}.jpg          (other image extensions are found too)
 
 XML coordinates are 1-based pixels; the training targets are ``(value - 1) / width`` (or
-height), the convention of the published SSD ports.
+height), the convention of the published SSD ports. An image id must name a file inside
+Annotations/ (an id such as ../../x is a "bad annotation" naming the split file and the id).
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from typing import Callable, Sequence
 import numpy as np
 
 from ssd.data.common import DataError, DetectionDataset, Record, list_images, sanitize_boxes
+from ssd.fileio import path_inside
 
 VOC_CLASSES = (
     "aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair", "cow",
@@ -128,6 +130,20 @@ def read_split(path: Path) -> list[str]:
     return [line.split()[0] for line in path.read_text().splitlines() if line.strip()]
 
 
+def voc_annotation_file(year_dir: Path, image_id: str, split_file: Path) -> Path:
+    """year_dir/Annotations/{image_id}.xml for an id read from `split_file`.
+
+    Raises:
+        DataError ("bad annotation"): the id leads out of Annotations/ (absolute, "..", a link
+            out); the message names `split_file` and the id.
+    """
+    try:
+        return path_inside(year_dir / "Annotations", f"{image_id}.xml",
+                           f"Split file {split_file}: image id {image_id!r} as")
+    except ValueError as err:
+        raise DataError(str(err), "bad annotation", split_file) from None
+
+
 class VOCDataset(DetectionDataset):
     """Images and boxes of one or more VOCdevkit splits.
 
@@ -189,15 +205,15 @@ class VOCDataset(DetectionDataset):
         images = list_images(year_dir / "JPEGImages")
         for image_id in read_split(split_file):
             try:
-                record = self._parse(year_dir, year, image_id, images, class_to_label)
+                record = self._parse(year_dir, year, image_id, split_file, images, class_to_label)
             except DataError as err:
                 self._handle(err)
                 continue
             self._add(record, keep_empty)
 
-    def _parse(self, year_dir: Path, year: str, image_id: str, images: dict[str, str],
-               class_to_label: dict[str, int]) -> Record:
-        xml_path = year_dir / "Annotations" / f"{image_id}.xml"
+    def _parse(self, year_dir: Path, year: str, image_id: str, split_file: Path,
+               images: dict[str, str], class_to_label: dict[str, int]) -> Record:
+        xml_path = voc_annotation_file(year_dir, image_id, split_file)
         parsed = parse_voc_xml(xml_path, class_to_label)
         if image_id not in images:
             expected = year_dir / "JPEGImages" / f"{image_id}.jpg"
