@@ -22,10 +22,11 @@ from __future__ import annotations
 import copy
 import difflib
 import logging
+import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable, Mapping
+from typing import Any, Callable, Iterable, Mapping
 
 import yaml
 
@@ -169,6 +170,10 @@ _KEYWORDS: dict[str, tuple[str, ...]] = {
 
 # Keys holding file or folder paths: relative values are resolved when the config is loaded.
 PATH_KEYS = ("data.root", "model.pretrained", "train.output_dir")
+
+CONFIGS_FOLDER = "configs"  # how commands and docs name the built-in configs: configs/voc300.yaml
+# In a source checkout (run through PYTHONPATH, not installed) the configs sit beside ssd/.
+CHECKOUT_CONFIGS = Path(__file__).resolve().parents[1] / CONFIGS_FOLDER
 # Values of path keys that are keywords, not paths (model.pretrained: torchvision asks
 # torchvision's weights API for the backbone's ImageNet file).
 PATH_KEYWORDS = ("torchvision",)
@@ -245,6 +250,75 @@ _RANGES: dict[str, _Range] = {
 }
 
 
+# The keys that size a resource have an upper bound, so that a mistyped value stops with a
+# message instead of exhausting the machine (forking until the OOM killer steps in, allocating
+# a probe image of 100 GiB) before any other check could speak.
+MAX_LOADER_PROCESSES = 64
+# Memory grows with the square of the image size S: one float32 image is 3 S^2 values, and the
+# first VGG16 stage keeps 64 channels at full resolution, 64 S^2 float32 values (256 S^2 bytes)
+# per image and activation: 1 GiB at 2048 px, 2.3 TiB at 100000 px. SSD is published at 300
+# and 512 px; 2048 leaves room for larger inputs while one image's activations still fit a GPU.
+MAX_IMAGE_SIZE = 2048
+FIRST_STAGE_CHANNELS = 64
+MAX_EXPAND_AREA = 16  # the default zoom-out (data.augmentation.max_expand 4) squared
+FLOAT32_BYTES = 4
+# The images of one batch are decoded, augmented and held at once: 4096 images of 300 px are
+# 4.1 GiB of float32 input, before the network's activations (tens of times more). The batch
+# is global: under torchrun each process holds its share.
+MAX_BATCH_IMAGES = 4096
+MAX_GENERATED_IMAGES = 1_000_000  # the shapes data set: one JPEG file and one list entry each
+
+
+def _gib(num_bytes: float) -> str:
+    return f"{num_bytes / 2**30:,.1f} GiB"
+
+
+def _activation_memory(size: int) -> str:
+    first_stage = FIRST_STAGE_CHANNELS * size * size * FLOAT32_BYTES
+    return (f"memory grows with the square of the size: the first VGG16 stage alone holds "
+            f"{FIRST_STAGE_CHANNELS} x {size} x {size} float32 values per image, {_gib(first_stage)}")
+
+
+def _generated_image_memory(size: int) -> str:
+    augmented = 3 * size * size * FLOAT32_BYTES
+    return (f"memory grows with the square of the size: each image is augmented as 3 x {size} x "
+            f"{size} float32 values, {_gib(augmented)}, up to {_gib(augmented * MAX_EXPAND_AREA)} "
+            "once zoomed out")
+
+
+def _batch_memory(batch: int) -> str:
+    size = _DEFAULTS["model"]["image_size"]
+    pixels = batch * 3 * size * size * FLOAT32_BYTES
+    return (f"the images of a batch are held at once: {batch} images of the default {size} px "
+            f"are {_gib(pixels)} of float32 input before the network's activations")
+
+
+@dataclass(frozen=True)
+class _ResourceLimit:
+    """The most a resource key may ask for: `maximum` `resource`s, and why (given the value)."""
+
+    maximum: int
+    resource: str
+    reason: Callable[[int], str]
+
+
+_RESOURCE_LIMITS: dict[str, _ResourceLimit] = {
+    "data.num_workers": _ResourceLimit(
+        MAX_LOADER_PROCESSES, "loader processes",
+        lambda _: "each holds a copy of the data set and a queue of prepared batches"),
+    "model.image_size": _ResourceLimit(MAX_IMAGE_SIZE, "px", _activation_memory),
+    "data.shapes.image_size": _ResourceLimit(MAX_IMAGE_SIZE, "px", _generated_image_memory),
+    "solver.batch_size": _ResourceLimit(MAX_BATCH_IMAGES, "images per global batch", _batch_memory),
+    "test.batch_size": _ResourceLimit(MAX_BATCH_IMAGES, "images per batch", _batch_memory),
+    "data.shapes.num_train": _ResourceLimit(
+        MAX_GENERATED_IMAGES, "generated images",
+        lambda _: "each is written to disk as a JPEG file when the data set is first used"),
+    "data.shapes.num_test": _ResourceLimit(
+        MAX_GENERATED_IMAGES, "generated images",
+        lambda _: "each is written to disk as a JPEG file when the data set is first used"),
+}
+
+
 @dataclass(frozen=True)
 class _NumberList:
     """A list of numbers: element type, allowed range, and its length (None: any)."""
@@ -284,6 +358,46 @@ _MIGRATIONS: dict[int, _Migration] = {
 
 class ConfigError(ValueError):
     """A config key, value or file is wrong; the message says which and what was expected."""
+
+
+class DuplicateKeyError(yaml.constructor.ConstructorError):
+    """A YAML mapping names the same key twice (`key`, at `first_line` and `line`, 1-based)."""
+
+    def __init__(self, key: Any, first_line: int, node: yaml.Node):
+        self.key, self.first_line, self.line = key, first_line, node.start_mark.line + 1
+        super().__init__(problem=f"key {key!r} appears twice (lines {first_line} and {self.line})",
+                         problem_mark=node.start_mark)
+
+
+class StrictSafeLoader(yaml.SafeLoader):
+    """yaml.SafeLoader that refuses a key repeated in one mapping (PyYAML keeps the last one
+    without a word, so a second `solver:` block would silently replace the first). Keys that
+    a `<<` merge brings in may still be overridden: that is what merging is for."""
+
+    def construct_mapping(self, node: yaml.Node, deep: bool = False) -> dict[Any, Any]:
+        if isinstance(node, yaml.MappingNode):
+            _refuse_repeated_keys(self, node)
+        return super().construct_mapping(node, deep=deep)
+
+
+def _refuse_repeated_keys(loader: yaml.SafeLoader, node: yaml.MappingNode) -> None:
+    first_lines: dict[Any, int] = {}
+    for key_node, _ in node.value:
+        if key_node.tag == "tag:yaml.org,2002:merge":
+            continue
+        key = loader.construct_object(key_node, deep=True)
+        try:
+            if key in first_lines:
+                raise DuplicateKeyError(key, first_lines[key], key_node)
+        except TypeError:  # an unhashable key: construct_mapping reports it
+            continue
+        first_lines[key] = key_node.start_mark.line + 1
+
+
+def parse_yaml(text: str) -> Any:
+    """YAML `text` parsed like yaml.safe_load, except that a key repeated in one mapping raises
+    DuplicateKeyError (a yaml.YAMLError)."""
+    return yaml.load(text, Loader=StrictSafeLoader)  # noqa: S506 (a SafeLoader subclass)
 
 
 class Config:
@@ -340,6 +454,71 @@ def packaged_config(name: str) -> Path:
         raise ConfigError(f"No config named {name!r} is installed with the ssd package (ssd/configs/); "
                           "install it with pip install . or pass the path of a config file")
     return path
+
+
+def builtin_config(name: str) -> Path | None:
+    """The config file `name` shipped with the package (installed: ssd/configs/; source
+    checkout: configs/ beside ssd/), or None when there is none of that name."""
+    try:
+        return packaged_config(name)
+    except ConfigError:
+        path = CHECKOUT_CONFIGS / name
+        return path if path.is_file() else None
+
+
+def builtin_config_names() -> list[str]:
+    """The names of the configs shipped with the package, sorted."""
+    from importlib import resources
+
+    try:
+        files = [Path(entry.name) for entry in resources.files("ssd.configs").iterdir()]
+    except ModuleNotFoundError:
+        files = list(CHECKOUT_CONFIGS.glob("*")) if CHECKOUT_CONFIGS.is_dir() else []
+    return sorted(path.name for path in files if path.suffix == ".yaml")
+
+
+def resolve_config_path(value: str | Path, folder: Path | None = None) -> tuple[Path, bool]:
+    """A config file name as (path, is_builtin): the file when it exists (relative to `folder`,
+    default the working directory), else the built-in config of that name, given as
+    `voc300.yaml` or `configs/voc300.yaml`, so that --config and `_base_` work from any folder
+    once the package is installed.
+
+    Raises:
+        ConfigError: no such file and no built-in config of that name (lists the built-in ones).
+    """
+    name = Path(value)
+    path = name if folder is None else folder / name
+    if path.is_file():
+        return path, False
+    builtin = builtin_config(name.name) if name.parent in (Path("."), Path(CONFIGS_FOLDER)) else None
+    if builtin is not None:
+        return builtin, True
+    known = builtin_config_names()
+    raise ConfigError(f"Config file not found: {path}"
+                      + (f" (built-in configs: {', '.join(known)})" if known else ""))
+
+
+def rebase_builtin_paths(data: dict[str, Any], builtin: Path, new_root: Path) -> None:
+    """The PATH_KEYS values of `data`, read from the built-in config file `builtin`, moved from
+    below the folder that holds its configs folder to the same place below `new_root`.
+
+    A built-in config's own paths (`../data/...` relative to the configs folder) name user
+    files: data/VOCdevkit, runs/voc300, ... as in a clone. Values elsewhere and keywords
+    ("torchvision") are kept.
+    """
+    old_root = builtin.parent.parent
+    for dotted in PATH_KEYS:
+        *parents, leaf = dotted.split(".")
+        section: Any = data
+        for name in parents:
+            section = section.get(name) if isinstance(section, dict) else None
+        value = section.get(leaf) if isinstance(section, dict) else None
+        if not isinstance(value, str) or not Path(value).is_absolute():
+            continue
+        try:
+            section[leaf] = str(new_root / Path(value).relative_to(old_root))
+        except ValueError:  # not below old_root
+            pass
 
 
 def get_defaults() -> dict[str, Any]:
@@ -467,22 +646,58 @@ def _drop_unknown_keys(data: dict[str, Any], known: Mapping[str, Any], prefix: s
     return dropped
 
 
-def _read_yaml_with_bases(path: Path) -> dict[str, Any]:
+def _read_yaml_with_bases(path: Path, naming: tuple[Path, ...] = ()) -> dict[str, Any]:
+    """The mapping in the YAML file `path`, merged over its `_base_` file(s).
+
+    `_base_` is one file name or a list of them, merged in order (a later one overrides an
+    earlier one, the file itself overrides them all). `naming` is the chain of files that led
+    here, to refuse a cycle.
+    """
+    resolved = path.resolve()
+    if resolved in naming:
+        cycle = " -> ".join(str(step) for step in (*naming[naming.index(resolved):], resolved))
+        raise ConfigError(f"Config files name each other as _base_ in a cycle: {cycle}")
+    data = _read_yaml_mapping(path)
+    _resolve_paths(data, path.absolute().parent)
+    bases = _base_names(data.pop("_base_", None), path)
+    merged: dict[str, Any] = {}
+    for name in bases:
+        try:
+            base_path, builtin = resolve_config_path(name, folder=path.parent)
+        except ConfigError as err:
+            raise ConfigError(f"{err}; named as _base_ in {path}") from err
+        base = _read_yaml_with_bases(base_path, (*naming, resolved))
+        if builtin:
+            rebase_builtin_paths(base, base_path, Path.cwd())
+        _deep_update(merged, base)
+    _deep_update(merged, data)
+    return merged
+
+
+def _read_yaml_mapping(path: Path) -> dict[str, Any]:
+    """The mapping in YAML file `path`; ConfigError when it is missing, not YAML, repeats a key
+    or holds something else than a mapping."""
     if not path.is_file():
         raise ConfigError(f"Config file not found: {path}")
     try:
-        data = yaml.safe_load(path.read_text()) or {}
+        data = parse_yaml(path.read_text()) or {}
+    except DuplicateKeyError as err:
+        raise ConfigError(f"Config file {path}, line {err.line}: key {err.key!r} is set twice "
+                          f"in one mapping (first on line {err.first_line}); keep one") from err
     except yaml.YAMLError as err:
         raise ConfigError(f"Config file {path} is not valid YAML: {err}") from err
     if not isinstance(data, dict):
         raise ConfigError(f"Config file {path} must hold a mapping, got {type(data).__name__}")
-    _resolve_paths(data, path.absolute().parent)
-    base = data.pop("_base_", None)
-    if base is None:
-        return data
-    merged = _read_yaml_with_bases(path.parent / base)
-    _deep_update(merged, data)
-    return merged
+    return data
+
+
+def _base_names(value: Any, path: Path) -> list[str]:
+    """The `_base_` value of the file `path` as a list of file names."""
+    names = [] if value is None else value if isinstance(value, list) else [value]
+    if not all(isinstance(name, str) and name for name in names):
+        raise ConfigError(f"Config key '_base_' in {path} must be a config file name or a list of "
+                          f"them (e.g. voc300.yaml or [base.yaml, classes.yaml]), got {value!r}")
+    return names
 
 
 def _deep_update(target: dict[str, Any], update: Mapping[str, Any]) -> None:
@@ -516,7 +731,7 @@ def _apply_overrides(config: dict[str, Any], overrides: Iterable[str]) -> None:
             raise ConfigError(f"Override '{item}' must look like key=value (e.g. solver.lr=0.002)")
         dotted, text = item.split("=", 1)
         try:
-            value = yaml.safe_load(text) if text.strip() else None
+            value = parse_yaml(text) if text.strip() else None
         except yaml.YAMLError as err:
             raise ConfigError(f"Override '{item}': value is not valid YAML: {err}") from err
         *parents, leaf = dotted.strip().split(".")
@@ -574,6 +789,8 @@ def _checked_value(dotted: str, default: Any, value: Any, source: str) -> Any:
             f"Config key '{dotted}' (in {source}) expects {_type_name(expected)}{nullable}, "
             f"got {type(value).__name__} {value!r}"
         )
+    if expected is float and not math.isfinite(value):
+        raise ConfigError(f"Config key '{dotted}' (in {source}) expects a finite number, got {value!r}")
     return value
 
 
@@ -605,12 +822,23 @@ def _validate(config: dict[str, Any]) -> None:
             continue
         if not allowed.contains(value):
             raise ConfigError(f"Config key '{dotted}' must be {allowed.describe()}, got {value!r}")
+    for dotted, limit in _RESOURCE_LIMITS.items():
+        _check_resource_limit(dotted, _lookup(config, dotted), limit)
     for dotted, rule in _NUMBER_LISTS.items():
         _check_number_list(config, dotted, rule)
     _check_aspect_ratios(config["model"]["priors"]["aspect_ratios"])
     for dotted in _SET_KEYS:
         _check_image_sets(dotted, _lookup(config, dotted))
     _check_cross_keys(config)
+
+
+def _check_resource_limit(dotted: str, value: Any, limit: _ResourceLimit) -> None:
+    """Refuse a value of resource key `dotted` above `limit`, saying what the bound protects."""
+    if value is None or value in _KEYWORDS.get(dotted, ()):
+        return
+    if value > limit.maximum:
+        raise ConfigError(f"Config key '{dotted}' is {value}: at most {limit.maximum} "
+                          f"{limit.resource} ({limit.reason(value)})")
 
 
 def _check_number_list(config: dict[str, Any], dotted: str, rule: _NumberList) -> None:
@@ -632,6 +860,9 @@ def _check_number_list(config: dict[str, Any], dotted: str, rule: _NumberList) -
         if not isinstance(number, rule.kind) or isinstance(number, bool):
             raise ConfigError(f"Config key '{dotted}' must be {wanted}; item {index} is "
                               f"{type(item).__name__} {item!r}")
+        if not math.isfinite(number):
+            raise ConfigError(f"Config key '{dotted}' must be {wanted} (finite numbers); item "
+                              f"{index} is {item!r}")
         if rule.allowed is not None and not rule.allowed.contains(number):
             raise ConfigError(f"Config key '{dotted}' must be {wanted}; item {index} is {item!r}")
         converted.append(number)
@@ -641,9 +872,9 @@ def _check_number_list(config: dict[str, Any], dotted: str, rule: _NumberList) -
 def _check_aspect_ratios(ratios: list) -> None:
     for index, item in enumerate(ratios):
         if not isinstance(item, list) or not all(
-                isinstance(_as_float(r), float) and _as_float(r) > 0 for r in item):
+                isinstance(_as_float(r), float) and 0 < _as_float(r) < math.inf for r in item):
             raise ConfigError("Config key 'model.priors.aspect_ratios' must be one list of "
-                              f"positive numbers per feature map (e.g. [[2], [2, 3]]); item "
+                              f"positive numbers per feature map (finite, e.g. [[2], [2, 3]]); item "
                               f"{index} is {item!r}")
 
 

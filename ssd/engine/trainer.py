@@ -28,7 +28,7 @@ from ssd.data import DataError, build_dataset, build_transform, make_train_loade
 from ssd.data.build import class_names_for
 from ssd.data.image_cache import cached_image_size
 from ssd.engine import checkpoint as ckpt
-from ssd.engine.distributed import DistInfo, barrier, ranks_agree
+from ssd.engine.distributed import DistInfo, barrier, check_global_batch, ranks_agree
 from ssd.engine.freeze import freeze_modules
 from ssd.engine.inference import evaluate_model, make_eval_loader
 from ssd.engine.metrics_log import MetricsLog, plot_metrics
@@ -291,11 +291,7 @@ class Trainer:
         output_dir = Path(output_dir or cfg.train.output_dir)
         _refuse_another_run(output_dir, resume, overwrite)  # before any heavy work
         batch_size = cfg.solver.batch_size
-        if batch_size % dist.world_size:
-            raise TrainingError(
-                f"solver.batch_size={batch_size} is the global batch and must be divisible by "
-                f"the number of processes ({dist.world_size})"
-            )
+        check_global_batch(batch_size, dist.world_size)
         _seed_everything(cfg.train.seed)
         # Data first: a missing data set stops the run before any heavy work.
         train_set = build_dataset(cfg, train=True)
