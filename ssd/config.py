@@ -904,6 +904,15 @@ def _check_cross_keys(config: dict[str, Any]) -> None:
             f"data.class_names lists {len(names)} classes; expected num_classes = "
             f"{len(names) + 1} (classes + background)"
         )
+    _check_distinct_class_names(names)
+
+
+def _check_distinct_class_names(names: list | None) -> None:
+    """data.class_names must name each class once (labels are matched by name)."""
+    for label, name in enumerate(names or []):
+        if name in names[:label]:
+            raise ConfigError(f"Config key 'data.class_names' lists class '{name}' twice (labels "
+                              f"{names.index(name)} and {label}); class names must be distinct")
 
 
 def _check_fine_tuning_keys(model: dict[str, Any]) -> None:

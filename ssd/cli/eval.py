@@ -23,6 +23,12 @@ Precision: fp32 by default (the reference numbers); bf16 / fp16 run the network 
 autocast; auto picks the fastest safe one for the device (fp16 on CUDA, bf16 on CPUs with
 native bfloat16, else fp32). Post-processing always runs in float32.
 
+Classes are matched by name: the checkpoint's class list (data.class_names of its config) is
+compared with the evaluated data set's, and the model's class k is scored as the data set's
+class of the same name (same names in another order are translated; with the VOC metrics a
+data set with more or fewer classes is scored on the common ones; no common name is an
+error). One line is logged when a translation is applied.
+
 With data.skip_bad=true, test images that cannot be read are left out of the evaluation
 (their ground truth is not counted) and named in the summary.
 
@@ -36,6 +42,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import math
 from pathlib import Path
 from typing import Any
@@ -46,6 +53,8 @@ from ssd.cli.common import add_version_argument, load_cli_config, pick_device, r
 from ssd.config import merge_overrides
 from ssd.fileio import atomic_write
 from ssd.precision import PRECISIONS
+
+logger = logging.getLogger(__name__)
 
 DEFAULT_CONFIG = "configs/voc300.yaml"
 AUTO_PRECISION = "auto"
@@ -100,8 +109,9 @@ def main(argv: list[str] | None = None) -> int:
     from ssd.weights import build_model_from_weights
 
     fallback = load_cli_config(args.config or DEFAULT_CONFIG)
-    model, cfg = build_model_from_weights(args.weights, cfg=fallback)
-    cfg = merge_overrides(cfg, [*args.opts, *flag_overrides(args)])
+    model, model_cfg = build_model_from_weights(args.weights, cfg=fallback)
+    model_classes = model_class_names(model_cfg, args.weights)
+    cfg = merge_overrides(model_cfg, [*args.opts, *flag_overrides(args)])
     device = pick_device(args.device)
     precision = default_precision(device) if args.precision == AUTO_PRECISION else args.precision
     dataset = build_dataset(cfg, train=False)
@@ -114,7 +124,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.compile:
         model = torch.compile(model)
     result = evaluate_model(model, dataset, loader, device, build_postprocessor(cfg),
-                            cfg.test.metric, precision=precision, progress=not args.no_progress)
+                            cfg.test.metric, precision=precision, progress=not args.no_progress,
+                            class_names=model_classes)
     out_dir = args.output or Path("eval") / Path(args.weights).stem
     skipped = skipped_files(dataset, result)
     print_skipped(skipped)
@@ -127,6 +138,18 @@ def main(argv: list[str] | None = None) -> int:
                                if cfg.test.metric != "coco" else "")
     print(f"Wrote {names} to {out_dir}")
     return 0 if _is_number(result["mAP"]) else EXIT_NO_MAP
+
+
+def model_class_names(model_cfg, weights: str) -> list[str] | None:
+    """The class names the weights were trained on (their config's), or None (logged) when
+    their config does not name them: then the model's class k is scored as the data set's k."""
+    from ssd.data import known_class_names
+
+    names = known_class_names(model_cfg)
+    if names is None:
+        logger.warning("%s does not name its classes (data.class_names); its class k is scored as "
+                       "the data set's class k", weights)
+    return names
 
 
 def skipped_files(dataset, result: dict) -> list[tuple[str, str]]:

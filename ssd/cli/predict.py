@@ -263,8 +263,9 @@ def format_table(path: Path, shape: tuple, detections: list[dict]) -> str:
 
 def write_json(path: Path, results: dict, failures: list[tuple[str, str]], predictor,
                weights: Path, videos: dict | None = None) -> None:
-    """detections.json: settings, {image: size, drawn file, detections}, {video: size, frame
-    rate, frames, output files (the detections are in its .jsonl)}, {input: why it failed}."""
+    """detections.json: settings, the model's class names (label order), {image: size, drawn
+    file, detections}, {video: size, frame rate, frames, output files (the detections are in its
+    .jsonl)}, {input: why it failed}."""
     post = predictor.postprocess
     document = {
         "weights": str(weights),
@@ -272,6 +273,7 @@ def write_json(path: Path, results: dict, failures: list[tuple[str, str]], predi
                      "top_k": post.top_k, "precision": predictor.precision,
                      "image_size": predictor.cfg.model.image_size},
         "box_format": "x1, y1, x2, y2 in pixels of the original image",
+        "class_names": list(predictor.class_names),  # the model's classes in label order
         "images": results,
         "videos": {source: _video_entry(summary) for source, summary in (videos or {}).items()},
         "failed": dict(failures),

@@ -19,6 +19,8 @@ from ssd.data.build import (
     class_names_for,
     configured_class_names,
     ensure_shapes,
+    known_class_names,
+    with_class_names,
 )
 from ssd.data.coco import COCODataset
 from ssd.data.common import DataError, DetectionDataset, LoadReport, read_image
@@ -59,9 +61,11 @@ __all__ = [
     "configured_class_names",
     "detection_collate",
     "ensure_shapes",
+    "known_class_names",
     "make_shapes",
     "make_test_loader",
     "make_train_loader",
     "parse_voc_xml",
     "read_image",
+    "with_class_names",
 ]

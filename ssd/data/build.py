@@ -15,7 +15,9 @@ Formats (cfg.data.format):
             splits, whatever train_sets / test_sets say.
 
 The class count must agree with the model: model.num_classes = len(class names) + 1.
-`class_names_for(cfg)` is the one rule for a config's class names.
+`class_names_for(cfg)` is the one rule for a config's class names; `with_class_names(cfg, ds)`
+writes the names a data set read from its files (COCO categories, a YOLO data.yaml or
+classes.txt) into data.class_names, so that the config a checkpoint stores names its classes.
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ import logging
 from pathlib import Path
 from typing import Callable
 
-from ssd.config import ConfigError
+from ssd.config import Config, ConfigError, load_config_from_dict
 from ssd.data.coco import COCODataset
 from ssd.data.common import DataError, DetectionDataset
 from ssd.data.shapes import SHAPES_CLASSES, make_shapes, read_shapes_settings, shapes_settings
@@ -96,11 +98,35 @@ def class_names_for(cfg) -> list[str]:
     """Foreground class names in label order, for a model without its data set at hand:
     `configured_class_names` when they fit model.num_classes, else generic class_<label> names
     (e.g. a COCO model, whose names live in the annotation file)."""
-    count = cfg.model.num_classes - 1
-    names = configured_class_names(cfg)
-    if names is not None and len(names) == count:
+    names = known_class_names(cfg)
+    if names is not None:
         return names
-    return [f"class_{label}" for label in range(count)]
+    return [f"class_{label}" for label in range(cfg.model.num_classes - 1)]
+
+
+def known_class_names(cfg) -> list[str] | None:
+    """The foreground class names of `cfg`'s model when the config names them
+    (`configured_class_names` of the model's class count), else None: the model's classes are
+    known only by their labels (e.g. a YOLO or COCO model trained before checkpoints stored
+    their data set's names)."""
+    names = configured_class_names(cfg)
+    return names if names is not None and len(names) == cfg.model.num_classes - 1 else None
+
+
+def with_class_names(cfg: Config, dataset: DetectionDataset) -> Config:
+    """`cfg` with data.class_names set to `dataset`'s class names (label order).
+
+    Training calls this on its training set, so the config saved in every checkpoint names the
+    classes whatever file named them (VOC list, COCO categories, YOLO data.yaml or
+    classes.txt): prediction, evaluation, export and fine-tuning then see the real names, and
+    the test set is built for the same list in the same order.
+    """
+    names = list(dataset.class_names)
+    if cfg.data.class_names is not None and list(cfg.data.class_names) == names:
+        return cfg
+    config = cfg.to_dict()
+    config["data"]["class_names"] = names
+    return load_config_from_dict(config, source="the config with the training set's class names")
 
 
 def _voc(cfg, train: bool) -> VOCDataset:

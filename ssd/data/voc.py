@@ -18,7 +18,14 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-from ssd.data.common import DataError, DetectionDataset, Record, list_images, sanitize_boxes
+from ssd.data.common import (
+    DataError,
+    DetectionDataset,
+    Record,
+    check_distinct_class_names,
+    list_images,
+    sanitize_boxes,
+)
 from ssd.fileio import path_inside
 
 VOC_CLASSES = (
@@ -183,9 +190,8 @@ class VOCDataset(DetectionDataset):
         self.root = Path(root)
         self.split_files: list[Path] = []
         self.class_names = list(class_names) if class_names is not None else list(VOC_CLASSES)
+        check_distinct_class_names(self.class_names, "The class names given (data.class_names)")
         class_to_label = {name: label for label, name in enumerate(self.class_names)}
-        if len(class_to_label) != len(self.class_names):
-            raise ValueError(f"class_names has duplicates: {self.class_names}")
         self._class_to_label = class_to_label
         sets = [(str(year), str(split)) for year, split in image_sets]
         self.report.name = f"VOC {self.root}: " + " + ".join(f"VOC{year}/{split}" for year, split in sets)
