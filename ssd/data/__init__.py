@@ -19,6 +19,7 @@ from ssd.data.build import (
     class_names_for,
     configured_class_names,
     ensure_shapes,
+    record_split,
 )
 from ssd.data.coco import COCODataset
 from ssd.data.common import DataError, DetectionDataset, LoadReport, read_image
@@ -64,4 +65,5 @@ __all__ = [
     "make_train_loader",
     "parse_voc_xml",
     "read_image",
+    "record_split",
 ]

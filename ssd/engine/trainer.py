@@ -24,7 +24,7 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from ssd.data import DataError, build_dataset, build_transform, make_train_loader
+from ssd.data import DataError, build_dataset, build_transform, make_train_loader, record_split
 from ssd.data.build import class_names_for
 from ssd.data.image_cache import cached_image_size
 from ssd.engine import checkpoint as ckpt
@@ -297,6 +297,7 @@ class Trainer:
             )
         _seed_everything(cfg.train.seed)
         # Data first: a missing data set stops the run before any heavy work.
+        cfg = record_split(cfg, output_dir, resume=resume is not None)
         train_set = build_dataset(cfg, train=True)
         train_transform = build_transform(cfg, train=True)
         if cfg.data.cache_images:
