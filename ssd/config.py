@@ -73,6 +73,11 @@ _DEFAULTS: dict[str, Any] = {
         "keep_difficult": False,
         "keep_empty": False,  # keep training images without objects
         "skip_bad": False,  # skip unreadable files instead of stopping
+        # voc folders without ImageSets/Main (see ssd.data.voc_layout): the share of images
+        # held out for testing, and the folder of the {train,test}.txt split a training run
+        # wrote (null: split by val_fraction; training sets it to <output>/split).
+        "val_fraction": 0.1,
+        "split_dir": None,
         "coco": {
             "train_annotations": "annotations/instances_train2017.json",
             "train_images": "train2017",
@@ -161,6 +166,7 @@ _NULLABLE_TYPES: dict[str, type] = {
     "model.class_map": dict,
     "solver.clip_grad_norm": float,
     "data.num_workers": int,
+    "data.split_dir": str,
 }
 
 # Keys that also take a keyword (resolved when used) besides their type.
@@ -169,7 +175,7 @@ _KEYWORDS: dict[str, tuple[str, ...]] = {
 }
 
 # Keys holding file or folder paths: relative values are resolved when the config is loaded.
-PATH_KEYS = ("data.root", "model.pretrained", "train.output_dir")
+PATH_KEYS = ("data.root", "data.split_dir", "model.pretrained", "train.output_dir")
 
 CONFIGS_FOLDER = "configs"  # how commands and docs name the built-in configs: configs/voc300.yaml
 # In a source checkout (run through PYTHONPATH, not installed) the configs sit beside ssd/.
@@ -224,6 +230,7 @@ _RANGES: dict[str, _Range] = {
     "data.shapes.num_test": _NON_NEGATIVE,
     "data.shapes.image_size": _Range(32),
     "data.num_workers": _NON_NEGATIVE,
+    "data.val_fraction": _Range(0, 1, low_open=True, high_open=True),
     "loss.iou_threshold": _Range(0, 1, low_open=True),
     "loss.neg_pos_ratio": _NON_NEGATIVE,
     "loss.loc_weight": _NON_NEGATIVE,

@@ -4,7 +4,8 @@
   (0666 minus the umask), or not at all; the previous file stays intact on failure.
 - `safe_torch_load`: `torch.load(weights_only=True)` with numpy data allowed; a file that holds
   pickled code is refused with a message that names it, and nothing in it runs.
-- `decode_image_file`: one image decoder (works for non-ASCII paths).
+- `decode_image_file`: one image decoder (works for non-ASCII paths; a damaged file that
+  libjpeg decodes with a warning is read, with one logged warning naming it).
 - `remove_stale_temporaries`: the temp files a killed process left behind.
 - `safe_file_name` / `safe_file_names`: a name taken from data (class name, image id, file
   stem) as one harmless file-name component; `path_inside`: a relative path read from an
@@ -15,11 +16,13 @@
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
 import pickle
 import re
 import shutil
 import tempfile
+import threading
 import unicodedata
 import zipfile
 from pathlib import Path
@@ -28,6 +31,8 @@ from typing import IO, Any, Callable, Sequence
 import cv2
 import numpy as np
 import torch
+
+logger = logging.getLogger(__name__)
 
 # Temp files are ".<final name>.<random>.tmp" next to the final file.
 TEMP_SUFFIX = ".tmp"
@@ -207,6 +212,10 @@ def decode_image_file(path: str | Path, keep_depth: bool = False) -> np.ndarray 
             True -> the file's own depth (8/16-bit, float) and channels ([H, W], [H, W, 3] or
             [H, W, 4]).
 
+    A file that `cv2.imdecode` refuses but `cv2.imread` decodes is used as imread reads it:
+    a JPEG cut short, which libjpeg completes after warning "Premature end of JPEG file", as
+    OpenCV's imread and Pillow read it. A warning names the file, once per file and process.
+
     Raises:
         FileNotFoundError / OSError: the file is missing or cannot be read.
     """
@@ -214,7 +223,30 @@ def decode_image_file(path: str | Path, keep_depth: bool = False) -> np.ndarray 
     if not data.size:
         return None
     flags = cv2.IMREAD_ANYCOLOR | cv2.IMREAD_ANYDEPTH if keep_depth else cv2.IMREAD_COLOR
-    return cv2.imdecode(data, flags)
+    image = cv2.imdecode(data, flags)
+    if image is None:
+        image = _decode_damaged_file(path, flags)
+    return image
+
+
+# Damaged files this process has warned about (a training run decodes each image every epoch).
+_reported_damaged: set[str] = set()
+_reported_lock = threading.Lock()
+
+
+def _decode_damaged_file(path: str | Path, flags: int) -> np.ndarray | None:
+    """`cv2.imread` of a file `cv2.imdecode` refused (its in-memory reader stops at a
+    truncated JPEG; the file reader lets libjpeg complete it); warns the first time per file."""
+    image = cv2.imread(str(path), flags)
+    if image is None:
+        return None
+    with _reported_lock:
+        first = str(path) not in _reported_damaged
+        _reported_damaged.add(str(path))
+    if first:
+        logger.warning("Image %s is damaged (e.g. a JPEG cut short): using what the decoder "
+                       "recovers (libjpeg fills in the missing part)", path)
+    return image
 
 
 # ----------------------------------------------------------------------------- names from data

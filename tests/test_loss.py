@@ -222,6 +222,21 @@ def test_mined_negatives_are_exactly_the_top_k_by_loss():
     assert negative[4].sum() == (~positive[4]).sum()  # capped at every negative
 
 
+@pytest.mark.parametrize("num_pos, neg_pos_ratio, expected", [
+    (3, 1.5, 5),   # 4.5 -> 5 (a rank below ratio * count, as the classic port and torchvision)
+    (1, 0.5, 1),   # 0.5 -> 1
+    (2, 1.5, 3),   # exact products keep exactly that many
+    (4, 3, 12),    # the default integer ratio: unchanged
+])  # fmt: skip
+def test_fractional_neg_pos_ratio_keeps_the_ceiling(num_pos, neg_pos_ratio, expected):
+    background_loss = torch.arange(40, dtype=torch.float32)[None]  # [1, 40]
+    positive = torch.zeros(1, 40, dtype=torch.bool)
+    positive[0, :num_pos] = True
+    negative = hard_negative_mask(background_loss, positive, neg_pos_ratio=neg_pos_ratio)
+    assert int(negative.sum()) == expected
+    assert negative[0, 40 - expected:].all()  # the hardest ones
+
+
 def test_mining_inside_the_loss_matches_double_sort_selection():
     _, conf, priors, targets = _random_batch(seed=4)
     crit = MultiBoxLoss(num_classes=5)

@@ -20,6 +20,7 @@ from ssd.data.build import (
     configured_class_names,
     ensure_shapes,
     known_class_names,
+    record_split,
     with_class_names,
 )
 from ssd.data.coco import COCODataset
@@ -68,4 +69,5 @@ __all__ = [
     "parse_voc_xml",
     "read_image",
     "with_class_names",
+    "record_split",
 ]

@@ -6,6 +6,10 @@
 
 Formats (cfg.data.format):
     voc     cfg.data.root is a VOCdevkit; cfg.data.train_sets / test_sets list (year, split).
+            Or a folder with Annotations/ + JPEGImages/ (or annotations/ + images/), or of images
+            beside their XML files (ssd.data.voc_layout): its ImageSets/Main/<split>.txt files
+            named by the sets' splits, else data.split_dir/{train,test}.txt (`record_split`
+            writes them for a training run), else the data.val_fraction split.
     coco    cfg.data.root holds cfg.data.coco.{train,test}_{annotations,images}.
     yolo    cfg.data.root holds images/<split>/, labels/<split>/ and cfg.data.yolo.names_file;
             the splits are cfg.data.yolo.{train,test}_split.
@@ -23,16 +27,29 @@ classes.txt) into data.class_names, so that the config a checkpoint stores names
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 from pathlib import Path
 from typing import Callable
 
-from ssd.config import Config, ConfigError, load_config_from_dict
+from ssd.config import Config, ConfigError, load_config_from_dict, merge_overrides
 from ssd.data.coco import COCODataset
 from ssd.data.common import DataError, DetectionDataset
 from ssd.data.shapes import SHAPES_CLASSES, make_shapes, read_shapes_settings, shapes_settings
 from ssd.data.transforms import BaseTransform, SSDAugmentation
-from ssd.data.voc import VOC_CLASSES, VOCDataset
+from ssd.data.voc import VOC_CLASSES, VOCDataset, VOCSplit
+from ssd.data.voc_layout import (
+    SPLIT_FOLDER_NAME,
+    VOCFolder,
+    annotated_ids,
+    find_voc_folder,
+    folder_split,
+    has_split,
+    listed_split,
+    refuse_empty_folder,
+    split_ids,
+    write_split,
+)
 from ssd.data.yolo import YOLODataset
 
 logger = logging.getLogger(__name__)
@@ -133,8 +150,47 @@ def _voc(cfg, train: bool) -> VOCDataset:
     data = cfg.data
     names = configured_class_names(cfg)
     sets = data.train_sets if train else data.test_sets
+    folder = find_voc_folder(data.root)
+    if folder is not None:
+        sets = _folder_sets(cfg, folder, sets, train)
+    else:
+        refuse_empty_folder(data.root)
     return VOCDataset(data.root, sets, class_names=names, keep_difficult=data.keep_difficult,
                       keep_empty=data.keep_empty or not train, skip_bad=data.skip_bad)
+
+
+def _folder_sets(cfg, folder: VOCFolder, sets: list, train: bool) -> list[VOCSplit]:
+    """The splits of a VOC folder outside the VOCdevkit layout: its ImageSets/Main files named
+    by the (year, split) pairs' splits, else the train or test part of its split."""
+    if folder.has_split_files:
+        split_names = dict.fromkeys(str(split) for _, split in sets)  # in order, once each
+        return [listed_split(folder, name) for name in split_names]
+    name = "train" if train else "test"
+    return [folder_split(folder, name, cfg.data.val_fraction, cfg.data.split_dir)]
+
+
+def record_split(cfg, output_dir: str | Path, resume: bool = False):
+    """The config a training run into `output_dir` uses: for a VOC folder without split files
+    and without data.split_dir, its train / test split is written to
+    <output_dir>/split/{train,test}.txt (kept as it is when `resume` finds it there) and
+    data.split_dir names that folder, so that the run's checkpoints, and evaluating them,
+    use the same test images. Other configs are returned unchanged.
+    """
+    data = cfg.data
+    if data.format != "voc" or data.split_dir is not None:
+        return cfg
+    folder = find_voc_folder(data.root)
+    if folder is None or folder.has_split_files:
+        return cfg
+    split_dir = Path(output_dir).absolute() / SPLIT_FOLDER_NAME
+    if not (resume and has_split(split_dir)):
+        split = split_ids(annotated_ids(folder), data.val_fraction)
+        write_split(split_dir, split)
+        logger.info("%s has no ImageSets/Main split files: split its %d images into %d train and "
+                    "%d test (data.val_fraction=%g), written to %s", folder.root,
+                    sum(map(len, split.values())), len(split["train"]), len(split["test"]),
+                    data.val_fraction, split_dir)
+    return merge_overrides(cfg, [f"data.split_dir={json.dumps(str(split_dir))}"])
 
 
 def _shapes(cfg, train: bool) -> VOCDataset:

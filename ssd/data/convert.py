@@ -112,7 +112,7 @@ def _voc_splits(folder: Path) -> list[str]:
 def _voc_object_names(folder: Path, splits: Sequence[str]) -> set[str]:
     """Class names used by the XML files of `splits` (unreadable files: VOCDataset reports them)."""
     split_files = [folder / "ImageSets" / "Main" / f"{split}.txt" for split in splits]
-    xml_files = {voc_annotation_file(folder, image_id, split_file)
+    xml_files = {voc_annotation_file(folder / "Annotations", image_id, split_file)
                  for split_file in split_files for image_id in read_split(split_file)}
     names = set()
     for xml_file in xml_files:

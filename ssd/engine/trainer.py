@@ -24,7 +24,14 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from ssd.data import DataError, build_dataset, build_transform, make_train_loader, with_class_names
+from ssd.data import (
+    DataError,
+    build_dataset,
+    build_transform,
+    make_train_loader,
+    record_split,
+    with_class_names,
+)
 from ssd.data.build import class_names_for
 from ssd.data.image_cache import cached_image_size
 from ssd.engine import checkpoint as ckpt
@@ -294,6 +301,7 @@ class Trainer:
         check_global_batch(batch_size, dist.world_size)
         _seed_everything(cfg.train.seed)
         # Data first: a missing data set stops the run before any heavy work.
+        cfg = record_split(cfg, output_dir, resume=resume is not None)
         train_set = build_dataset(cfg, train=True)
         cfg = with_class_names(cfg, train_set)  # checkpoints name the classes the files named
         train_transform = build_transform(cfg, train=True)
