@@ -87,7 +87,11 @@ class RunLock:
                                "run started into %s is not detected", path, err.strerror, folder)
                 return cls(path, None, created)
             if _is_current_file(fd, path):
-                _take_over(fd, path)
+                try:
+                    _take_over(fd, path)
+                except BaseException:  # e.g. a full disk: the lock is not left half-taken
+                    os.close(fd)
+                    raise
                 return cls(path, fd, created)
             os.close(fd)  # released and removed (or replaced) by its holder meanwhile: again
         raise OSError(f"cannot lock {path}: it was replaced {MAX_ACQUIRE_ATTEMPTS} times while "
