@@ -151,7 +151,7 @@ class SSD(nn.Module):
                     f"is {actual}x{actual} at image size {self.image_size}, but "
                     f"model.priors.feature_maps[{index}] expects {expected}x{expected}. The priors "
                     f"that fit (or leave model.priors unset to derive them):\n"
-                    f"{prior_settings_yaml(derived)}"
+                    f"{prior_settings_yaml(derived).rstrip()}"
                 )
 
     def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
