@@ -54,12 +54,15 @@ _DEFAULTS: dict[str, Any] = {
         "class_map": None,
         # Module-name prefixes (e.g. [vgg], [base, extras]) whose parameters are not trained.
         "freeze": [],
+        # Default boxes. A key left null is derived from the backbone's source feature maps at
+        # model.image_size (ssd.priors.derive_prior_settings: SSD300's priors for vgg16 at 300 px);
+        # `priors: null` derives them all. Checkpoints store the values used.
         "priors": {
-            "feature_maps": [38, 19, 10, 5, 3, 1],
-            "steps": [8, 16, 32, 64, 100, 300],
-            "min_sizes": [30, 60, 111, 162, 213, 264],
-            "max_sizes": [60, 111, 162, 213, 264, 315],
-            "aspect_ratios": [[2], [2, 3], [2, 3], [2, 3], [2], [2]],
+            "feature_maps": None,
+            "steps": None,
+            "min_sizes": None,
+            "max_sizes": None,
+            "aspect_ratios": None,
             "clip": True,
         },
         "variances": list(defaults.VARIANCES),
@@ -158,6 +161,9 @@ _DEFAULTS: dict[str, Any] = {
     },
 }
 
+# The model.priors keys with one entry per feature map (ssd.priors.PRIOR_KEYS).
+_PRIOR_LISTS = ("feature_maps", "steps", "min_sizes", "max_sizes", "aspect_ratios")
+
 # Keys whose default is null, with the type they take when set.
 _NULLABLE_TYPES: dict[str, type] = {
     "model.pretrained": str,
@@ -167,7 +173,11 @@ _NULLABLE_TYPES: dict[str, type] = {
     "solver.clip_grad_norm": float,
     "data.num_workers": int,
     "data.split_dir": str,
+    **{f"model.priors.{key}": list for key in _PRIOR_LISTS},
 }
+
+# Sections that `null` sets back to their defaults (model.priors: null derives every prior key).
+_NULL_RESETS: tuple[str, ...] = ("model.priors",)
 
 # Keys that also take a keyword (resolved when used) besides their type.
 _KEYWORDS: dict[str, tuple[str, ...]] = {
@@ -722,6 +732,9 @@ def _merge(config: dict[str, Any], update: Mapping[str, Any], source: str, prefi
         if key not in config:
             raise ConfigError(_unknown_key_message(dotted, source, config, prefix))
         if isinstance(config[key], dict):
+            if value is None and dotted in _NULL_RESETS:
+                config[key] = copy.deepcopy(_lookup(_DEFAULTS, dotted))
+                continue
             if not isinstance(value, Mapping):
                 raise ConfigError(
                     f"Config key '{dotted}' (in {source}) must be a mapping of "
@@ -876,8 +889,8 @@ def _check_number_list(config: dict[str, Any], dotted: str, rule: _NumberList) -
     section[leaf] = converted
 
 
-def _check_aspect_ratios(ratios: list) -> None:
-    for index, item in enumerate(ratios):
+def _check_aspect_ratios(ratios: list | None) -> None:
+    for index, item in enumerate(ratios or ()):
         if not isinstance(item, list) or not all(
                 isinstance(_as_float(r), float) and 0 < _as_float(r) < math.inf for r in item):
             raise ConfigError("Config key 'model.priors.aspect_ratios' must be one list of "
@@ -896,9 +909,9 @@ def _check_image_sets(dotted: str, sets: list) -> None:
 
 def _check_cross_keys(config: dict[str, Any]) -> None:
     priors = config["model"]["priors"]
-    lengths = {name: len(priors[name]) for name in
-               ("feature_maps", "steps", "min_sizes", "max_sizes", "aspect_ratios")}
-    if len(set(lengths.values())) != 1:
+    lengths = {name: len(priors[name]) for name in _PRIOR_LISTS
+               if priors[name] is not None}  # null: derived, one per feature map
+    if len(set(lengths.values())) > 1:
         raise ConfigError(
             "Config keys model.priors.{feature_maps, steps, min_sizes, max_sizes, aspect_ratios} "
             f"must have one entry per feature map; got lengths {lengths}"

@@ -86,9 +86,10 @@ def test_match_two_objects_competing_for_one_prior():
 
 def test_prior_iou_is_pairwise_iou_bit_for_bit():
     from ssd.config import load_config
+    from ssd.modeling import resolve_priors
     from ssd.priors import priors_from_config
 
-    cfg = load_config()
+    cfg = resolve_priors(load_config())  # SSD300: vgg16 at 300 px
     priors = cxcywh_to_xyxy(priors_from_config(cfg.model.priors, cfg.model.image_size))
     generator = torch.Generator().manual_seed(0)
     low = torch.rand(3, 5, 2, generator=generator) * 0.7

@@ -11,6 +11,7 @@ from torchvision.ops import box_iou
 
 from ssd.config import load_config
 from ssd.loss import FocalLoss, MultiBoxLoss, assign_targets, build_loss, hard_negative_mask, prepare_targets
+from ssd.modeling import resolve_priors
 from ssd.priors import default_boxes, priors_from_config
 
 VARIANCES = (0.1, 0.2)
@@ -449,7 +450,7 @@ def _classic_benchmark():
 @pytest.mark.parametrize("seed", [0, 1])
 def test_multibox_equals_the_classic_algorithm_on_ssd300_priors(seed):
     bench = _classic_benchmark()
-    cfg = load_config()
+    cfg = resolve_priors(load_config())  # SSD300: vgg16 at 300 px
     priors = priors_from_config(cfg.model.priors, cfg.model.image_size)
     loc, conf, targets = bench.make_batch(priors, batch=4, seed=seed)
     loc_a, conf_a, loc_b, conf_b = _leaves(loc, conf, loc, conf)

@@ -45,6 +45,7 @@ from ssd.evaluation import coco_numbers
 from ssd.fileio import atomic_torch_save, remove_stale_temporaries
 from ssd.loss import build_loss
 from ssd.modeling import build_model
+from ssd.modeling.registry import describe_derived_priors, resolve_priors
 from ssd.postprocess import build_postprocessor
 from ssd.precision import (
     autocast_context,
@@ -354,6 +355,9 @@ class Trainer:
             ))
 
         model = _build_model(cfg, device, init_weights, class_names=train_set.class_names)
+        if model.derived_prior_keys and dist.is_main:
+            logger.info(describe_derived_priors(model))
+        cfg = resolve_priors(cfg, model)  # checkpoints store the derived values
         solver = cfg.solver
         optimizer = build_optimizer(model, solver.lr, solver.momentum, solver.weight_decay,
                                     name=solver.optimizer)

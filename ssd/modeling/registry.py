@@ -8,6 +8,9 @@ Config validation reads the valid names of model.backbone from here.
 
 from __future__ import annotations
 
+import torch
+
+from ssd.config import Config, load_config_from_dict
 from ssd.modeling.mobilenet import SSDLiteMobileNetV3
 from ssd.modeling.resnet import ResNet50SSD
 from ssd.modeling.ssd import SSD
@@ -34,3 +37,31 @@ def build_model(cfg) -> SSD:
             f"No backbone named '{name}' (model.backbone); known: {', '.join(sorted(BACKBONES))}"
         )
     return BACKBONES[name].from_config(cfg.model)
+
+
+def resolve_priors(cfg: Config, model: SSD | None = None) -> Config:
+    """`cfg` with every model.priors key set to the value the model uses, so that it builds the
+    same priors on its own (a checkpoint's config, a script that reads the settings).
+
+    Args:
+        cfg: a config whose model.priors keys may be null (derived from the backbone).
+        model: the model built from `cfg`; None builds it on the meta device (no weights and
+            no arithmetic: only the feature map sizes are worked out).
+
+    Returns `cfg` itself when no key is null.
+    """
+    if all(value is not None for value in cfg.model.priors.to_dict().values()):
+        return cfg
+    if model is None:
+        with torch.device("meta"):
+            model = build_model(cfg)
+    data = cfg.to_dict()
+    data["model"]["priors"] = dict(model.prior_settings)
+    return load_config_from_dict(data, source="the config with its derived model.priors")
+
+
+def describe_derived_priors(model: SSD) -> str:
+    """One line naming the prior settings `model` derived from its backbone and their values."""
+    derived = ", ".join(f"{key} {model.prior_settings[key]}" for key in model.derived_prior_keys)
+    return (f"model.priors derived from {type(model).__name__} at {model.image_size} px "
+            f"(stored in checkpoints): {derived}")
