@@ -23,7 +23,8 @@ With data.skip_bad=true, test images that cannot be read are left out of the eva
 Exit status: 0 when a mAP was computed; 1 when the evaluation ran but no class has countable
 (non-difficult) ground truth in the evaluated images, so the mAP is n/a (null in
 results.json; the outputs are still written); 2 for bad input (missing weights, empty test
-split, ...), reported as "error: ..." without a traceback.
+split, ...) and for an output folder that cannot be written (checked before the evaluation
+runs) or a full disk, reported as "error: ..." without a traceback.
 """
 
 from __future__ import annotations
@@ -38,7 +39,7 @@ import torch
 
 from ssd.cli.common import add_version_argument, load_cli_config, pick_device, run_cli
 from ssd.config import merge_overrides
-from ssd.fileio import atomic_write
+from ssd.fileio import atomic_write, check_writable_folder
 from ssd.precision import PRECISIONS
 
 DEFAULT_CONFIG = "configs/voc300.yaml"
@@ -92,6 +93,7 @@ def main(argv: list[str] | None = None) -> int:
     from ssd.precision import default_precision, prepare_for_inference
     from ssd.weights import build_model_from_weights
 
+    out_dir = args.output or Path("eval") / Path(args.weights).stem
     fallback = load_cli_config(args.config or DEFAULT_CONFIG)
     model, cfg = build_model_from_weights(args.weights, cfg=fallback)
     cfg = merge_overrides(cfg, [*args.opts, *flag_overrides(args)])
@@ -101,12 +103,12 @@ def main(argv: list[str] | None = None) -> int:
     loader = make_eval_loader(dataset, build_transform(cfg, train=False),
                               batch_size=cfg.test.batch_size, num_workers=cfg.data.num_workers,
                               pin_memory=device.startswith("cuda"))
+    check_writable_folder(out_dir)  # before the evaluation, not after it
     model = prepare_for_inference(model, device, precision)
     if args.compile:
         model = torch.compile(model)
     result = evaluate_model(model, dataset, loader, device, build_postprocessor(cfg),
                             cfg.test.metric, precision=precision, progress=not args.no_progress)
-    out_dir = args.output or Path("eval") / Path(args.weights).stem
     skipped = skipped_files(dataset, result)
     print_skipped(skipped)
     print_table(result, cfg.test.metric)

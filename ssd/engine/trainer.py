@@ -33,7 +33,7 @@ from ssd.engine.freeze import freeze_modules
 from ssd.engine.inference import evaluate_model, make_eval_loader
 from ssd.engine.metrics_log import MetricsLog, plot_metrics
 from ssd.engine.solver import advance_schedule, build_optimizer, build_scheduler, set_schedule_iteration
-from ssd.fileio import atomic_torch_save, remove_stale_temporaries
+from ssd.fileio import atomic_torch_save, check_writable_folder, remove_stale_temporaries
 from ssd.loss import build_loss
 from ssd.modeling import build_model
 from ssd.postprocess import build_postprocessor
@@ -289,6 +289,8 @@ class Trainer:
             device = torch.device("cuda", dist.local_rank)
         output_dir = Path(output_dir or cfg.train.output_dir)
         _refuse_another_run(output_dir, resume, overwrite)  # before any heavy work
+        if dist.is_main:  # only rank 0 writes there
+            check_writable_folder(output_dir)
         batch_size = cfg.solver.batch_size
         if batch_size % dist.world_size:
             raise TrainingError(
