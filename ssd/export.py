@@ -55,7 +55,7 @@ EXPORTERS = ("auto", "dynamo", "torchscript")
 
 
 def _torch_onnx_constant(name: str, fallback: int) -> int:
-    """An opset bound of the installed torch.onnx (fallback: torch 2.9's value)."""
+    """An opset bound of the installed torch.onnx (fallback: torch 2.14's value)."""
     try:
         from torch.onnx import _constants
     except ImportError:
