@@ -179,10 +179,13 @@ def check_writable_folder(folder: str | Path) -> Path:
 def note_failed_action(err: OSError, action: str, path: str | Path,
                        temp: str | Path | None = None) -> OSError:
     """Name on `err` what failed (`action`, e.g. "cannot write") and the file it concerns:
-    `path` replaces a missing file name or the name of `path`'s temp file `temp`. An action
-    named earlier (closer to the failure) is kept. Returns `err`."""
+    `path` replaces a missing file name or the name of `path`'s temp file `temp` (not on an
+    error raised with a message of its own). An action named earlier (closer to the failure)
+    is kept. Returns `err`."""
     if getattr(err, FAILED_ACTION_ATTRIBUTE, None) is None:
         setattr(err, FAILED_ACTION_ATTRIBUTE, action)
+    if err.errno is None:  # OSError("message"): a file name would replace the message
+        return err
     if err.filename is None or (temp is not None and str(err.filename) == str(temp)):
         err.filename = str(path)
     return err
