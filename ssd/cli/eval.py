@@ -88,7 +88,7 @@ def main(argv: list[str] | None = None) -> int:
     """Run the evaluation; returns the exit status (see the module docstring)."""
     args = parse_args(argv)
     from ssd.data import build_dataset, build_transform
-    from ssd.engine.inference import evaluate_model, make_eval_loader
+    from ssd.engine.inference import check_has_images, evaluate_model, make_eval_loader
     from ssd.postprocess import build_postprocessor
     from ssd.precision import default_precision, prepare_for_inference
     from ssd.weights import build_model_from_weights
@@ -103,6 +103,7 @@ def main(argv: list[str] | None = None) -> int:
     loader = make_eval_loader(dataset, build_transform(cfg, train=False),
                               batch_size=cfg.test.batch_size, num_workers=cfg.data.num_workers,
                               pin_memory=device.startswith("cuda"))
+    check_has_images(dataset)  # bad input first: no output folder is made for it
     check_writable_folder(out_dir)  # before the evaluation, not after it
     model = prepare_for_inference(model, device, precision)
     if args.compile:
