@@ -35,7 +35,8 @@ With data.skip_bad=true, test images that cannot be read are left out of the eva
 Exit status: 0 when a mAP was computed; 1 when the evaluation ran but no class has countable
 (non-difficult) ground truth in the evaluated images, so the mAP is n/a (null in
 results.json; the outputs are still written); 2 for bad input (missing weights, empty test
-split, ...), reported as "error: ..." without a traceback.
+split, ...) and for an output folder that cannot be written (checked before the evaluation
+runs) or a full disk, reported as "error: ..." without a traceback.
 """
 
 from __future__ import annotations
@@ -51,7 +52,7 @@ import torch
 
 from ssd.cli.common import add_version_argument, load_cli_config, pick_device, run_cli
 from ssd.config import merge_overrides
-from ssd.fileio import atomic_write
+from ssd.fileio import atomic_write, check_writable_folder
 from ssd.precision import PRECISIONS
 
 logger = logging.getLogger(__name__)
@@ -102,12 +103,13 @@ def main(argv: list[str] | None = None) -> int:
     """Run the evaluation; returns the exit status (see the module docstring)."""
     args = parse_args(argv)
     from ssd.data import build_dataset, build_transform
-    from ssd.engine.inference import evaluate_model, make_eval_loader
+    from ssd.engine.inference import check_has_images, evaluate_model, make_eval_loader
     from ssd.evaluation.voc_results import results_file_names
     from ssd.postprocess import build_postprocessor
     from ssd.precision import default_precision, prepare_for_inference
     from ssd.weights import build_model_from_weights
 
+    out_dir = args.output or Path("eval") / Path(args.weights).stem
     fallback = load_cli_config(args.config or DEFAULT_CONFIG)
     model, model_cfg = build_model_from_weights(args.weights, cfg=fallback)
     model_classes = model_class_names(model_cfg, args.weights)
@@ -120,13 +122,14 @@ def main(argv: list[str] | None = None) -> int:
     loader = make_eval_loader(dataset, build_transform(cfg, train=False),
                               batch_size=cfg.test.batch_size, num_workers=cfg.data.num_workers,
                               pin_memory=device.startswith("cuda"))
+    check_has_images(dataset)  # bad input first: no output folder is made for it
+    check_writable_folder(out_dir)  # before the evaluation, not after it
     model = prepare_for_inference(model, device, precision)
     if args.compile:
         model = torch.compile(model)
     result = evaluate_model(model, dataset, loader, device, build_postprocessor(cfg),
                             cfg.test.metric, precision=precision, progress=not args.no_progress,
                             class_names=model_classes)
-    out_dir = args.output or Path("eval") / Path(args.weights).stem
     skipped = skipped_files(dataset, result)
     print_skipped(skipped)
     print_table(result, cfg.test.metric)

@@ -42,7 +42,7 @@ from ssd.engine.metrics_log import MetricsLog, plot_metrics
 from ssd.engine.run_lock import RunLock
 from ssd.engine.solver import advance_schedule, build_optimizer, build_scheduler, set_schedule_iteration
 from ssd.evaluation import coco_numbers
-from ssd.fileio import atomic_torch_save, remove_stale_temporaries
+from ssd.fileio import atomic_torch_save, check_writable_folder, remove_stale_temporaries
 from ssd.loss import build_loss
 from ssd.modeling import build_model
 from ssd.modeling.registry import describe_derived_priors, resolve_priors
@@ -330,6 +330,8 @@ class Trainer:
         if device.type == "cuda" and dist.enabled:
             device = torch.device("cuda", dist.local_rank)
         _refuse_another_run(output_dir, resume, overwrite)  # before any heavy work
+        if dist.is_main:  # only rank 0 writes there
+            check_writable_folder(output_dir)
         batch_size = cfg.solver.batch_size
         check_global_batch(batch_size, dist.world_size)
         _seed_everything(cfg.train.seed)
