@@ -30,6 +30,7 @@ import torch
 import yaml
 from torch import nn
 
+from ssd.commands import clone_script, command
 from ssd.config import Config, load_checkpoint_config, load_config
 from ssd.data.build import class_names_for
 from ssd.data.voc import VOC_CLASSES
@@ -205,7 +206,7 @@ def read_checkpoint(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str
     """
     missing = (
         f"Weights file not found: {path}. Train a model with "
-        f"`python scripts/train.py --config configs/shapes.yaml` (checkpoints are written to "
+        f"`{command('ssd-train')} --config configs/shapes.yaml` (checkpoints are written to "
         f"train.output_dir, e.g. runs/shapes/best.pth), or put published weights such as "
         f"ssd300_mAP_77.43_v2.pth in weights/."
     )
@@ -414,8 +415,9 @@ def load_vgg_backbone(model: nn.Module, path: str | Path) -> None:
     missing = (
         f"VGG16 backbone weights not found: {path} (model.pretrained). Put the reduced-fc "
         f"VGG16 at {REDUCED_FC_FILE}, or make it from torchvision's ImageNet VGG16 "
-        f"({TORCHVISION_VGG16_FILE}): python scripts/convert_vgg.py {TORCHVISION_VGG16_FILE} "
-        f"{REDUCED_FC_FILE}. To train from scratch instead, set model.pretrained=null."
+        f"({TORCHVISION_VGG16_FILE}): "
+        f"{clone_script('convert_vgg.py', f'{TORCHVISION_VGG16_FILE} {REDUCED_FC_FILE}')}. "
+        "To train from scratch instead, set model.pretrained=null."
     )
     state_dict, _ = _read_weights_file(path, missing)
     if any(key.startswith("vgg.") for key in state_dict):
@@ -446,7 +448,7 @@ def load_pretrained_backbone(model: nn.Module, pretrained: str) -> None:
             raise WeightsError(
                 f"model.pretrained={TORCHVISION_PRETRAINED} is for the backbones with torchvision "
                 f"ImageNet weights (mobilenet_v3_large, resnet50); vgg16 takes a reduced-fc VGG16 "
-                f"file such as {REDUCED_FC_FILE} (made by scripts/convert_vgg.py)"
+                f"file such as {REDUCED_FC_FILE} (made by {clone_script('convert_vgg.py')})"
             )
         load_vgg_backbone(model, pretrained)
     else:
@@ -571,8 +573,9 @@ def _layout_hint(keys: list[str]) -> str:
     if any(k.startswith("features.") for k in keys) and any(k.startswith("classifier.") for k in keys):
         return (
             "This is torchvision's ImageNet VGG16 layout (features.N / classifier.N), a "
-            "classifier, not a detector: convert it with python scripts/convert_vgg.py "
-            f"{TORCHVISION_VGG16_FILE} {REDUCED_FC_FILE} and set model.pretrained to the result."
+            "classifier, not a detector: convert it with "
+            f"{clone_script('convert_vgg.py', f'{TORCHVISION_VGG16_FILE} {REDUCED_FC_FILE}')} and "
+            "set model.pretrained to the result."
         )
     if keys and all(re.match(r"\d+\.", key) for key in keys):
         return (

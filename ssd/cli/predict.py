@@ -42,6 +42,7 @@ import time
 from pathlib import Path
 
 from ssd.cli.common import add_version_argument, load_cli_config, pick_device, run_cli
+from ssd.commands import clone_doc
 from ssd.fileio import atomic_write, check_writable_folder
 
 DEFAULT_WEIGHTS = Path("weights") / "ssd300.pth"  # relative to the working directory
@@ -57,8 +58,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--camera", type=int, metavar="INDEX",
                         help="also show camera INDEX (0: the first one) live in a window")
     parser.add_argument("--weights", default=str(DEFAULT_WEIGHTS),
-                        help=f"checkpoint or classic state_dict (default {DEFAULT_WEIGHTS}; "
-                             "see weights/README.md)")
+                        help=f"checkpoint or classic state_dict (default {DEFAULT_WEIGHTS})"
+                             f"{clone_doc('weights/README.md')}")
     parser.add_argument("--config", help="YAML config, used when the weights carry none "
                                          "(default: configs/voc300.yaml)")
     parser.add_argument("--score-threshold", type=float, default=0.5,

@@ -32,6 +32,7 @@ import logging
 from pathlib import Path
 from typing import Callable
 
+from ssd.commands import command
 from ssd.config import Config, ConfigError, load_config_from_dict, merge_overrides
 from ssd.data.coco import COCODataset
 from ssd.data.common import DataError, DetectionDataset
@@ -219,10 +220,10 @@ def _require_shapes(root: str, shapes) -> None:
     state = "does not exist" if found is None else f"was made with other settings ({found})"
     raise DataError(
         f"No shapes data set with data.shapes={dict(shapes.to_dict())} under {folder}: it {state}. "
-        "Evaluation does not generate data sets: make it with python scripts/make_shapes.py "
+        f"Evaluation does not generate data sets: make it with {command('ssd-make-shapes')} "
         f"--root {root} --num-train {shapes.num_train} --num-test {shapes.num_test} --image-size "
         f"{shapes.image_size} --seed {shapes.seed}, or train with this config first "
-        "(python scripts/train.py --config ...), which generates it",
+        f"({command('ssd-train')} --config ...), which generates it",
         "missing data set", folder)
 
 

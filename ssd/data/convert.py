@@ -40,6 +40,7 @@ import numpy as np
 import yaml
 from tqdm import tqdm
 
+from ssd.commands import command
 from ssd.data.coco import COCODataset
 from ssd.data.common import DetectionDataset
 from ssd.data.voc import VOCDataset, read_split, voc_annotation_file
@@ -408,7 +409,7 @@ def convert_dataset(root: str | Path, out: str | Path, source: str, target: str,
             WRITERS[target](collection, staging, lambda: bar.update(1))
         snippet = config_snippet(target, out, collection)
         (staging / "README.txt").write_text(
-            f"Converted from the {source} data set at {root} by scripts/convert_dataset.py.\n"
+            f"Converted from the {source} data set at {root} by {command('ssd-convert')}.\n"
             f"Splits: {', '.join(f'{s} ({len(i)} images)' for s, i in collection.splits.items())}.\n"
             f"Class names in label order: {', '.join(collection.class_names)}.\n"
             f"Config to read it (set the train / test splits you want):\n\n{snippet}")
