@@ -176,14 +176,13 @@ def _expand_input(item: str) -> tuple[list[Path], str | None]:
 def run(predictor, paths: list[Path], out: Path, batch_size: int, progress: bool):
     """Detect, draw and print every image; returns ({path: entry}, [(path, reason)] for the
     images that could not be read)."""
-    from tqdm import tqdm
-
     from ssd.drawing import save_image
     from ssd.images import load_image
+    from ssd.progress import progress_bar, write_line
 
     results, failures = {}, []
     names = output_names(paths)
-    with tqdm(total=len(paths), unit="image", disable=not progress, dynamic_ncols=True) as bar:
+    with progress_bar(total=len(paths), unit="image", enabled=progress) as bar:
         for start in range(0, len(paths), batch_size):
             batch, images = [], []
             for path in paths[start:start + batch_size]:
@@ -192,11 +191,11 @@ def run(predictor, paths: list[Path], out: Path, batch_size: int, progress: bool
                     batch.append(path)
                 except (OSError, ValueError) as err:
                     failures.append((str(path), str(err)))
-                    tqdm.write(f"error: {err} (skipped)", file=sys.stderr)
+                    write_line(f"error: {err} (skipped)", file=sys.stderr)
             for path, image, found in zip(batch, images, predictor.predict_batch(images)):
                 drawn_path = out / f"{names[path]}{DETECTIONS_SUFFIX}.jpg"
                 save_image(drawn_path, predictor.draw(image, found))
-                tqdm.write(format_table(path, image.shape, found))
+                write_line(format_table(path, image.shape, found))
                 results[str(path)] = {"width": image.shape[1], "height": image.shape[0],
                                       "drawn": str(drawn_path), "detections": found}
             bar.update(len(paths[start:start + batch_size]))
