@@ -7,8 +7,8 @@ import subprocess
 import sys
 
 import pytest
-from trainer_helpers import REPO_ROOT, TRAIN_SCRIPT, train_argv, train_main
 from tqdm import tqdm
+from trainer_helpers import REPO_ROOT, TRAIN_SCRIPT, train_argv, train_main
 
 from ssd.progress import PlainProgress, progress_bar, shows_bar
 
