@@ -29,9 +29,9 @@ from typing import Any, Callable, Iterator
 
 import cv2
 import numpy as np
-from tqdm import tqdm
 
 from ssd.fileio import CANNOT_WRITE, note_failed_action, publish_staged
+from ssd.progress import progress_bar
 
 VIDEO_EXTENSIONS = (".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v", ".mpg", ".mpeg", ".wmv")
 FALLBACK_FPS = 25.0  # for sources that report no frame rate (some cameras and streams)
@@ -282,7 +282,7 @@ def predict_video(
         video_out: where to write the video with boxes drawn (same size and frame rate).
         json_out: where to write one JSON line of detections per frame.
         show: show each drawn frame in a window (press q or Esc to stop).
-        progress: a tqdm bar counting frames (its rate is frames/s).
+        progress: a progress bar counting frames (its rate is frames/s).
 
     Returns:
         a `VideoSummary` (frames, fps, size, wall time).
@@ -341,8 +341,7 @@ def predict_video(
     writer_thread = threading.Thread(target=_consume, args=(results, handle, failure), daemon=True)
     reader.start()
     writer_thread.start()
-    bar = tqdm(total=total, desc=Path(name).name, unit="frame", disable=not progress,
-               dynamic_ncols=True)
+    bar = progress_bar(total=total, desc=Path(name).name, unit="frame", enabled=progress)
     complete = False
     try:
         while (batch := batches.get()) is not _END and not stop.is_set() and not failure:

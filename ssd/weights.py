@@ -382,16 +382,36 @@ def load_training_weights(
         ClassMapError: `class_map` names a class in neither list.
     """
     state_dict, stored = read_checkpoint(path)
-    source_names = trained_class_names(state_dict, stored, str(path))
+    return transfer_checkpoint(model, state_dict, stored, str(path), class_names, class_map)
+
+
+def transfer_checkpoint(
+    model: nn.Module, state_dict: Mapping[str, torch.Tensor], stored_config: Mapping[str, Any] | None,
+    source: str, class_names: Sequence[str], class_map: Mapping[str, str] | None = None,
+) -> TransferReport | None:
+    """`load_training_weights` for weights already read (`read_checkpoint`): load strictly when
+    they were trained on `class_names`, else transfer them by class name (`transfer_weights`).
+
+    Args:
+        model: the detector built for `class_names` (in place).
+        state_dict, stored_config: what `read_checkpoint` returned for `source`.
+        source: the weights file, for messages.
+        class_names: the foreground classes of `model` in label order.
+        class_map: model.class_map, {new class: source class} for renamed classes.
+
+    Returns:
+        the transfer's report (also logged), or None when the weights loaded strictly.
+    """
+    source_names = trained_class_names(state_dict, stored_config, source)
     if source_names is None or (list(source_names) == list(class_names) and not class_map):
-        load_model_weights(model, state_dict, source=str(path))
+        load_model_weights(model, state_dict, source=source)
         return None
-    logger.info("%s was trained for %d classes (%s); this config has %d (%s): fine-tuning",
-                path, len(source_names), _preview(list(source_names)), len(class_names),
-                _preview(list(class_names)))
+    logger.info("%s was trained for %d classes (%s); this config has %d (%s): transferring the "
+                "weights by class name", source, len(source_names), _preview(list(source_names)),
+                len(class_names), _preview(list(class_names)))
     hint = ("Apart from the classes, fine-tuning needs the weights of the same architecture: use "
             "the model.backbone, model.image_size and model.priors the weights were trained with.")
-    check_state_dict(model, state_dict, str(path), hint=hint, class_rows_may_differ=True)
+    check_state_dict(model, state_dict, source, hint=hint, class_rows_may_differ=True)
     return transfer_weights(model, state_dict, source_names, class_names, class_map)
 
 

@@ -158,3 +158,35 @@ def test_messages_name_the_installed_commands_outside_a_clone(tmp_path, monkeypa
                                                   "not an installed command)")
     with pytest.raises(KeyError, match="no command named 'ssd-nope'"):
         command_here("ssd-nope")
+# ------------------------------------------------------------------------ option names
+# (command module, arguments every call needs): one name per concept across the commands
+OUTPUT_COMMANDS = [(train_cli, []), (eval_cli, ["--weights", "w.pth"]),
+                   (predict_cli, ["image.jpg"]), (export_cli, ["--weights", "w.pth"])]
+THRESHOLD_COMMANDS = [(eval_cli, ["--weights", "w.pth"]), (predict_cli, ["image.jpg"])]
+
+
+@pytest.mark.parametrize("module, required", OUTPUT_COMMANDS)
+def test_every_command_takes_output_and_the_old_out_spelling(module, required):
+    new = module.parse_args([*required, "--output", "somewhere"])
+    assert str(new.output) == "somewhere"
+    if module is not train_cli:  # train always spelled it --output
+        assert module.parse_args([*required, "--out", "somewhere"]) == new
+
+
+@pytest.mark.parametrize("module, required", THRESHOLD_COMMANDS)
+def test_score_threshold_and_the_old_conf_threshold_spelling(module, required):
+    new = module.parse_args([*required, "--score-threshold", "0.3"])
+    assert new.score_threshold == 0.3
+    if module is eval_cli:  # eval spelled it --conf-threshold
+        assert module.parse_args([*required, "--conf-threshold", "0.3"]) == new
+        assert eval_cli.flag_overrides(new) == ["test.conf_threshold=0.3"]
+
+
+@pytest.mark.parametrize("module", [eval_cli, predict_cli, export_cli])
+def test_help_marks_the_old_spellings(module, capsys):
+    with pytest.raises(SystemExit):
+        module.parse_args(["--help"])
+    shown = " ".join(capsys.readouterr().out.split())
+    for old in ("--out", "--conf-threshold"):
+        if f"{old} " in shown:
+            assert f"{old} is the old spelling" in shown

@@ -25,7 +25,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--from", dest="source", required=True, choices=FORMATS, help="input format")
     parser.add_argument("--to", dest="target", required=True, choices=FORMATS, help="output format")
     parser.add_argument("--root", type=Path, required=True, help="input data set folder")
-    parser.add_argument("--out", type=Path, required=True,
+    parser.add_argument("--output", "--out", type=Path, required=True,
                         help="output folder (must be empty or absent unless --overwrite)")
     parser.add_argument("--class-names", default=None,
                         help="comma-separated classes in label order (VOC input: default the "
@@ -38,7 +38,7 @@ def main(argv: list[str] | None = None) -> int:
     names = [name.strip() for name in args.class_names.split(",")] if args.class_names else None
     if names is not None and (not all(names) or len(set(names)) != len(names)):
         parser.error(f"--class-names needs distinct, non-empty names, got {args.class_names!r}")
-    convert_dataset(args.root, args.out, args.source, args.target, class_names=names,
+    convert_dataset(args.root, args.output, args.source, args.target, class_names=names,
                     overwrite=args.overwrite, progress=not args.no_progress)
     return 0
 

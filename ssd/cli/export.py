@@ -1,8 +1,8 @@
 """Export a trained SSD to ONNX, with a dynamic batch, and check it with onnxruntime
 (ssd-export, or python scripts/export_onnx.py in a clone).
 
-    ssd-export --weights runs/shapes/best.pth --out ssd7.onnx
-    ssd-export --weights weights/ssd300_mAP_77.43_v2.pth --out ssd300.onnx --with-postprocess
+    ssd-export --weights runs/shapes/best.pth --output ssd7.onnx
+    ssd-export --weights weights/ssd300_mAP_77.43_v2.pth --output ssd300.onnx --with-postprocess
 
 The model takes images float32 [B, 3, S, S] in RGB channel order minus the mean pixel (what
 ssd.data.BaseTransform makes of an OpenCV BGR image) and returns boxes [B, P, 4] (x1, y1, x2,
@@ -34,7 +34,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--weights", required=True, help="checkpoint or classic state_dict")
     parser.add_argument("--config", help="YAML config, used when the weights carry none "
                                          "(default: the built-in SSD300 VOC model)")
-    parser.add_argument("--out", type=Path, default=Path("ssd300.onnx"), help="output .onnx")
+    parser.add_argument("--output", "--out", type=Path, default=Path("ssd300.onnx"),
+                        help="output .onnx (default ssd300.onnx; --out is the old spelling)")
     parser.add_argument("--with-postprocess", action="store_true",
                         help="add NMS: det_boxes, det_scores, det_labels, num_detections")
     parser.add_argument("--opset", type=int, help="ONNX opset (default: the exporter's)")
@@ -59,11 +60,11 @@ def main(argv: list[str] | None = None) -> int:
     settings = postprocess_settings(cfg) if args.with_postprocess else None
     wrapper = ExportedSSD(model, cfg.model.variances, settings).eval()
     size = cfg.model.image_size
-    used = export(wrapper, size, args.out, args.opset, args.exporter)
-    print(f"Wrote {args.out} ({used} exporter): images [B, 3, {size}, {size}] -> "
+    used = export(wrapper, size, args.output, args.opset, args.exporter)
+    print(f"Wrote {args.output} ({used} exporter): images [B, 3, {size}, {size}] -> "
           f"{', '.join(wrapper.output_names())}; {len(model.priors)} priors, "
           f"{cfg.model.num_classes} classes" + (f"; NMS with {settings}" if settings else ""))
-    differences = verify_with_onnxruntime(wrapper, args.out, size, cfg.data.mean, image)
+    differences = verify_with_onnxruntime(wrapper, args.output, size, cfg.data.mean, image)
     return report(differences, args.tolerance)
 
 

@@ -3,21 +3,21 @@ write them as JSON (ssd-predict, or python scripts/predict.py in a clone).
 
     ssd-predict image.jpg --weights weights/ssd300_mAP_77.43_v2.pth
     ssd-predict photos/ more.png "shots/*.jpg" --weights runs/shapes/best.pth --json
-    ssd-predict image.jpg --score-threshold 0.3 --precision fp32 --out drawn/
+    ssd-predict image.jpg --score-threshold 0.3 --precision fp32 --output drawn/
     ssd-predict clip.mp4 --weights runs/shapes/best.pth --json     # out/clip_det.mp4 + .jsonl
     ssd-predict --camera 0 --weights runs/shapes/best.pth          # a live window (q or Esc)
 
 Inputs are image files, folders (their images, not recursive), glob patterns and video files
-(by extension: .mp4, .avi, .mov, .mkv, ...). For each image, <out>/<name>_det.jpg shows the
+(by extension: .mp4, .avi, .mov, .mkv, ...). For each image, <output>/<name>_det.jpg shows the
 boxes with class names and scores, and a table of the detections is printed; --json also
-writes <out>/detections.json (boxes in the original image's pixels, x1 y1 x2 y2). Images go
+writes <output>/detections.json (boxes in the original image's pixels, x1 y1 x2 y2). Images go
 through the network --batch-size at a time, with a progress bar when there are several.
 
-A video gives <out>/<name>_det.mp4 (the input's size and frame rate, boxes drawn) and with
---json <out>/<name>_det.jsonl, one line per frame: {"frame", "time", "detections"}; the
+A video gives <output>/<name>_det.mp4 (the input's size and frame rate, boxes drawn) and with
+--json <output>/<name>_det.jsonl, one line per frame: {"frame", "time", "detections"}; the
 progress bar counts frames and frames/s, and the frames/s of the whole pass is printed at the
 end. --camera INDEX shows a camera's frames with their detections in a window (it needs a
-display; with --json the detections also go to <out>/camera<INDEX>_det.jsonl).
+display; with --json the detections also go to <output>/camera<INDEX>_det.jsonl).
 
 An input that cannot be read (a missing file, a corrupt image or video, a video that stops
 decoding before the frame count its container states) is reported with its path and skipped
@@ -46,7 +46,7 @@ from ssd.commands import clone_doc
 from ssd.fileio import atomic_write, check_writable_folder
 
 DEFAULT_WEIGHTS = Path("weights") / "ssd300.pth"  # relative to the working directory
-DETECTIONS_SUFFIX = "_det"  # <out>/<name>_det.jpg, <name>_det.mp4, <name>_det.jsonl
+DETECTIONS_SUFFIX = "_det"  # <output>/<name>_det.jpg, <name>_det.mp4, <name>_det.jsonl
 VIDEO_OUT_EXTENSION = ".mp4"
 
 
@@ -67,9 +67,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--nms-threshold", type=float,
                         help="NMS IoU threshold (default: test.nms_threshold, 0.45)")
     parser.add_argument("--top-k", type=int, help="detections kept per image (default: test.top_k, 200)")
-    parser.add_argument("--out", type=Path, default=Path("out"), help="output folder (default out/)")
+    parser.add_argument("--output", "--out", type=Path, default=Path("out"),
+                        help="output folder (default out/; --out is the old spelling)")
     parser.add_argument("--device", help="cpu, cuda or cuda:N (default: cuda when available)")
-    parser.add_argument("--json", action="store_true", help="also write <out>/detections.json")
+    parser.add_argument("--json", action="store_true", help="also write <output>/detections.json")
     parser.add_argument("--precision", choices=["fp32", "bf16", "fp16"],
                         help="inference precision (default: the fastest safe one for the device)")
     parser.add_argument("--batch-size", type=int, default=8, help="images per forward pass (default 8)")
@@ -93,7 +94,7 @@ def main(argv: list[str] | None = None) -> int:
         raise FileNotFoundError("; ".join(reason for _, reason in failures))
     for _, reason in failures:
         print(f"error: {reason} (skipped)", file=sys.stderr)
-    check_writable_folder(args.out)  # before the model loads: fail fast
+    check_writable_folder(args.output)  # before the model loads: fail fast
     weights = Path(args.weights)
     config = load_cli_config(args.config) if args.config else None
     predictor = Predictor(weights, config=config, device=pick_device(args.device),
@@ -101,26 +102,26 @@ def main(argv: list[str] | None = None) -> int:
                           nms_threshold=args.nms_threshold, top_k=args.top_k,
                           batch_size=args.batch_size)
     start = time.perf_counter()
-    results, unreadable = run(predictor, images, args.out, args.batch_size,
+    results, unreadable = run(predictor, images, args.output, args.batch_size,
                               progress=not args.no_progress and len(images) > 1)
     image_seconds = time.perf_counter() - start
-    video_results, broken = run_videos(predictor, videos, args.out, args.json,
+    video_results, broken = run_videos(predictor, videos, args.output, args.json,
                                        progress=not args.no_progress)
     if args.camera is not None:
-        json_out = args.out / f"camera{args.camera}{DETECTIONS_SUFFIX}.jsonl" if args.json else None
+        json_out = args.output / f"camera{args.camera}{DETECTIONS_SUFFIX}.jsonl" if args.json else None
         summary = predict_video_inputs(predictor, args.camera, None, json_out, show=True,
                                        progress=not args.no_progress)
         video_results[summary.source] = summary
     failures += unreadable + broken
     if args.json:
-        write_json(args.out / "detections.json", results, failures, predictor, weights,
+        write_json(args.output / "detections.json", results, failures, predictor, weights,
                    video_results)
     found = sum(len(entry["detections"]) for entry in results.values())
     if images:
         rate = len(results) / image_seconds if image_seconds > 0 else 0.0
         print(f"{_count(len(results), 'image')}, {_count(found, 'detection')} (score > "
               f"{args.score_threshold}, {predictor.precision}) in {image_seconds:.1f} s: "
-              f"{rate:.1f} images/s (batch {args.batch_size}) -> {args.out}/")
+              f"{rate:.1f} images/s (batch {args.batch_size}) -> {args.output}/")
     if failures:
         print(f"{_count(len(failures), 'input')} failed (see the errors above)")
     return 1 if failures else 0
@@ -179,14 +180,13 @@ def _expand_input(item: str) -> tuple[list[Path], str | None]:
 def run(predictor, paths: list[Path], out: Path, batch_size: int, progress: bool):
     """Detect, draw and print every image; returns ({path: entry}, [(path, reason)] for the
     images that could not be read)."""
-    from tqdm import tqdm
-
     from ssd.drawing import save_image
     from ssd.images import load_image
+    from ssd.progress import progress_bar, write_line
 
     results, failures = {}, []
     names = output_names(paths)
-    with tqdm(total=len(paths), unit="image", disable=not progress, dynamic_ncols=True) as bar:
+    with progress_bar(total=len(paths), unit="image", enabled=progress) as bar:
         for start in range(0, len(paths), batch_size):
             batch, images = [], []
             for path in paths[start:start + batch_size]:
@@ -195,11 +195,11 @@ def run(predictor, paths: list[Path], out: Path, batch_size: int, progress: bool
                     batch.append(path)
                 except (OSError, ValueError) as err:
                     failures.append((str(path), str(err)))
-                    tqdm.write(f"error: {err} (skipped)", file=sys.stderr)
+                    write_line(f"error: {err} (skipped)", file=sys.stderr)
             for path, image, found in zip(batch, images, predictor.predict_batch(images)):
                 drawn_path = out / f"{names[path]}{DETECTIONS_SUFFIX}.jpg"
                 save_image(drawn_path, predictor.draw(image, found))
-                tqdm.write(format_table(path, image.shape, found))
+                write_line(format_table(path, image.shape, found))
                 results[str(path)] = {"width": image.shape[1], "height": image.shape[0],
                                       "drawn": str(drawn_path), "detections": found}
             bar.update(len(paths[start:start + batch_size]))
@@ -207,7 +207,7 @@ def run(predictor, paths: list[Path], out: Path, batch_size: int, progress: bool
 
 
 def run_videos(predictor, videos: list[Path], out: Path, write_json_lines: bool, progress: bool):
-    """Predict every video into <out>/<name>_det.mp4 (and <name>_det.jsonl); returns
+    """Predict every video into <output>/<name>_det.mp4 (and <name>_det.jsonl); returns
     ({path: VideoSummary}, [(path, reason)] for the videos that could not be read or written)."""
     from ssd.video import VideoError
 

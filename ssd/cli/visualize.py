@@ -51,7 +51,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                                                     "(default: loss.neg_pos_ratio, 3)")
     parser.add_argument("--max-tiles", type=int, default=36, help="mining: tiles drawn (hardest)")
     parser.add_argument("--seed", type=int, default=0, help="mining without --weights: init seed")
-    parser.add_argument("--out", type=Path, help="output PNG (default out/<image>_<kind>.png)")
+    parser.add_argument("--output", "--out", type=Path,
+                        help="output PNG (default out/<image>_<kind>.png; --out is the old spelling)")
     parser.add_argument("--opts", nargs="*", default=[], metavar="KEY=VALUE", help="config overrides")
     add_version_argument(parser)
     return parser.parse_args(argv)
@@ -71,7 +72,7 @@ def main(argv: list[str] | None = None) -> int:
     cfg = resolve_priors(cfg, model)  # the settings of priors left to the backbone
     priors = priors_from_config(cfg.model.priors, cfg.model.image_size)
     canvas = DRAW[args.kind](args, cfg, image, priors, model, truth)
-    out = args.out or Path("out") / f"{image_path.stem}_{args.kind}.png"
+    out = args.output or Path("out") / f"{image_path.stem}_{args.kind}.png"
     save_image(out, canvas)
     print(f"Wrote {out} ({canvas.shape[1]}x{canvas.shape[0]})")
     return 0

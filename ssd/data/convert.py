@@ -38,7 +38,6 @@ from xml.sax.saxutils import escape
 
 import numpy as np
 import yaml
-from tqdm import tqdm
 
 from ssd.commands import command
 from ssd.data.coco import COCODataset
@@ -46,6 +45,7 @@ from ssd.data.common import DetectionDataset
 from ssd.data.voc import VOCDataset, read_split, voc_annotation_file
 from ssd.data.yolo import YOLODataset
 from ssd.fileio import CANNOT_WRITE, note_failed_action, replace_directory, safe_file_name, safe_file_names
+from ssd.progress import progress_bar
 
 logger = logging.getLogger(__name__)
 
@@ -380,7 +380,7 @@ def convert_dataset(root: str | Path, out: str | Path, source: str, target: str,
         source, target: "voc", "coco" or "yolo".
         class_names: class list for sources that do not carry one (VOC; YOLO without
             data.yaml); where the source has its own, it must agree.
-        progress: a tqdm bar over the images written.
+        progress: a progress bar over the images written (`ssd.progress`).
 
     Returns the Collection that was written (class names, items per split).
 
@@ -404,8 +404,8 @@ def convert_dataset(root: str | Path, out: str | Path, source: str, target: str,
     shutil.rmtree(staging, ignore_errors=True)
     try:
         staging.mkdir(parents=True)
-        with tqdm(total=collection.num_images(), desc=f"{source} -> {target}", unit="image",
-                  disable=not progress) as bar:
+        with progress_bar(total=collection.num_images(), desc=f"{source} -> {target}",
+                          unit="image", enabled=progress) as bar:
             WRITERS[target](collection, staging, lambda: bar.update(1))
         snippet = config_snippet(target, out, collection)
         (staging / "README.txt").write_text(

@@ -12,17 +12,18 @@ writes checkpoints.
 
 from __future__ import annotations
 
+import datetime
 import logging
 import random
 import signal
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
 import numpy as np
 import torch
 from torch import nn
-from tqdm import tqdm
 
 from ssd.data import (
     DataError,
@@ -54,6 +55,7 @@ from ssd.precision import (
     precision_label,
     training_precision,
 )
+from ssd.progress import progress_bar, shows_bar, write_line
 from ssd.weights import load_pretrained_backbone, load_training_weights
 
 logger = logging.getLogger(__name__)
@@ -193,6 +195,16 @@ class LogWindow:
                 for (iteration, _, indices), row in zip(self.steps, values)]
         self.steps = []
         return read
+
+
+@dataclass(frozen=True)
+class _RunClock:
+    """When this `train()` call started (perf_counter seconds), from which iteration, to which:
+    the ETA of the log lines."""
+
+    started: float
+    start_iteration: int
+    max_iter: int
 
 
 # Makes the training batches from a start iteration: (images [B,3,S,S], targets B x [n_i, 5],
@@ -535,8 +547,11 @@ class Trainer:
         if self.dist.is_main:
             logger.info(self._summary(max_iter))
         batches = self.make_batches(self.iteration)
-        self._bar = tqdm(total=max_iter, initial=self.iteration, desc="train", unit="it",
-                         disable=not self.progress, dynamic_ncols=True)
+        self._bar = progress_bar(total=max_iter, initial=self.iteration, desc="train", unit="it",
+                                 enabled=self.progress, plain_lines=False)
+        # Without a bar on a terminal (--no-progress, stderr redirected) each log period is a line.
+        self._log_lines = self.dist.is_main and not shows_bar(self.progress)
+        self._clock = _RunClock(time.perf_counter(), self.iteration, max_iter)
         self._window.restart()
         actions = self.periodic_actions()
         previous_handlers = self._install_stop_handlers()
@@ -629,7 +644,7 @@ class Trainer:
 
     def _log_step(self) -> None:
         """Write the latest losses, the lr, and the window's images/s split into the time spent
-        waiting for data and the rest (the steps)."""
+        waiting for data and the rest (the steps); shown on the bar, else logged as a line."""
         timing = self._window.throughput()
         record = {"kind": "train", "iteration": self.iteration,
                   **{k: round(v.item(), 6) for k, v in self._losses.items()},
@@ -638,11 +653,27 @@ class Trainer:
                   "data_wait_s": round(timing["data_wait_s"], 4),
                   "step_s": round(timing["step_s"], 4),
                   "data_wait_fraction": round(timing["data_wait_fraction"], 4)}
-        self._bar.set_postfix(loss_loc=f"{record['loss_loc']:.3f}", loss_conf=f"{record['loss_conf']:.3f}",
-                              lr=f"{record['lr']:.2e}", img_s=f"{timing['images_per_second']:.1f}",
-                              data_wait=f"{100 * timing['data_wait_fraction']:.0f}%")
+        if self._log_lines:
+            logger.info(self._log_line(record))
+        else:
+            self._bar.set_postfix(loss_loc=f"{record['loss_loc']:.3f}",
+                                  loss_conf=f"{record['loss_conf']:.3f}", lr=f"{record['lr']:.2e}",
+                                  img_s=f"{timing['images_per_second']:.1f}",
+                                  data_wait=f"{100 * timing['data_wait_fraction']:.0f}%")
         self.log.write(record)
         self._result.update(record)
+
+    def _log_line(self, record: dict[str, Any]) -> str:
+        """One plain log line: iteration, losses, lr, images/s, data wait and ETA."""
+        clock = self._clock
+        done = self.iteration - clock.start_iteration
+        elapsed = time.perf_counter() - clock.started
+        remaining = (clock.max_iter - self.iteration) * elapsed / done if done > 0 else 0.0
+        eta = datetime.timedelta(seconds=round(max(remaining, 0.0)))
+        return (f"iteration {self.iteration}/{clock.max_iter}  loss {record['loss']:.4f} "
+                f"(loc {record['loss_loc']:.4f}, conf {record['loss_conf']:.4f})  "
+                f"lr {record['lr']:.2e}  {record['images_per_second']:.1f} images/s "
+                f"(data wait {100 * record['data_wait_fraction']:.0f}%)  ETA {eta}")
 
     def evaluate(self) -> dict[str, Any] | None:
         """VOC07 (or the configured metric) on the test split; rank 0 only. Logs the mAP and
@@ -663,7 +694,7 @@ class Trainer:
         if "coco" in result:  # AP, AP50, AP75, APs, APm, APl and the ARs
             record["coco"] = coco_numbers(result["coco"])
         self.log.write(record)
-        tqdm.write(f"[iteration {self.iteration}] {self.cfg.test.metric} mAP = {result['mAP']:.4f}")
+        write_line(f"[iteration {self.iteration}] {self.cfg.test.metric} mAP = {result['mAP']:.4f}")
         if result["mAP"] > self.best_map:
             self.best_map = result["mAP"]
             atomic_torch_save(self.training_state(), self.output_dir / ckpt.BEST_NAME)
@@ -679,7 +710,7 @@ class Trainer:
             if self._stop_requested:  # second signal: stop now
                 raise KeyboardInterrupt(f"{name} again: stopped without saving")
             self._stop_requested = name
-            tqdm.write(f"{name}: finishing this iteration and writing a checkpoint "
+            write_line(f"{name}: finishing this iteration and writing a checkpoint "
                        "(press Ctrl-C again to abort without saving)")
 
         previous = {}
