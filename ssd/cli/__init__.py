@@ -4,6 +4,7 @@
     ssd-eval     ssd.cli.eval      (python scripts/eval.py)
     ssd-predict  ssd.cli.predict   (python scripts/predict.py)
     ssd-export   ssd.cli.export    (python scripts/export_onnx.py)
+    ssd-data     ssd.cli.data      (python scripts/data.py)
 
 Each module has `main(argv) -> exit status` (for in-process calls); the installed commands
 are the *_command functions below (named apart from the modules), which run it through
@@ -37,3 +38,8 @@ def predict_command() -> None:
 def export_command() -> None:
     """The ssd-export command."""
     _run("export")
+
+
+def data_command() -> None:
+    """The ssd-data command."""
+    _run("data")
