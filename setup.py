@@ -28,8 +28,8 @@ setup(
         "pycocotools>=2.0.6",
         "matplotlib>=3.5",
     ],
-    # The commands of scripts/{train,eval,predict,export_onnx,visualize,convert_dataset,make_shapes}.py,
-    # with the same arguments (ssd.commands.COMMAND_SCRIPTS).
+    # The commands of scripts/{train,eval,predict,export_onnx,visualize,convert_dataset,make_shapes,
+    # data}.py, with the same arguments (ssd.commands.COMMAND_SCRIPTS).
     entry_points={
         "console_scripts": [
             "ssd-train = ssd.cli:train_command",
@@ -39,6 +39,7 @@ setup(
             "ssd-visualize = ssd.cli:visualize_command",
             "ssd-convert = ssd.cli:convert_command",
             "ssd-make-shapes = ssd.cli:make_shapes_command",
+            "ssd-data = ssd.cli:data_command",
         ],
     },
     extras_require={

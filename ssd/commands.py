@@ -24,6 +24,7 @@ COMMAND_SCRIPTS = {
     "ssd-visualize": "visualize.py",
     "ssd-convert": "convert_dataset.py",
     "ssd-make-shapes": "make_shapes.py",
+    "ssd-data": "data.py",
 }
 
 

@@ -7,6 +7,7 @@
     ssd-visualize    ssd.cli.visualize    (python scripts/visualize.py)
     ssd-convert      ssd.cli.convert      (python scripts/convert_dataset.py)
     ssd-make-shapes  ssd.cli.make_shapes  (python scripts/make_shapes.py)
+    ssd-data     ssd.cli.data      (python scripts/data.py)
 
 Each module has `main(argv) -> exit status` (for in-process calls); the installed commands
 are the *_command functions below (named apart from the modules), which run it through
@@ -55,3 +56,8 @@ def convert_command() -> None:
 def make_shapes_command() -> None:
     """The ssd-make-shapes command."""
     _run("make_shapes")
+
+
+def data_command() -> None:
+    """The ssd-data command."""
+    _run("data")
