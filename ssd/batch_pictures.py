@@ -35,7 +35,7 @@ def denormalise(image: torch.Tensor, mean: Sequence[float]) -> np.ndarray:
     """
     rgb = image.detach().float().cpu().permute(1, 2, 0).numpy()  # (3, S, S) -> (S, S, 3)
     rgb = rgb + np.asarray(mean, dtype=np.float32)[::-1]
-    return np.clip(np.rint(rgb[..., ::-1]), 0, 255).astype(np.uint8)
+    return np.ascontiguousarray(np.clip(np.rint(rgb[..., ::-1]), 0, 255).astype(np.uint8))
 
 
 def draw_targets(canvas: np.ndarray, target: torch.Tensor, class_names: Sequence[str]) -> np.ndarray:
