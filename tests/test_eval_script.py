@@ -158,7 +158,7 @@ def test_top_k_and_threshold_change_the_output(setup):
 
 
 def test_outputs_are_ordinary_files_under_umask_022(setup):
-    """results.json, pr_curves.png and the VOC results files: mode 0644, no temp files left."""
+    """results.json, the pictures and the VOC results files: mode 0644, no temp files left."""
     root, _, _, trained = setup
     out = root / "out_modes"
     previous = os.umask(0o022)
@@ -168,7 +168,8 @@ def test_outputs_are_ordinary_files_under_umask_022(setup):
         os.umask(previous)
     assert code == 0
     written = sorted(path.name for path in out.iterdir())
-    assert written == sorted(["results.json", "pr_curves.png",
+    assert written == sorted(["results.json", "pr_curves.png", "confusion_matrix.png",
+                              "confusion_matrix.json", "thresholds.png",
                               *(f"comp4_det_test_{name}.txt" for name in CLASSES)])
     for path in out.iterdir():
         assert path.stat().st_mode & 0o777 == 0o644, path.name

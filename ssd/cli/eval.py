@@ -31,6 +31,14 @@ deleted once the new evaluation has run). The files:
                                  name that is not a plain file name (a path separator, a
                                  leading dot) is written without them, tagged with its hash
     pr_curves.png                precision-recall curve per class (VOC metrics)
+    confusion_matrix.png/.json   true class x predicted class with a background row and column,
+                                 at the best-F1 score threshold (see ssd.evaluation.analysis)
+    thresholds.png               precision, recall and F1 versus score threshold, per class and
+                                 over all classes; the best-F1 threshold is in results.json
+
+The images with the most errors (false positives + misses + wrong classes) at the best-F1
+threshold are printed and listed in results.json ("worst_images"): start there when looking
+for label mistakes.
 
 --metric coco works on every data set format: a COCO set is scored against its annotation
 file, any other against its ground truth in COCO form (see ssd.evaluation.dataset_eval).
@@ -58,17 +66,17 @@ runs) or a full disk, reported as "error: ..." without a traceback.
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import math
 from pathlib import Path
-from typing import Any
 
 import torch
 
 from ssd.cli.common import add_version_argument, load_cli_config, pick_device, run_cli
 from ssd.config import merge_overrides
-from ssd.fileio import atomic_write, check_writable_folder
+from ssd.evaluation.report import coco_stats as _coco_stats  # noqa: F401 (tests use the names)
+from ssd.evaluation.report import finite_or_null as _finite_or_null  # noqa: F401
+from ssd.fileio import check_writable_folder
 from ssd.precision import PRECISIONS
 
 logger = logging.getLogger(__name__)
@@ -132,6 +140,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     from ssd.data import build_transform
     from ssd.engine.inference import check_has_images, evaluate_model, make_eval_loader
+    from ssd.evaluation.report import print_best_f1, print_worst_images
     from ssd.evaluation.voc_results import results_file_names
     from ssd.postprocess import build_postprocessor
     from ssd.precision import default_precision, prepare_for_inference
@@ -157,14 +166,16 @@ def main(argv: list[str] | None = None) -> int:
     skipped = skipped_files(dataset, result)
     print_skipped(skipped)
     print_table(result, cfg.test.metric)
+    print_best_f1(result["analysis"]["best_f1"])
+    print_worst_images(result["analysis"]["worst_images"])
     timing = result["timing"]
     print(f"{timing['images']} images in {timing['inference_seconds']:.1f} s: "
           f"{timing['images_per_second']:.1f} images/s ({precision}, {device})")
     if args.overwrite:
         remove_earlier_results(out_dir)
     write_outputs(out_dir, dataset, result, cfg, args, precision, skipped)
-    names = "results.json" + (" and VOC result files + pr_curves.png"
-                               if cfg.test.metric != "coco" else "")
+    names = ("results.json, confusion_matrix.png/.json, thresholds.png"
+             + (", pr_curves.png and VOC result files" if cfg.test.metric != "coco" else ""))
     print(f"Wrote {names} to {out_dir}")
     return 0 if _is_number(result["mAP"]) else EXIT_NO_MAP
 
@@ -327,49 +338,26 @@ def print_table(result: dict, metric: str) -> None:
 
 def write_outputs(out_dir: Path, dataset, result: dict, cfg, args, precision: str,
                   skipped: list[tuple[str, str]]) -> None:
-    """results.json (strict JSON), and for VOC metrics the results files and pr_curves.png."""
-    from ssd.evaluation import plot_pr_curves, write_voc_results
+    """results.json (strict JSON), the analysis pictures, and for VOC metrics the results files
+    and pr_curves.png (see ssd.evaluation.report)."""
+    from ssd.evaluation import write_voc_results
     from ssd.evaluation.dataset_eval import detections_to_pixels
+    from ssd.evaluation.report import results_dictionary, write_evaluation_report
 
-    summary = {
-        "weights": str(args.weights),
-        "metric": cfg.test.metric,
-        "mAP": result["mAP"],
-        "ap": result.get("ap", {}),
-        "coco": _coco_stats(result.get("coco")),
-        "excluded": list(result.get("excluded", [])),
-        "skipped": [{"path": path, "message": message} for path, message in skipped],
-        "settings": {**cfg.test.to_dict(), "precision": precision,
-                     "image_size": cfg.model.image_size, "num_images": result["timing"]["images"],
-                     "num_images_listed": len(dataset)},
-        "timing": result["timing"],
-    }
-    text = json.dumps(_finite_or_null(summary), indent=2, allow_nan=False)
-    atomic_write(out_dir / "results.json", text)
+    summary = results_dictionary(
+        result,
+        weights=str(args.weights),
+        metric=cfg.test.metric,
+        skipped=[{"path": path, "message": message} for path, message in skipped],
+        settings={**cfg.test.to_dict(), "precision": precision,
+                  "image_size": cfg.model.image_size, "num_images": result["timing"]["images"],
+                  "num_images_listed": len(dataset)},
+        timing=result["timing"],
+    )
+    write_evaluation_report(out_dir, result, summary)
     if cfg.test.metric != "coco":
         pixel_dets = detections_to_pixels(dataset, result["detections"])
         write_voc_results(pixel_dets, list(pixel_dets), list(dataset.class_names), out_dir)
-        plot_pr_curves(result, out_dir / "pr_curves.png")
-
-
-def _coco_stats(stats: dict | None) -> dict | None:
-    """COCO's -1 ("nothing to score") as NaN, which results.json writes as null."""
-    if stats is None:
-        return None
-    return {name: (value if name == "per_class" or value >= 0 else math.nan)
-            for name, value in stats.items()}
-
-
-def _finite_or_null(value: Any) -> Any:
-    """JSON has no NaN or infinity: such numbers (a metric without countable ground truth)
-    become null, anywhere in nested dicts and lists."""
-    if isinstance(value, dict):
-        return {key: _finite_or_null(item) for key, item in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_finite_or_null(item) for item in value]
-    if isinstance(value, float):
-        return value if math.isfinite(value) else None
-    return value
 
 
 def _is_number(value: float) -> bool:

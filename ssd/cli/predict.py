@@ -4,6 +4,7 @@ write them as JSON (ssd-predict, or python scripts/predict.py in a clone).
     ssd-predict image.jpg --weights weights/ssd300_mAP_77.43_v2.pth
     ssd-predict photos/ more.png "shots/*.jpg" --weights runs/shapes/best.pth --json
     ssd-predict image.jpg --score-threshold 0.3 --precision fp32 --output drawn/
+    ssd-predict image.jpg --weights runs/shapes/best.pth --score-threshold auto  # best-F1 threshold
     ssd-predict clip.mp4 --weights runs/shapes/best.pth --json     # out/clip_det.mp4 + .jsonl
     ssd-predict --camera 0 --weights runs/shapes/best.pth          # a live window (q or Esc)
 
@@ -48,6 +49,44 @@ from ssd.fileio import atomic_write, check_writable_folder
 DEFAULT_WEIGHTS = Path("weights") / "ssd300.pth"  # relative to the working directory
 DETECTIONS_SUFFIX = "_det"  # <output>/<name>_det.jpg, <name>_det.mp4, <name>_det.jsonl
 VIDEO_OUT_EXTENSION = ".mp4"
+DEFAULT_SCORE_THRESHOLD = 0.5
+AUTO_THRESHOLD = "auto"  # --score-threshold auto: the checkpoint's stored best-F1 threshold
+
+
+def score_threshold_argument(text: str) -> float | str:
+    """--score-threshold: a number, or "auto"."""
+    if text == AUTO_THRESHOLD:
+        return text
+    try:
+        return float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number or {AUTO_THRESHOLD!r}, got {text!r}") from None
+
+
+def stored_score_threshold(weights: Path) -> float | None:
+    """The best-F1 score threshold a training run's evaluation stored in the checkpoint
+    ("score_threshold"), or None when it has none (a classic state_dict, no evaluation ran)."""
+    from ssd.fileio import safe_torch_load
+
+    state = safe_torch_load(weights)
+    value = state.get("score_threshold") if isinstance(state, dict) else None
+    return float(value) if value is not None else None
+
+
+def resolve_score_threshold(setting: float | str, weights: Path) -> float:
+    """The threshold to use: `setting` when a number; for "auto" the checkpoint's stored one,
+    else DEFAULT_SCORE_THRESHOLD (said on stderr)."""
+    if setting != AUTO_THRESHOLD:
+        return float(setting)
+    if not weights.is_file():  # the predictor says how to get weights
+        return DEFAULT_SCORE_THRESHOLD
+    stored = stored_score_threshold(weights)
+    if stored is None:
+        print(f"note: {weights} stores no score threshold (no evaluation ran during its "
+              f"training); --score-threshold auto uses {DEFAULT_SCORE_THRESHOLD}", file=sys.stderr)
+        return DEFAULT_SCORE_THRESHOLD
+    print(f"score threshold {stored:.4f} (best F1 of the evaluation stored in {weights})")
+    return stored
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -62,8 +101,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                              f"{clone_doc('weights/README.md')}")
     parser.add_argument("--config", help="YAML config, used when the weights carry none "
                                          "(default: configs/voc300.yaml)")
-    parser.add_argument("--score-threshold", type=float, default=0.5,
-                        help="minimum class score of a detection (default 0.5)")
+    parser.add_argument("--score-threshold", type=score_threshold_argument,
+                        default=DEFAULT_SCORE_THRESHOLD,
+                        help=f"minimum class score of a detection (default {DEFAULT_SCORE_THRESHOLD}); "
+                             f"{AUTO_THRESHOLD}: the best-F1 threshold the training's last evaluation "
+                             f"stored in the checkpoint ({DEFAULT_SCORE_THRESHOLD} when it has none)")
     parser.add_argument("--nms-threshold", type=float,
                         help="NMS IoU threshold (default: test.nms_threshold, 0.45)")
     parser.add_argument("--top-k", type=int, help="detections kept per image (default: test.top_k, 200)")
@@ -97,8 +139,9 @@ def main(argv: list[str] | None = None) -> int:
     check_writable_folder(args.output)  # before the model loads: fail fast
     weights = Path(args.weights)
     config = load_cli_config(args.config) if args.config else None
+    score_threshold = resolve_score_threshold(args.score_threshold, weights)
     predictor = Predictor(weights, config=config, device=pick_device(args.device),
-                          precision=args.precision, score_threshold=args.score_threshold,
+                          precision=args.precision, score_threshold=score_threshold,
                           nms_threshold=args.nms_threshold, top_k=args.top_k,
                           batch_size=args.batch_size)
     start = time.perf_counter()
@@ -120,7 +163,7 @@ def main(argv: list[str] | None = None) -> int:
     if images:
         rate = len(results) / image_seconds if image_seconds > 0 else 0.0
         print(f"{_count(len(results), 'image')}, {_count(found, 'detection')} (score > "
-              f"{args.score_threshold}, {predictor.precision}) in {image_seconds:.1f} s: "
+              f"{score_threshold}, {predictor.precision}) in {image_seconds:.1f} s: "
               f"{rate:.1f} images/s (batch {args.batch_size}) -> {args.output}/")
     if failures:
         print(f"{_count(len(failures), 'input')} failed (see the errors above)")

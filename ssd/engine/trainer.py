@@ -25,6 +25,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from ssd.batch_pictures import FIRST_BATCH_NAME, save_batch_picture
 from ssd.data import (
     DataError,
     build_dataset,
@@ -43,6 +44,7 @@ from ssd.engine.metrics_log import MetricsLog, plot_metrics
 from ssd.engine.run_lock import RunLock
 from ssd.engine.solver import advance_schedule, build_optimizer, build_scheduler, set_schedule_iteration
 from ssd.evaluation import coco_numbers
+from ssd.evaluation.report import results_dictionary, write_evaluation_report
 from ssd.fileio import atomic_torch_save, check_writable_folder, remove_stale_temporaries
 from ssd.loss import build_loss
 from ssd.modeling import build_model
@@ -273,6 +275,7 @@ class Trainer:
         self._stop_requested: str | bool = False  # the stop signal's name once requested
         self.iteration = 0
         self.best_map = -1.0
+        self.score_threshold: float | None = None  # best-F1 score threshold of the last evaluation
         self.last_lr = optimizer.param_groups[0]["lr"]
         self.loss_monitor = LossSpikeMonitor()
         self._losses: dict[str, torch.Tensor] | None = None  # of the latest iteration
@@ -477,6 +480,7 @@ class Trainer:
             _set_rng_state(state.get("rng"))
             self.iteration = int(state["iteration"])
             self.best_map = float(state.get("best_map", -1.0))
+            self.score_threshold = state.get("score_threshold")
         except (KeyError, ValueError, TypeError, RuntimeError) as err:
             raise ckpt.CheckpointError(
                 f"cannot resume from {path}: its training state does not fit this run "
@@ -497,6 +501,7 @@ class Trainer:
             "scaler": self.scaler.state_dict() if self.scaler.is_enabled() else None,
             "rng": _get_rng_state(),
             "best_map": self.best_map,
+            "score_threshold": self.score_threshold,
         }
 
     def save_checkpoint(self) -> Path | None:
@@ -560,6 +565,8 @@ class Trainer:
                 waited_from = time.perf_counter()
                 images, targets, indices = self._next_batch(batches)
                 self._window.data_wait += time.perf_counter() - waited_from
+                if self.iteration == 0 and self.dist.is_main:
+                    self.draw_first_batch(images, targets)
                 self._losses = self.train_step(images, targets)
                 self.iteration += 1
                 self._window.steps.append((self.iteration, self._losses, indices))
@@ -615,6 +622,13 @@ class Trainer:
                      if saved else "no iteration had finished, nothing was saved")
             raise DataError(f"{_worker_error_message(err)} (training stopped: {state})",
                             err.reason, err.path) from None
+
+    def draw_first_batch(self, images: torch.Tensor, targets: list[torch.Tensor]) -> Path:
+        """Draw the run's first augmented batch (images [B, 3, S, S], targets B x [n, 5]) as the
+        model sees it into <output>/train_batch0.jpg (see ssd.batch_pictures)."""
+        class_names = getattr(self.train_set, "class_names", None) or self.cfg.data.class_names or []
+        return save_batch_picture(images, targets, list(class_names), self.cfg.data.mean,
+                                  self.output_dir / FIRST_BATCH_NAME)
 
     def check_losses(self) -> None:
         """Read the losses of the iterations since the last check (one wait for the device),
@@ -676,8 +690,9 @@ class Trainer:
                 f"(data wait {100 * record['data_wait_fraction']:.0f}%)  ETA {eta}")
 
     def evaluate(self) -> dict[str, Any] | None:
-        """VOC07 (or the configured metric) on the test split; rank 0 only. Logs the mAP and
-        keeps best.pth."""
+        """VOC07 (or the configured metric) on the test split; rank 0 only. Logs the mAP, keeps
+        best.pth, writes results.json and the pictures into <output>/eval/ (replaced by each
+        evaluation), and keeps the best-F1 score threshold for the checkpoints."""
         if not self.dist.is_main or self.test_set is None:
             barrier(self.dist)
             return None
@@ -695,6 +710,10 @@ class Trainer:
             record["coco"] = coco_numbers(result["coco"])
         self.log.write(record)
         write_line(f"[iteration {self.iteration}] {self.cfg.test.metric} mAP = {result['mAP']:.4f}")
+        self.score_threshold = result["analysis"]["best_f1"]["threshold"]
+        write_evaluation_report(self.output_dir / ckpt.EVAL_DIR, result,
+                                results_dictionary(result, metric=self.cfg.test.metric,
+                                                   iteration=self.iteration))
         if result["mAP"] > self.best_map:
             self.best_map = result["mAP"]
             atomic_torch_save(self.training_state(), self.output_dir / ckpt.BEST_NAME)
