@@ -14,7 +14,7 @@ Outputs:
              (not clipped).
     scores   float32 [B, P, C]: softmax class probabilities; column 0 is the background.
 With post-processing (`postprocess_settings`) also the detections, by the rule of
-ssd.postprocess.detect with the config's test.* settings (per class: scores > conf_threshold,
+ssd.postprocess.detect with the config's test.* settings (per class: scores > score_threshold,
 the candidates_per_class best go into NMS; then the top_k best per image):
     det_boxes       float32 [B, K, 4]  (x1, y1, x2, y2) normalised; K = test.top_k
     det_scores      float32 [B, K]     sorted, highest first
@@ -40,6 +40,7 @@ import torchvision
 from torch import nn
 
 from ssd.box_utils import decode
+from ssd.config import Config
 from ssd.data import BaseTransform
 from ssd.images import network_input
 
@@ -125,7 +126,7 @@ def _class_nms_torchscript(g, boxes, scores, iou_threshold, score_threshold, max
 def select_detections(
     boxes: torch.Tensor,
     scores: torch.Tensor,
-    conf_threshold: float,
+    score_threshold: float,
     nms_threshold: float,
     top_k: int,
     candidates_per_class: int,
@@ -147,9 +148,9 @@ def select_detections(
     best_priors = foreground.topk(candidates, dim=-1).indices  # (B, C-1, candidates)
     is_best = torch.zeros_like(foreground, dtype=torch.bool).scatter(
         -1, best_priors, torch.ones_like(best_priors, dtype=torch.bool))  # (B, C-1, P)
-    is_candidate = is_best & (foreground > conf_threshold)  # (B, C-1, P)
+    is_candidate = is_best & (foreground > score_threshold)  # (B, C-1, P)
     masked = torch.where(is_candidate, foreground, torch.full_like(foreground, -1.0))
-    selected = torch.ops.ssd_export.class_nms(boxes, masked, nms_threshold, conf_threshold,
+    selected = torch.ops.ssd_export.class_nms(boxes, masked, nms_threshold, score_threshold,
                                               candidates)  # (K_all, 3): image, class, prior
     image, cls, prior = selected.unbind(1)
     kept = torch.full_like(foreground, -1.0).index_put((image, cls, prior),
@@ -194,10 +195,10 @@ class ExportedSSD(nn.Module):
         return OUTPUTS + (POSTPROCESS_OUTPUTS if self.postprocess is not None else [])
 
 
-def postprocess_settings(cfg) -> dict:
+def postprocess_settings(cfg: Config) -> dict:
     """The config's test.* settings as `select_detections` arguments."""
     test = cfg.test
-    return {"conf_threshold": test.conf_threshold, "nms_threshold": test.nms_threshold,
+    return {"score_threshold": test.score_threshold, "nms_threshold": test.nms_threshold,
             "top_k": test.top_k, "candidates_per_class": test.candidates_per_class}
 
 

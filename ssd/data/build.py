@@ -25,13 +25,13 @@ import logging
 from pathlib import Path
 from typing import Callable
 
-from ssd.config import ConfigError
 from ssd.data.coco import COCODataset
 from ssd.data.common import DataError, DetectionDataset
 from ssd.data.shapes import SHAPES_CLASSES, make_shapes, read_shapes_settings, shapes_settings
 from ssd.data.transforms import BaseTransform, SSDAugmentation
 from ssd.data.voc import VOC_CLASSES, VOCDataset
 from ssd.data.yolo import YOLODataset
+from ssd.errors import ConfigError
 
 logger = logging.getLogger(__name__)
 

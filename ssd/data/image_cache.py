@@ -19,7 +19,7 @@ from typing import Callable, Sequence, TypeVar
 
 from tqdm import tqdm
 
-from ssd.config import ConfigError
+from ssd.errors import ConfigError
 from ssd.system import usable_cores
 
 T = TypeVar("T")
