@@ -1,9 +1,10 @@
-"""Configuration: every default in one place, YAML files override what they change.
+"""Configuration: every key declared once (ssd.config_schema), YAML files override what they
+change.
 
     cfg = load_config("configs/voc300.yaml", overrides=["solver.lr=0.002"])
     cfg.solver.lr           # attribute access
-    cfg.to_dict()           # plain nested dict
-    cfg.dump()              # YAML text (stored in every checkpoint)
+    cfg.to_dict()           # plain nested dict (stored in every checkpoint)
+    cfg.dump()              # YAML text (a config file that load_config reads back)
 
 Unknown keys, wrong types and values out of range are errors that name the key, where it came
 from, and what was expected. The config is passed explicitly; there is no global config object.
@@ -120,7 +121,15 @@ def parse_yaml(text: str) -> Any:
 
 
 class Config:
-    """Nested, attribute-accessible view of a config dictionary."""
+    """A loaded, validated config: a read-only nested view with attribute access.
+
+    Every key of ssd.config_schema.KEYS is present: sections are Configs (``cfg.solver``,
+    ``cfg.model.priors``) and leaves are plain values (``cfg.solver.lr`` a float,
+    ``cfg.data.train_sets`` a list). ``cfg["solver"]``, ``"lr" in cfg.solver`` and
+    ``cfg.solver.get("lr")`` work as on a dict. Build one with load_config,
+    load_config_from_dict, load_checkpoint_config or merge_overrides; the package passes it
+    explicitly (there is no global config).
+    """
 
     def __init__(self, data: Mapping[str, Any]):
         for key, value in data.items():
@@ -146,7 +155,10 @@ class Config:
         }
 
     def dump(self) -> str:
-        """The config as YAML text; `load_config_from_dict(yaml.safe_load(text))` restores it."""
+        """The config as YAML text: every key, with absolute paths and this config version.
+        Written to a file, `load_config(path)` reads it back as an equal Config (as does
+        `load_config_from_dict(parse_yaml(text))`); checkpoints store `to_dict()` instead,
+        read back with `load_checkpoint_config`, which also migrates older versions."""
         return yaml.safe_dump(self.to_dict(), sort_keys=False)
 
     def __repr__(self) -> str:

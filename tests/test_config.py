@@ -515,3 +515,8 @@ def test_the_readme_configuration_table_is_the_schema():
     readme = (CONFIGS.parent / "README.md").read_text()
     assert markdown_table() in readme, "regenerate it with: python -m ssd.config_schema"
     assert "| `solver.clip_grad_norm` | null |" in markdown_table()
+
+
+def test_dump_is_a_config_file_that_loads_back_equal(tmp_path):
+    cfg = load_config(CONFIGS / "shapes.yaml", overrides=["test.score_threshold=0.2"])
+    assert load_config(_write(tmp_path, cfg.dump())) == cfg
