@@ -56,10 +56,12 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     from ssd.drawing import save_image
     from ssd.images import load_image
+    from ssd.modeling.derived import resolve_priors
     from ssd.priors import priors_from_config
 
     image = load_image(args.image)
     model, cfg = load_model(args) if args.kind == "mining" else (None, load_settings(args))
+    cfg = resolve_priors(cfg, model)  # the settings of priors left to the backbone
     priors = priors_from_config(cfg.model.priors, cfg.model.image_size)
     canvas = DRAW[args.kind](args, cfg, image, priors, model)
     out = args.out or Path("out") / f"{Path(args.image).stem}_{args.kind}.png"

@@ -6,11 +6,17 @@ batch shape unless the docstring says otherwise.
 
 from __future__ import annotations
 
+import math
 from typing import NamedTuple, Sequence
 
 import torch
 
 from ssd import defaults
+
+# The largest size offset `decode` exponentiates (after the variance): a box grows to at most
+# 1000/16 times its prior, as torchvision's bbox_xform_clip. A diverged offset would overflow
+# exp to boxes of (-inf, -inf, inf, inf), whose IoU is NaN, so NMS would never suppress them.
+MAX_SIZE_OFFSET = math.log(1000.0 / 16)
 
 
 def cxcywh_to_xyxy(boxes: torch.Tensor) -> torch.Tensor:
@@ -171,10 +177,14 @@ def encode(
 def decode(
     offsets: torch.Tensor, priors_cxcywh: torch.Tensor, variances: Sequence[float]
 ) -> torch.Tensor:
-    """Inverse of `encode`: (..., P, 4) offsets + (P, 4) priors -> (..., P, 4) xyxy boxes."""
+    """Inverse of `encode`: (..., P, 4) offsets + (P, 4) priors -> (..., P, 4) xyxy boxes.
+
+    The size offsets times the size variance are clamped at MAX_SIZE_OFFSET, so every box is
+    finite (ordinary offsets are unchanged bit for bit).
+    """
     centre_var, size_var = variances
     centre = priors_cxcywh[:, :2] + offsets[..., :2] * centre_var * priors_cxcywh[:, 2:]
-    size = priors_cxcywh[:, 2:] * torch.exp(offsets[..., 2:] * size_var)
+    size = priors_cxcywh[:, 2:] * torch.exp((offsets[..., 2:] * size_var).clamp(max=MAX_SIZE_OFFSET))
     return cxcywh_to_xyxy(torch.cat([centre, size], dim=-1))
 
 

@@ -59,6 +59,10 @@ _RESOURCE_LIMITS: dict[str, ResourceLimit] = {key.name: key.limit for key in KEY
                                               if key.limit is not None}
 _NUMBER_LISTS: dict[str, NumberList] = {key.name: key.items for key in KEYS if key.items is not None}
 _SET_KEYS = tuple(key.name for key in KEYS if key.image_sets)  # lists of [year, split] pairs
+# The model.priors keys with one entry per feature map (ssd.priors.PRIOR_KEYS).
+_PRIOR_LISTS = ("feature_maps", "steps", "min_sizes", "max_sizes", "aspect_ratios")
+# Sections that `null` sets back to their defaults (model.priors: null derives every prior key).
+_NULL_RESETS: tuple[str, ...] = ("model.priors",)
 
 CONFIGS_FOLDER = "configs"  # how commands and docs name the built-in configs: configs/voc300.yaml
 # In a source checkout (run through PYTHONPATH, not installed) the configs sit beside ssd/.
@@ -493,6 +497,9 @@ def _merge(config: dict[str, Any], update: Mapping[str, Any], source: str, prefi
         if key not in config:
             raise ConfigError(_unknown_key_message(dotted, source, config, prefix))
         if isinstance(config[key], dict):
+            if value is None and dotted in _NULL_RESETS:
+                config[key] = copy.deepcopy(_lookup(_DEFAULTS, dotted))
+                continue
             if not isinstance(value, Mapping):
                 raise ConfigError(
                     f"Config key '{dotted}' (in {source}) must be a mapping of "
@@ -640,8 +647,8 @@ def _check_number_list(config: dict[str, Any], dotted: str, rule: NumberList) ->
     section[leaf] = converted
 
 
-def _check_aspect_ratios(ratios: list) -> None:
-    for index, item in enumerate(ratios):
+def _check_aspect_ratios(ratios: list | None) -> None:
+    for index, item in enumerate(ratios or ()):
         if not isinstance(item, list) or not all(
                 isinstance(_as_float(r), float) and 0 < _as_float(r) < math.inf for r in item):
             raise ConfigError("Config key 'model.priors.aspect_ratios' must be one list of "
@@ -660,9 +667,9 @@ def _check_image_sets(dotted: str, sets: list) -> None:
 
 def _check_cross_keys(config: dict[str, Any]) -> None:
     priors = config["model"]["priors"]
-    lengths = {name: len(priors[name]) for name in
-               ("feature_maps", "steps", "min_sizes", "max_sizes", "aspect_ratios")}
-    if len(set(lengths.values())) != 1:
+    lengths = {name: len(priors[name]) for name in _PRIOR_LISTS
+               if priors[name] is not None}  # null: derived, one per feature map
+    if len(set(lengths.values())) > 1:
         raise ConfigError(
             "Config keys model.priors.{feature_maps, steps, min_sizes, max_sizes, aspect_ratios} "
             f"must have one entry per feature map; got lengths {lengths}"
@@ -675,6 +682,15 @@ def _check_cross_keys(config: dict[str, Any]) -> None:
             f"data.class_names lists {len(names)} classes; expected num_classes = "
             f"{len(names) + 1} (classes + background)"
         )
+    _check_distinct_class_names(names)
+
+
+def _check_distinct_class_names(names: list | None) -> None:
+    """data.class_names must name each class once (labels are matched by name)."""
+    for label, name in enumerate(names or []):
+        if name in names[:label]:
+            raise ConfigError(f"Config key 'data.class_names' lists class '{name}' twice (labels "
+                              f"{names.index(name)} and {label}); class names must be distinct")
 
 
 def _check_fine_tuning_keys(model: dict[str, Any]) -> None:

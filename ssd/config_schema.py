@@ -233,17 +233,23 @@ KEYS: tuple[Key, ...] = (
             "name); see `ssd.transfer`"),
     Key("model.freeze", [], doc="module-name prefixes whose parameters are not trained (e.g. "
         "`[vgg]`, `[base, extras]`); their BatchNorm keeps its statistics"),
-    Key("model.priors.feature_maps", [38, 19, 10, 5, 3, 1], items=NumberList(int, AT_LEAST_ONE),
-        doc="side of each prediction feature map"),
-    Key("model.priors.steps", [8, 16, 32, 64, 100, 300], items=NumberList(float, POSITIVE),
-        doc="input pixels per feature-map cell, per map"),
-    Key("model.priors.min_sizes", [30, 60, 111, 162, 213, 264], items=NumberList(float, POSITIVE),
-        doc="side of the smallest square prior, per map (pixels)"),
-    Key("model.priors.max_sizes", [60, 111, 162, 213, 264, 315], items=NumberList(float, POSITIVE),
-        doc="sqrt(min_size x max_size) is the side of the second square prior, per map"),
-    Key("model.priors.aspect_ratios", [[2], [2, 3], [2, 3], [2, 3], [2], [2]],
+    Key("model.priors.feature_maps", None, list, items=NumberList(int, AT_LEAST_ONE),
+        doc="side of each prediction feature map. Each `model.priors` list left null is derived "
+            "from the backbone at `model.image_size` (see \"Derived priors\"; vgg16 at 300 px: "
+            "[38, 19, 10, 5, 3, 1], SSD300's priors); `model.priors: null` derives them all"),
+    Key("model.priors.steps", None, list, items=NumberList(float, POSITIVE),
+        doc="input pixels per feature-map cell, per map (null: derived; SSD300: "
+            "[8, 16, 32, 64, 100, 300])"),
+    Key("model.priors.min_sizes", None, list, items=NumberList(float, POSITIVE),
+        doc="side of the smallest square prior, per map, in pixels (null: derived; SSD300: "
+            "[30, 60, 111, 162, 213, 264])"),
+    Key("model.priors.max_sizes", None, list, items=NumberList(float, POSITIVE),
+        doc="sqrt(min_size x max_size) is the side of the second square prior, per map (null: "
+            "derived; SSD300: [60, 111, 162, 213, 264, 315])"),
+    Key("model.priors.aspect_ratios", None, list,
         doc="extra aspect ratios per map (each r adds r and 1/r); boxes per cell = "
-            "2 + 2·len(aspect_ratios)"),
+            "2 + 2·len(aspect_ratios) (null: derived; SSD300: [[2], [2, 3], [2, 3], [2, 3], "
+            "[2], [2]])"),
     Key("model.priors.clip", True, doc="clip prior boxes to the image"),
     Key("model.variances", list(defaults.VARIANCES), items=NumberList(float, POSITIVE, 2),
         doc="box coding variances (centre, size)"),
@@ -258,10 +264,19 @@ KEYS: tuple[Key, ...] = (
         doc="test [year, split] pairs (VOC07 test)"),
     Key("data.class_names", None, list,
         doc="class list of a custom data set (null: the 20 VOC classes; shapes: its 6; COCO / "
-            "YOLO: from their files)"),
+            "YOLO: from their files); each name once. Training stores the list it used here, so "
+            "checkpoints name their classes"),
     Key("data.keep_difficult", False, doc="train on objects marked difficult"),
     Key("data.keep_empty", False, doc="keep training images without objects"),
     Key("data.skip_bad", False, doc="skip unreadable images / annotations instead of stopping"),
+    Key("data.val_fraction", 0.1, allowed=Range(0, 1, low_open=True, high_open=True),
+        doc="VOC folder without `ImageSets/Main` (Annotations/ + JPEGImages/, annotations/ + "
+            "images/, or images beside their XML; see `ssd.data.voc_layout`): share of its images "
+            "held out as the test set (a fixed shuffle, the same on every machine)"),
+    Key("data.split_dir", None, str, path=True,
+        doc="folder of that split's `train.txt` / `test.txt` (null: split by `val_fraction`); "
+            "training writes `<output>/split/` and sets this key in its checkpoints, so "
+            "`ssd-eval --weights <run>/model_*.pth` tests the same images"),
     Key("data.coco.train_annotations", "annotations/instances_train2017.json",
         doc="COCO training annotation JSON, relative to `data.root`"),
     Key("data.coco.train_images", "train2017", doc="COCO training image folder, relative to "
@@ -272,7 +287,9 @@ KEYS: tuple[Key, ...] = (
     Key("data.yolo.train_split", "train", doc="YOLO training split: `images/<split>/` and "
         "`labels/<split>/` under `data.root`"),
     Key("data.yolo.test_split", "val", doc="YOLO test split"),
-    Key("data.yolo.names_file", "data.yaml", doc="YOLO class names file, relative to `data.root`"),
+    Key("data.yolo.names_file", "data.yaml",
+        doc="YOLO class names file, relative to `data.root` (`data.yaml`, or a `classes.txt` / "
+            "`.names` file of one name a line)"),
     Key("data.shapes.num_train", 2000, allowed=NON_NEGATIVE, limit=_GENERATED_LIMIT,
         doc="training images of the generated shapes data set (the demo uses 5000)"),
     Key("data.shapes.num_test", 300, allowed=NON_NEGATIVE, limit=_GENERATED_LIMIT,
@@ -314,7 +331,7 @@ KEYS: tuple[Key, ...] = (
     Key("loss.iou_threshold", defaults.MATCH_IOU_THRESHOLD, allowed=IOU,
         doc="IoU for a positive prior"),
     Key("loss.neg_pos_ratio", defaults.NEG_POS_RATIO, allowed=NON_NEGATIVE,
-        doc="hard negatives per positive"),
+        doc="hard negatives per positive (a fractional ratio keeps ceil(ratio x positives))"),
     Key("loss.loc_loss", "smooth_l1", choices=_loc_losses, doc="`smooth_l1` or `l1`"),
     Key("loss.loc_weight", 1.0, allowed=NON_NEGATIVE, doc="weight of the localisation term"),
     Key("loss.alpha", 0.25, allowed=FRACTION, doc="focal loss: weight of the positive class"),

@@ -42,6 +42,7 @@ from torch import nn
 from ssd.box_utils import decode
 from ssd.config import Config
 from ssd.data import BaseTransform
+from ssd.fileio import staged_output
 from ssd.images import network_input
 
 logger = logging.getLogger(__name__)
@@ -52,6 +53,20 @@ MIN_NMS_OPSET = 11  # ONNX NonMaxSuppression with the inputs used here
 TORCHSCRIPT_OPSET = 17  # default of the TorchScript fallback
 EXAMPLE_BATCH = 2  # export example; a batch of 1 would make the exporter specialise on it
 EXPORTERS = ("auto", "dynamo", "torchscript")
+
+
+def _torch_onnx_constant(name: str, fallback: int) -> int:
+    """An opset bound of the installed torch.onnx (fallback: torch 2.14's value)."""
+    try:
+        from torch.onnx import _constants
+    except ImportError:
+        return fallback
+    return getattr(_constants, name, fallback)
+
+
+MIN_OPSET = _torch_onnx_constant("ONNX_MIN_OPSET", 7)
+MAX_OPSET = _torch_onnx_constant("ONNX_MAX_OPSET", 23)
+TORCHSCRIPT_MAX_OPSET = _torch_onnx_constant("ONNX_TORCHSCRIPT_EXPORTER_MAX_OPSET", 20)
 
 
 # ---------------------------------------------------------------- NMS as one custom op
@@ -213,29 +228,59 @@ def require_onnx() -> None:
                                   "(or pip install -e .[onnx])", name="onnx") from None
 
 
+def supported_opsets(exporter: str) -> range:
+    """The ONNX opsets torch.onnx exports with `exporter` ("auto" tries the torch.export-based
+    one first: its range)."""
+    return range(MIN_OPSET, (TORCHSCRIPT_MAX_OPSET if exporter == "torchscript" else MAX_OPSET) + 1)
+
+
+def check_export_options(postprocess: bool, opset: int | None, exporter: str) -> None:
+    """Raise ValueError naming the value and what is expected for an unknown exporter, an
+    opset outside `supported_opsets`, or post-processing with an opset below 11."""
+    if exporter not in EXPORTERS:
+        raise ValueError(f"exporter {exporter!r}: expected one of {', '.join(EXPORTERS)}")
+    if opset is None:
+        return
+    opsets = supported_opsets(exporter)
+    if opset not in opsets:
+        raise ValueError(f"--opset {opset}: torch.onnx exports opsets {opsets.start} to "
+                         f"{opsets.stop - 1} with the {exporter} exporter")
+    if postprocess and opset < MIN_NMS_OPSET:
+        raise ValueError(f"--with-postprocess needs --opset >= {MIN_NMS_OPSET} "
+                         f"(NonMaxSuppression), got {opset}")
+
+
 def export(
     wrapper: ExportedSSD, image_size: int, out: Path, opset: int | None = None,
     exporter: str = "auto",
 ) -> str:
     """Write `wrapper` (inputs [B, 3, image_size, image_size]) to `out` as ONNX with a dynamic
-    batch; returns the exporter used ("dynamo" or "torchscript").
+    batch; returns the exporter used ("dynamo" or "torchscript"). The file is written under a
+    temporary name beside `out` and renamed when complete: on failure an existing `out` is
+    left as it was.
 
     Raises:
-        ValueError: post-processing with an opset below 11, or an unknown exporter.
+        ValueError: an unknown exporter, an opset torch.onnx does not export, or
+            post-processing with an opset below 11 (`check_export_options`).
         ModuleNotFoundError: the onnx package is missing (`require_onnx`).
+        OSError: `out` cannot be written (named, see `ssd.fileio.describe_os_error`).
     """
-    if exporter not in EXPORTERS:
-        raise ValueError(f"exporter {exporter!r}: expected one of {', '.join(EXPORTERS)}")
-    if wrapper.postprocess is not None and opset is not None and opset < MIN_NMS_OPSET:
-        raise ValueError(f"--with-postprocess needs --opset >= {MIN_NMS_OPSET} "
-                         f"(NonMaxSuppression), got {opset}")
+    check_export_options(wrapper.postprocess is not None, opset, exporter)
     require_onnx()
-    out.parent.mkdir(parents=True, exist_ok=True)
     example = torch.zeros(EXAMPLE_BATCH, 3, image_size, image_size)
+    with staged_output(out) as staged:
+        return _export_to(wrapper, example, staged, opset, exporter)
+
+
+def _export_to(wrapper: ExportedSSD, example: torch.Tensor, out: Path, opset: int | None,
+               exporter: str) -> str:
+    """`export`'s exporter choice, writing to `out`; returns the exporter used."""
     if exporter in ("auto", "dynamo"):
         try:
             _export_dynamo(wrapper, example, out, opset)
             return "dynamo"
+        except OSError:  # the file cannot be written: no other exporter would write it
+            raise
         except Exception as err:  # missing onnxscript, or an operator it cannot translate
             if exporter == "dynamo":
                 raise

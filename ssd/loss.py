@@ -150,9 +150,11 @@ def assign_targets(
 def hard_negative_mask(
     background_loss: torch.Tensor, positive: torch.Tensor, neg_pos_ratio: float
 ) -> torch.Tensor:
-    """Per image, the `neg_pos_ratio * num_pos` negatives with the largest background loss.
+    """Per image, the ceil(neg_pos_ratio * num_pos) negatives with the largest background loss.
 
-    The count is capped at the number of negatives of the image; an image without positives
+    A fractional ratio rounds up (1.5 x 3 positives keeps 5), as the classic port and
+    torchvision, which keep the negatives ranked below ratio * num_pos; the product is taken in
+    float64. The count is capped at the number of negatives of the image; an image without positives
     keeps no negatives. Selection is done without gradient (the same set as the double-argsort
     rank trick, found with one `topk` of the largest count in the batch).
 
@@ -167,7 +169,7 @@ def hard_negative_mask(
     with torch.no_grad():
         num_priors = positive.shape[1]
         num_pos = positive.sum(dim=1)  # [B]
-        num_neg = (num_pos.double() * neg_pos_ratio).floor().long()  # [B]
+        num_neg = (num_pos.double() * neg_pos_ratio).ceil().long()  # [B]
         num_neg = torch.minimum(num_neg, num_priors - num_pos)  # at most every negative
         ranked = torch.where(positive, float("-inf"), background_loss.detach())  # [B, P]
         k = int(num_neg.max()) if num_neg.numel() else 0
@@ -301,7 +303,7 @@ class MultiBoxLoss(_DetectionLoss):
     """SSD's loss: Smooth L1 on positives + cross-entropy on positives and mined negatives.
 
     Per image, the negatives with the largest background cross-entropy are kept,
-    `neg_pos_ratio` per positive (capped at the number of negatives); see
+    ceil(`neg_pos_ratio` x positives) (capped at the number of negatives); see
     `hard_negative_mask`. Gradients reach only positive priors' `loc` and the selected
     priors' `conf`.
     """

@@ -86,9 +86,10 @@ def test_match_two_objects_competing_for_one_prior():
 
 def test_prior_iou_is_pairwise_iou_bit_for_bit():
     from ssd.config import load_config
+    from ssd.modeling import resolve_priors
     from ssd.priors import priors_from_config
 
-    cfg = load_config()
+    cfg = resolve_priors(load_config())  # SSD300: vgg16 at 300 px
     priors = cxcywh_to_xyxy(priors_from_config(cfg.model.priors, cfg.model.image_size))
     generator = torch.Generator().manual_seed(0)
     low = torch.rand(3, 5, 2, generator=generator) * 0.7
@@ -207,3 +208,24 @@ def test_prior_geometry_follows_in_place_changes_and_new_tensors():
     with torch.inference_mode():
         frozen = priors + 0
     assert torch.equal(prior_geometry(frozen)[0], cxcywh_to_xyxy(frozen))
+
+
+def test_decode_clamps_a_diverged_size_offset_to_finite_boxes():
+    priors = torch.tensor([[0.5, 0.5, 0.2, 0.1]])
+    offsets = torch.tensor([[[0.0, 0.0, 1e4, -1e4], [0.0, 0.0, float("inf"), 3e3]]])  # exp overflows
+    boxes = decode(offsets, priors, (0.1, 0.2))
+    assert torch.isfinite(boxes).all()
+    sizes = boxes[..., 2:] - boxes[..., :2]
+    torch.testing.assert_close(sizes[0, 0, 0], torch.tensor(0.2 * 1000 / 16))  # capped growth
+    torch.testing.assert_close(sizes[0, 0, 1], torch.tensor(0.1 * torch.exp(torch.tensor(-2e3))))
+    torch.testing.assert_close(sizes[0, 1], torch.tensor([0.2, 0.1]) * 1000 / 16)
+
+
+def test_decode_leaves_ordinary_offsets_bit_for_bit():
+    generator = torch.Generator().manual_seed(0)
+    priors = torch.rand(50, 4, generator=generator) * 0.5 + 0.1
+    offsets = torch.randn(3, 50, 4, generator=generator) * 5  # sizes up to exp(+-3) times the prior
+    centre = priors[:, :2] + offsets[..., :2] * 0.1 * priors[:, 2:]
+    size = priors[:, 2:] * torch.exp(offsets[..., 2:] * 0.2)
+    expected = cxcywh_to_xyxy(torch.cat([centre, size], dim=-1))
+    assert torch.equal(decode(offsets, priors, (0.1, 0.2)), expected)

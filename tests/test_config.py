@@ -17,7 +17,7 @@ def test_yaml_overrides_only_what_it_names(tmp_path):
     cfg = load_config(_write(tmp_path, "solver:\n  lr: 0.01\n"))
     assert cfg.solver.lr == 0.01
     assert cfg.solver.momentum == 0.9  # untouched default
-    assert cfg.model.priors.steps == [8, 16, 32, 64, 100, 300]
+    assert cfg.model.priors.steps is None  # untouched default: derived from the backbone
 
 
 def test_cli_overrides_are_parsed_as_yaml():
@@ -82,7 +82,7 @@ def test_bad_choice_lists_choices():
 
 def test_inconsistent_prior_lengths():
     with pytest.raises(ConfigError, match="one entry per feature map"):
-        load_config(overrides=["model.priors.steps=[8, 16]"])
+        load_config(overrides=["model.priors.steps=[8, 16]", "model.priors.min_sizes=[8, 16, 32]"])
 
 
 def test_class_count_must_match_class_names():

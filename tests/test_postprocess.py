@@ -7,6 +7,7 @@ from conftest import needs_cuda
 from ssd import postprocess
 from ssd.box_utils import cxcywh_to_xyxy, decode, pairwise_iou
 from ssd.config import load_config
+from ssd.modeling import resolve_priors
 from ssd.postprocess import PostProcessor, build_postprocessor, detect, scale_boxes
 from ssd.priors import priors_from_config
 
@@ -204,7 +205,7 @@ def _ssd300_outputs(batch, distribution, seed, prior_step=1):
     class. "tied": half-trained logit rows drawn from a palette of 16, so many priors have
     exactly equal scores.
     """
-    cfg = load_config()
+    cfg = resolve_priors(load_config())  # SSD300: vgg16 at 300 px
     priors = priors_from_config(cfg.model.priors, cfg.model.image_size)[::prior_step]
     generator = torch.Generator().manual_seed(seed)
     loc = 0.5 * torch.randn(batch, len(priors), 4, generator=generator)

@@ -24,6 +24,7 @@ from benchmarks import make_forward, median_times
 from ssd import defaults
 from ssd.box_utils import decode
 from ssd.config import load_config
+from ssd.modeling import resolve_priors
 from ssd.postprocess import detect, nms_method
 from ssd.precision import default_precision, precision_label
 from ssd.priors import priors_from_config
@@ -36,7 +37,7 @@ BATCH = 32
 
 def make_outputs(batch: int, distribution: str, seed: int = 0):
     """(loc [B, 8732, 4], conf [B, 8732, 21], priors [8732, 4]) of SSD300, on the CPU."""
-    cfg = load_config()
+    cfg = resolve_priors(load_config())  # SSD300: vgg16 at 300 px
     priors = priors_from_config(cfg.model.priors, cfg.model.image_size)
     generator = torch.Generator().manual_seed(seed)
     loc = 0.5 * torch.randn(batch, len(priors), 4, generator=generator)

@@ -25,7 +25,7 @@ from benchmarks import best_time
 from ssd import defaults
 from ssd.box_utils import decode
 from ssd.config import load_config
-from ssd.modeling import build_model
+from ssd.modeling import build_model, resolve_priors
 from ssd.postprocess import detect
 from ssd.precision import default_precision
 from ssd.priors import priors_from_config
@@ -43,7 +43,7 @@ def half_trained_outputs(batch: int, seed: int = 0) -> tuple[torch.Tensor, torch
     logits), so about half of the priors pass 0.01 in each of the 20 classes; offsets are
     N(0, 0.5), so neighbouring boxes overlap and NMS has real work.
     """
-    cfg = load_config()
+    cfg = resolve_priors(load_config())  # SSD300: vgg16 at 300 px
     priors = priors_from_config(cfg.model.priors, cfg.model.image_size)
     generator = torch.Generator().manual_seed(seed)
     loc = 0.5 * torch.randn(batch, len(priors), 4, generator=generator)

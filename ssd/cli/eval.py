@@ -23,19 +23,27 @@ Precision: fp32 by default (the reference numbers); bf16 / fp16 run the network 
 autocast; auto picks the fastest safe one for the device (fp16 on CUDA, bf16 on CPUs with
 native bfloat16, else fp32). Post-processing always runs in float32.
 
+Classes are matched by name: the checkpoint's class list (data.class_names of its config) is
+compared with the evaluated data set's, and the model's class k is scored as the data set's
+class of the same name (same names in another order are translated; with the VOC metrics a
+data set with more or fewer classes is scored on the common ones; no common name is an
+error). One line is logged when a translation is applied.
+
 With data.skip_bad=true, test images that cannot be read are left out of the evaluation
 (their ground truth is not counted) and named in the summary.
 
 Exit status: 0 when a mAP was computed; 1 when the evaluation ran but no class has countable
 (non-difficult) ground truth in the evaluated images, so the mAP is n/a (null in
 results.json; the outputs are still written); 2 for bad input (missing weights, empty test
-split, ...), reported as "error: ..." without a traceback.
+split, ...) and for an output folder that cannot be written (checked before the evaluation
+runs) or a full disk, reported as "error: ..." without a traceback.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import logging
 import math
 from pathlib import Path
 from typing import Any
@@ -44,8 +52,10 @@ import torch
 
 from ssd.cli.common import add_version_argument, load_cli_config, pick_device, run_cli
 from ssd.config import merge_overrides
-from ssd.fileio import atomic_write
+from ssd.fileio import atomic_write, check_writable_folder
 from ssd.precision import PRECISIONS
+
+logger = logging.getLogger(__name__)
 
 DEFAULT_CONFIG = "configs/voc300.yaml"
 AUTO_PRECISION = "auto"
@@ -93,15 +103,17 @@ def main(argv: list[str] | None = None) -> int:
     """Run the evaluation; returns the exit status (see the module docstring)."""
     args = parse_args(argv)
     from ssd.data import build_dataset, build_transform
-    from ssd.engine.inference import evaluate_model, make_eval_loader
+    from ssd.engine.inference import check_has_images, evaluate_model, make_eval_loader
     from ssd.evaluation.voc_results import results_file_names
     from ssd.postprocess import build_postprocessor
     from ssd.precision import default_precision, prepare_for_inference
     from ssd.weights import build_model_from_weights
 
+    out_dir = args.output or Path("eval") / Path(args.weights).stem
     fallback = load_cli_config(args.config or DEFAULT_CONFIG)
-    model, cfg = build_model_from_weights(args.weights, cfg=fallback)
-    cfg = merge_overrides(cfg, [*args.opts, *flag_overrides(args)])
+    model, model_cfg = build_model_from_weights(args.weights, cfg=fallback)
+    model_classes = model_class_names(model_cfg, args.weights)
+    cfg = merge_overrides(model_cfg, [*args.opts, *flag_overrides(args)])
     device = pick_device(args.device)
     precision = default_precision(device) if args.precision == AUTO_PRECISION else args.precision
     dataset = build_dataset(cfg, train=False)
@@ -110,12 +122,14 @@ def main(argv: list[str] | None = None) -> int:
     loader = make_eval_loader(dataset, build_transform(cfg, train=False),
                               batch_size=cfg.test.batch_size, num_workers=cfg.data.num_workers,
                               pin_memory=device.startswith("cuda"))
+    check_has_images(dataset)  # bad input first: no output folder is made for it
+    check_writable_folder(out_dir)  # before the evaluation, not after it
     model = prepare_for_inference(model, device, precision)
     if args.compile:
         model = torch.compile(model)
     result = evaluate_model(model, dataset, loader, device, build_postprocessor(cfg),
-                            cfg.test.metric, precision=precision, progress=not args.no_progress)
-    out_dir = args.output or Path("eval") / Path(args.weights).stem
+                            cfg.test.metric, precision=precision, progress=not args.no_progress,
+                            class_names=model_classes)
     skipped = skipped_files(dataset, result)
     print_skipped(skipped)
     print_table(result, cfg.test.metric)
@@ -127,6 +141,18 @@ def main(argv: list[str] | None = None) -> int:
                                if cfg.test.metric != "coco" else "")
     print(f"Wrote {names} to {out_dir}")
     return 0 if _is_number(result["mAP"]) else EXIT_NO_MAP
+
+
+def model_class_names(model_cfg, weights: str) -> list[str] | None:
+    """The class names the weights were trained on (their config's), or None (logged) when
+    their config does not name them: then the model's class k is scored as the data set's k."""
+    from ssd.data import known_class_names
+
+    names = known_class_names(model_cfg)
+    if names is None:
+        logger.warning("%s does not name its classes (data.class_names); its class k is scored as "
+                       "the data set's class k", weights)
+    return names
 
 
 def skipped_files(dataset, result: dict) -> list[tuple[str, str]]:

@@ -19,8 +19,11 @@ progress bar counts frames and frames/s, and the frames/s of the whole pass is p
 end. --camera INDEX shows a camera's frames with their detections in a window (it needs a
 display; with --json the detections also go to <out>/camera<INDEX>_det.jsonl).
 
-An input that cannot be read (a missing file, a corrupt image or video) is reported with its
-path and skipped; the others are processed, and the exit status is 1 at the end.
+An input that cannot be read (a missing file, a corrupt image or video, a video that stops
+decoding before the frame count its container states) is reported with its path and skipped
+(a video's outputs are then not written); the others are processed, and the exit status is 1
+at the end. An output that cannot be written (read-only folder, disk full, file-size limit)
+stops the command with exit status 2; outputs are written whole or not at all.
 
 The config comes from the weights file when it carries one (this project's checkpoints),
 else --config (a file, or a built-in config such as voc300.yaml), else the built-in SSD300
@@ -39,7 +42,7 @@ import time
 from pathlib import Path
 
 from ssd.cli.common import add_version_argument, load_cli_config, pick_device, run_cli
-from ssd.fileio import atomic_write
+from ssd.fileio import atomic_write, check_writable_folder
 
 DEFAULT_WEIGHTS = Path("weights") / "ssd300.pth"  # relative to the working directory
 DETECTIONS_SUFFIX = "_det"  # <out>/<name>_det.jpg, <name>_det.mp4, <name>_det.jsonl
@@ -89,13 +92,13 @@ def main(argv: list[str] | None = None) -> int:
         raise FileNotFoundError("; ".join(reason for _, reason in failures))
     for _, reason in failures:
         print(f"error: {reason} (skipped)", file=sys.stderr)
+    check_writable_folder(args.out)  # before the model loads: fail fast
     weights = Path(args.weights)
     config = load_cli_config(args.config) if args.config else None
     predictor = Predictor(weights, config=config, device=pick_device(args.device),
                           precision=args.precision, score_threshold=args.score_threshold,
                           nms_threshold=args.nms_threshold, top_k=args.top_k,
                           batch_size=args.batch_size)
-    args.out.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
     results, unreadable = run(predictor, images, args.out, args.batch_size,
                               progress=not args.no_progress and len(images) > 1)
@@ -263,8 +266,9 @@ def format_table(path: Path, shape: tuple, detections: list[dict]) -> str:
 
 def write_json(path: Path, results: dict, failures: list[tuple[str, str]], predictor,
                weights: Path, videos: dict | None = None) -> None:
-    """detections.json: settings, {image: size, drawn file, detections}, {video: size, frame
-    rate, frames, output files (the detections are in its .jsonl)}, {input: why it failed}."""
+    """detections.json: settings, the model's class names (label order), {image: size, drawn
+    file, detections}, {video: size, frame rate, frames, output files (the detections are in its
+    .jsonl)}, {input: why it failed}."""
     post = predictor.postprocess
     document = {
         "weights": str(weights),
@@ -272,6 +276,7 @@ def write_json(path: Path, results: dict, failures: list[tuple[str, str]], predi
                      "top_k": post.top_k, "precision": predictor.precision,
                      "image_size": predictor.cfg.model.image_size},
         "box_format": "x1, y1, x2, y2 in pixels of the original image",
+        "class_names": list(predictor.class_names),  # the model's classes in label order
         "images": results,
         "videos": {source: _video_entry(summary) for source, summary in (videos or {}).items()},
         "failed": dict(failures),

@@ -61,6 +61,7 @@ def main(argv: list[str] | None = None) -> int:
     from ssd.data import DataError
     from ssd.engine.checkpoint import CheckpointError
     from ssd.engine.distributed import check_global_batch, cleanup, init_distributed, launch_info
+    from ssd.engine.run_lock import FolderInUseError
     from ssd.engine.trainer import OutputFolderError, Trainer, TrainingError
 
     launch = launch_info()
@@ -78,7 +79,7 @@ def main(argv: list[str] | None = None) -> int:
                                       resume=args.resume, init_weights=args.weights,
                                       progress=not args.no_progress, overwrite=args.overwrite)
         result = trainer.train()
-    except (CheckpointError, OutputFolderError, DataError) as err:  # the input is wrong
+    except (CheckpointError, OutputFolderError, FolderInUseError, DataError) as err:  # the input is wrong
         print(f"error: {err}", file=sys.stderr)
         return 2
     except TrainingError as err:

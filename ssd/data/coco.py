@@ -19,7 +19,7 @@ from typing import Any, Callable
 import numpy as np
 from pycocotools.coco import COCO
 
-from ssd.data.common import DataError, DetectionDataset, Record, sanitize_boxes
+from ssd.data.common import DataError, DetectionDataset, Record, check_distinct_class_names, sanitize_boxes
 from ssd.fileio import path_inside
 
 
@@ -78,6 +78,8 @@ class COCODataset(DetectionDataset):
         self.category_id_to_label = {cat: label for label, cat in
                                      enumerate(self.label_to_category_id)}
         self.class_names = [self.coco.cats[cat]["name"] for cat in self.label_to_category_id]
+        check_distinct_class_names(self.class_names, f"The categories of COCO annotation file "
+                                   f"{self.annotation_file}", self.annotation_file)
         self.report.name = f"COCO {self.annotation_file}"
         images = {p.name for p in self.image_dir.iterdir()} if self.image_dir.is_dir() else set()
         for image_id in sorted(self.coco.imgs):

@@ -29,7 +29,7 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
 from ssd.data.loader import LoadFailure, TransformedDataset, data_loader
-from ssd.evaluation.dataset_eval import check_has_images, evaluate_detections
+from ssd.evaluation.dataset_eval import check_has_images, evaluate_detections, match_classes
 from ssd.postprocess import PostProcessor
 from ssd.precision import autocast_context, uses_channels_last
 
@@ -187,22 +187,32 @@ def evaluate_model(
     metric: str = "voc07",
     precision: str = "fp32",
     progress: bool = True,
+    class_names: Sequence[str] | None = None,
 ) -> dict[str, Any]:
     """``predict_batches`` over `loader` (of `dataset`), then ``evaluate_detections``.
 
-    Raises ValueError naming the split file when `dataset` has no images.
+    Args:
+        class_names: the model's foreground class names in label order, scored as the data
+            set's classes of the same names (see ``match_classes``); None: the model's labels
+            are the data set's.
+
+    Raises ValueError naming the split file when `dataset` has no images, or when the model's
+    and the data set's classes cannot be matched.
 
     Returns:
-        The metric's result plus "detections" (keyed by data set index), "skipped" (list of
-        SkippedImage) and "timing" (inference and metric seconds, images, images per second).
+        The metric's result plus "detections" (keyed by data set index, in data set labels),
+        "skipped" (list of SkippedImage) and "timing" (inference and metric seconds, images,
+        images per second).
     """
     check_has_images(dataset)
+    if class_names is not None:  # before the inference: a mismatch stops at once
+        match_classes(class_names, dataset.class_names, metric)
     start = time.perf_counter()
     predictions = predict_batches(model, loader, device, postprocess, precision=precision,
                                   progress=progress)
     inference_seconds = time.perf_counter() - start
-    result = evaluate_detections(dataset, predictions.detections, metric=metric)
-    result["detections"] = predictions.detections
+    result = evaluate_detections(dataset, predictions.detections, metric=metric,
+                                 model_classes=class_names)
     result["skipped"] = predictions.skipped
     images = len(predictions.detections)
     result["timing"] = {

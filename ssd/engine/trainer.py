@@ -24,7 +24,14 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from ssd.data import DataError, build_dataset, build_transform, make_train_loader
+from ssd.data import (
+    DataError,
+    build_dataset,
+    build_transform,
+    make_train_loader,
+    record_split,
+    with_class_names,
+)
 from ssd.data.build import class_names_for
 from ssd.data.image_cache import cached_image_size
 from ssd.engine import checkpoint as ckpt
@@ -32,11 +39,14 @@ from ssd.engine.distributed import DistInfo, barrier, check_global_batch, ranks_
 from ssd.engine.freeze import freeze_modules
 from ssd.engine.inference import evaluate_model, make_eval_loader
 from ssd.engine.metrics_log import MetricsLog, plot_metrics
+from ssd.engine.run_lock import RunLock
 from ssd.engine.solver import advance_schedule, build_optimizer, build_scheduler, set_schedule_iteration
 from ssd.evaluation import coco_numbers
-from ssd.fileio import atomic_torch_save, remove_stale_temporaries
+from ssd.fileio import atomic_torch_save, check_writable_folder, remove_stale_temporaries
 from ssd.loss import build_loss
 from ssd.modeling import build_model
+from ssd.modeling.derived import resolve_priors
+from ssd.modeling.registry import describe_derived_priors
 from ssd.postprocess import build_postprocessor
 from ssd.precision import (
     autocast_context,
@@ -213,6 +223,9 @@ class Trainer:
         progress: show the tqdm bar.
         overwrite: start a new run in an output folder that holds another run's checkpoints,
             deleting them (and its metrics) first; without it such a folder is refused.
+        run_lock: the output folder's lock, already taken (`Trainer.from_config`); default:
+            taken here by rank 0. It is held until `train()` ends (also on errors and Ctrl-C) or
+            `release_output_dir()`; while it is held, another run into the folder is refused.
     """
 
     def __init__(
@@ -233,6 +246,7 @@ class Trainer:
         resume: str | Path | None = None,
         progress: bool = True,
         overwrite: bool = False,
+        run_lock: RunLock | None = None,
     ):
         self.cfg = cfg
         self.model, self.criterion = model, criterion
@@ -253,14 +267,20 @@ class Trainer:
         self._losses: dict[str, torch.Tensor] | None = None  # of the latest iteration
         self._window = LogWindow()
         self._result: dict[str, Any] = {}  # the latest log record and evaluation
-        self._prepare_output_dir(resume, overwrite)
-        self.resumed_from = self._resume(resume)
-        self.log = MetricsLog(self.output_dir, enabled=self.dist.is_main)
-        if resume is not None:
-            self.log.truncate_after(self.iteration)
-        self.ddp_model = self._wrap_distributed(self.model)
-        if cfg.train.compile:
-            self.ddp_model = torch.compile(self.ddp_model)
+        self._run_lock = run_lock
+        self._hold_output_dir()  # before anything looks at or changes the folder
+        try:
+            self._prepare_output_dir(resume, overwrite)
+            self.resumed_from = self._resume(resume)
+            self.log = MetricsLog(self.output_dir, enabled=self.dist.is_main)
+            if resume is not None:
+                self.log.truncate_after(self.iteration)
+            self.ddp_model = self._wrap_distributed(self.model)
+            if cfg.train.compile:
+                self.ddp_model = torch.compile(self.ddp_model)
+        except BaseException:
+            self.release_output_dir()
+            raise
         enable_cudnn_autotune(self.device)
 
     @classmethod
@@ -277,24 +297,49 @@ class Trainer:
     ) -> Trainer:
         """The config's training run: its data sets, model, loss, optimizer and schedule.
 
+        The output folder is locked first (rank 0; see `Trainer`'s run_lock), so that a second
+        run into it is refused before any heavy work.
+
         Args:
             output_dir: default cfg.train.output_dir.
             device: "cpu", "cuda", "cuda:1", ... (default: cuda when available).
             init_weights: a weights file (checkpoint or classic state_dict) to start the whole
                 model from; model.pretrained initialises only the backbone.
             the rest: as for `Trainer`.
+
+        Raises:
+            FolderInUseError: another live run holds the output folder (names it and its pid,
+                host and start time).
         """
         dist = dist_info or DistInfo()
+        output_dir = Path(output_dir or cfg.train.output_dir)
+        run_lock = RunLock.acquire(output_dir) if dist.is_main else None
+        try:
+            return cls._assemble(cfg, output_dir, device, dist, resume, init_weights, progress,
+                                 overwrite, run_lock)
+        except BaseException:
+            if run_lock is not None:
+                run_lock.release()
+            raise
+
+    @classmethod
+    def _assemble(cls, cfg, output_dir: Path, device: str | None, dist: DistInfo, resume,
+                  init_weights, progress: bool, overwrite: bool,
+                  run_lock: RunLock | None) -> Trainer:
+        """`from_config` once the output folder is locked."""
         device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
         if device.type == "cuda" and dist.enabled:
             device = torch.device("cuda", dist.local_rank)
-        output_dir = Path(output_dir or cfg.train.output_dir)
         _refuse_another_run(output_dir, resume, overwrite)  # before any heavy work
+        if dist.is_main:  # only rank 0 writes there
+            check_writable_folder(output_dir)
         batch_size = cfg.solver.batch_size
         check_global_batch(batch_size, dist.world_size)
         _seed_everything(cfg.train.seed)
         # Data first: a missing data set stops the run before any heavy work.
+        cfg = record_split(cfg, output_dir, resume=resume is not None)
         train_set = build_dataset(cfg, train=True)
+        cfg = with_class_names(cfg, train_set)  # checkpoints name the classes the files named
         train_transform = build_transform(cfg, train=True)
         if cfg.data.cache_images:
             _cache_training_images(train_set, train_transform, progress and dist.is_main)
@@ -313,6 +358,9 @@ class Trainer:
             ))
 
         model = _build_model(cfg, device, init_weights, class_names=train_set.class_names)
+        if model.derived_prior_keys and dist.is_main:
+            logger.info(describe_derived_priors(model))
+        cfg = resolve_priors(cfg, model)  # checkpoints store the derived values
         solver = cfg.solver
         optimizer = build_optimizer(model, solver.lr, solver.momentum, solver.weight_decay,
                                     name=solver.optimizer)
@@ -322,13 +370,29 @@ class Trainer:
         return cls(cfg, model, build_loss(cfg), optimizer, scheduler, batches, output_dir, device,
                    precision=precision, train_set=train_set,
                    test_set=test_set, dist_info=dist, resume=resume, progress=progress,
-                   overwrite=overwrite)
+                   overwrite=overwrite, run_lock=run_lock)
 
     def _wrap_distributed(self, model: nn.Module) -> nn.Module:
         if not self.dist.enabled:
             return model
         device_ids = [self.device.index] if self.device.type == "cuda" else None
         return nn.parallel.DistributedDataParallel(model, device_ids=device_ids)
+
+    # ----------------------------------------------------------------------------- output folder
+    def _hold_output_dir(self) -> None:
+        """Rank 0: take the output folder's lock unless it is held (again for a later `train()`).
+
+        Raises:
+            FolderInUseError: another live run holds it.
+        """
+        if self.dist.is_main and (self._run_lock is None or not self._run_lock.held):
+            self._run_lock = RunLock.acquire(self.output_dir)
+
+    def release_output_dir(self) -> None:
+        """Let another run use the output folder: its run.lock is removed. `train()` does this
+        when it ends; call it for a Trainer that is not trained. A later `train()` locks again."""
+        if self._run_lock is not None:
+            self._run_lock.release()
 
     # ----------------------------------------------------------------------------- resume
     def _prepare_output_dir(self, resume, overwrite: bool) -> None:
@@ -459,7 +523,15 @@ class Trainer:
 
     def train(self, max_iter: int | None = None) -> dict[str, Any]:
         """Run until `max_iter` (default solver.max_iter); returns the last logged losses and
-        evaluation. Ctrl-C / SIGTERM write a checkpoint and raise KeyboardInterrupt."""
+        evaluation. Ctrl-C / SIGTERM write a checkpoint and raise KeyboardInterrupt.
+        The output folder stays locked until it returns or raises."""
+        self._hold_output_dir()
+        try:
+            return self._train(max_iter)
+        finally:
+            self.release_output_dir()
+
+    def _train(self, max_iter: int | None) -> dict[str, Any]:
         max_iter = self.cfg.solver.max_iter if max_iter is None else max_iter
         if self.dist.is_main:
             logger.info(self._summary(max_iter))
