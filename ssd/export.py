@@ -15,7 +15,7 @@ Outputs:
              (not clipped).
     scores   float32 [B, P, C]: softmax class probabilities; column 0 is the background.
 With post-processing (`postprocess_settings`) also the detections, by the rule of
-ssd.postprocess.detect with the config's test.* settings (per class: scores > conf_threshold,
+ssd.postprocess.detect with the config's test.* settings (per class: scores > score_threshold,
 the candidates_per_class best go into NMS; then the top_k best per image):
     det_boxes       float32 [B, K, 4]  (x1, y1, x2, y2) normalised; K = test.top_k
     det_scores      float32 [B, K]     sorted, highest first
@@ -50,6 +50,7 @@ from torch import nn
 
 import ssd
 from ssd.box_utils import decode
+from ssd.config import Config
 from ssd.data import BaseTransform, class_names_for
 from ssd.fileio import atomic_write, staged_output
 from ssd.images import MAX_INPUT_RATIO, network_input
@@ -155,7 +156,7 @@ def _class_nms_torchscript(g, boxes, scores, iou_threshold, score_threshold, max
 def select_detections(
     boxes: torch.Tensor,
     scores: torch.Tensor,
-    conf_threshold: float,
+    score_threshold: float,
     nms_threshold: float,
     top_k: int,
     candidates_per_class: int,
@@ -177,9 +178,9 @@ def select_detections(
     best_priors = foreground.topk(candidates, dim=-1).indices  # (B, C-1, candidates)
     is_best = torch.zeros_like(foreground, dtype=torch.bool).scatter(
         -1, best_priors, torch.ones_like(best_priors, dtype=torch.bool))  # (B, C-1, P)
-    is_candidate = is_best & (foreground > conf_threshold)  # (B, C-1, P)
+    is_candidate = is_best & (foreground > score_threshold)  # (B, C-1, P)
     masked = torch.where(is_candidate, foreground, torch.full_like(foreground, -1.0))
-    selected = torch.ops.ssd_export.class_nms(boxes, masked, nms_threshold, conf_threshold,
+    selected = torch.ops.ssd_export.class_nms(boxes, masked, nms_threshold, score_threshold,
                                               candidates)  # (K_all, 3): image, class, prior
     image, cls, prior = selected.unbind(1)
     kept = torch.full_like(foreground, -1.0).index_put((image, cls, prior),
@@ -224,10 +225,10 @@ class ExportedSSD(nn.Module):
         return OUTPUTS + (POSTPROCESS_OUTPUTS if self.postprocess is not None else [])
 
 
-def postprocess_settings(cfg) -> dict:
+def postprocess_settings(cfg: Config) -> dict:
     """The config's test.* settings as `select_detections` arguments."""
     test = cfg.test
-    return {"conf_threshold": test.conf_threshold, "nms_threshold": test.nms_threshold,
+    return {"score_threshold": test.score_threshold, "nms_threshold": test.nms_threshold,
             "top_k": test.top_k, "candidates_per_class": test.candidates_per_class}
 
 
@@ -279,7 +280,7 @@ def deployment_metadata(cfg, postprocess: dict | None) -> dict[str, str]:
     Keys: class_names (JSON, foreground classes in label order: det_labels k, scores column
     k + 1), input_* (name, size, layout, dtype, channel order, mean in that order, scale),
     resize (how an image becomes S x S), box_format, outputs, postprocess ("true"/"false";
-    when true also conf_threshold, nms_threshold, top_k, candidates_per_class), ssd_version.
+    when true also score_threshold, nms_threshold, top_k, candidates_per_class), ssd_version.
     """
     size = cfg.model.image_size
     mean_rgb = [float(value) for value in reversed(cfg.data.mean)]  # data.mean is BGR

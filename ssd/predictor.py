@@ -94,14 +94,14 @@ class Predictor:
         self.network = torch.compile(self.model) if compile else self.model  # runs the forward pass
         self.class_names = class_names_for(self.cfg)
         self.postprocess = build_postprocessor(
-            self.cfg, conf_threshold=score_threshold, nms_threshold=nms_threshold, top_k=top_k)
+            self.cfg, score_threshold=score_threshold, nms_threshold=nms_threshold, top_k=top_k)
         self.transform = BaseTransform(self.cfg.model.image_size, self.cfg.data.mean)
         self.batch_size = batch_size
 
     def __repr__(self) -> str:
         return (f"Predictor({type(self.model).__name__}, {len(self.class_names)} classes, "
                 f"input {self.transform.size}, device={self.device}, precision={self.precision}, "
-                f"score_threshold={self.postprocess.conf_threshold})")
+                f"score_threshold={self.postprocess.score_threshold})")
 
     def predict(self, image: ImageInput) -> list[Detection]:
         """Detections of one image (path or array), by decreasing score.

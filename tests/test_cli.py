@@ -179,7 +179,7 @@ def test_score_threshold_and_the_old_conf_threshold_spelling(module, required):
     assert new.score_threshold == 0.3
     if module is eval_cli:  # eval spelled it --conf-threshold
         assert module.parse_args([*required, "--conf-threshold", "0.3"]) == new
-        assert eval_cli.flag_overrides(new) == ["test.conf_threshold=0.3"]
+        assert eval_cli.flag_overrides(new) == ["test.score_threshold=0.3"]
 
 
 @pytest.mark.parametrize("module", [eval_cli, predict_cli, export_cli])

@@ -131,7 +131,7 @@ def test_eval_writes_every_output_and_honours_flags(setup, capsys):
     assert re.search(r"8 images in [\d.]+ s: [\d.]+ images/s \(fp32, cpu\)", printed)
     settings = summary["settings"]
     assert summary["metric"] == "voc10"
-    assert (settings["conf_threshold"], settings["nms_threshold"], settings["top_k"],
+    assert (settings["score_threshold"], settings["nms_threshold"], settings["top_k"],
             settings["batch_size"], settings["precision"]) == (0.15, 0.3, 7, 4, "fp32")
     assert settings["num_images"] == 8 and summary["timing"]["images"] == 8
     assert set(summary["ap"]) == set(CLASSES) and summary["skipped"] == []

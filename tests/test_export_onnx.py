@@ -127,7 +127,7 @@ def test_select_detections_follows_detect():
     priors = torch.rand(500, 4, generator=generator) * 0.5 + 0.1  # (cx, cy, w, h)
     loc = torch.randn(2, 500, 4, generator=generator) * 0.5
     conf = torch.randn(2, 500, 5, generator=generator) * 2
-    settings = {"conf_threshold": 0.05, "nms_threshold": 0.45, "top_k": 60,
+    settings = {"score_threshold": 0.05, "nms_threshold": 0.45, "top_k": 60,
                 "candidates_per_class": 40}
     boxes = decode(loc, priors, (0.1, 0.2))
     det_boxes, det_scores, det_labels, counts = onnx_export.select_detections(
@@ -286,7 +286,7 @@ def test_opencv_dnn_runs_the_plain_export_but_not_the_postprocess_one(tmp_path, 
 def test_no_detections_export_and_run(tmp_path):
     needs_onnxruntime()
     needs_onnx()
-    model, cfg = save_checkpoint(tmp_path / "ssd7.pth", overrides=["test.conf_threshold=1.0"])
+    model, cfg = save_checkpoint(tmp_path / "ssd7.pth", overrides=["test.score_threshold=1.0"])
     wrapper = onnx_export.ExportedSSD(model, cfg.model.variances, onnx_export.postprocess_settings(cfg))
     onnx_export.export(wrapper.eval(), 160, tmp_path / "none.onnx", exporter="torchscript")
     images = onnx_export.example_batch(onnx_export.synthetic_image(160), 160, cfg.data.mean)

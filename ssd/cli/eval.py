@@ -104,7 +104,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--metric", choices=["voc07", "voc10", "coco"],
                         help="voc07 (11-point), voc10 (area), coco (default: test.metric)")
     parser.add_argument("--score-threshold", "--conf-threshold", type=float,
-                        help="minimum class score of a detection (default: test.conf_threshold; "
+                        help="minimum class score of a detection (default: test.score_threshold; "
                              "--conf-threshold is the old spelling)")
     parser.add_argument("--nms-threshold", type=float,
                         help="NMS IoU threshold (default: test.nms_threshold)")
@@ -129,7 +129,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def flag_overrides(args: argparse.Namespace) -> list[str]:
     """The command-line flags as config overrides (each flag given wins over the config)."""
-    pairs = {"test.metric": args.metric, "test.conf_threshold": args.score_threshold,
+    pairs = {"test.metric": args.metric, "test.score_threshold": args.score_threshold,
              "test.nms_threshold": args.nms_threshold, "test.top_k": args.top_k,
              "test.batch_size": args.batch_size}
     return [f"{key}={value}" for key, value in pairs.items() if value is not None]

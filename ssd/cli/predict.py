@@ -316,7 +316,7 @@ def write_json(path: Path, results: dict, failures: list[tuple[str, str]], predi
     post = predictor.postprocess
     document = {
         "weights": str(weights),
-        "settings": {"score_threshold": post.conf_threshold, "nms_threshold": post.nms_threshold,
+        "settings": {"score_threshold": post.score_threshold, "nms_threshold": post.nms_threshold,
                      "top_k": post.top_k, "precision": predictor.precision,
                      "image_size": predictor.cfg.model.image_size},
         "box_format": "x1, y1, x2, y2 in pixels of the original image",

@@ -62,7 +62,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     from ssd.drawing import save_image
     from ssd.images import load_image
-    from ssd.modeling.registry import resolve_priors
+    from ssd.modeling.derived import resolve_priors
     from ssd.priors import priors_from_config
 
     model, cfg = load_model(args) if args.kind == "mining" else (None, load_settings(args))

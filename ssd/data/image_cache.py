@@ -17,7 +17,7 @@ from __future__ import annotations
 from concurrent.futures import ThreadPoolExecutor
 from typing import Callable, Sequence, TypeVar
 
-from ssd.config import ConfigError
+from ssd.errors import ConfigError
 from ssd.progress import progress_bar
 from ssd.system import usable_cores
 

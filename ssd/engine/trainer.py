@@ -48,7 +48,8 @@ from ssd.evaluation.report import results_dictionary, write_evaluation_report
 from ssd.fileio import atomic_torch_save, check_writable_folder, remove_stale_temporaries
 from ssd.loss import build_loss
 from ssd.modeling import build_model
-from ssd.modeling.registry import describe_derived_priors, resolve_priors
+from ssd.modeling.derived import resolve_priors
+from ssd.modeling.registry import describe_derived_priors
 from ssd.postprocess import build_postprocessor
 from ssd.precision import (
     autocast_context,
