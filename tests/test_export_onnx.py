@@ -227,7 +227,7 @@ def test_onnx_metadata_tells_the_preprocessing_and_classes(exported_with_nms):
     assert metadata["input_scale"].startswith("1 ")
     assert "cv2.INTER_LINEAR" in metadata["resize"] and "cv2.INTER_AREA" in metadata["resize"]
     assert metadata["postprocess"] == "true" and "det_labels" in metadata["outputs"]
-    assert float(metadata["conf_threshold"]) == cfg.test.conf_threshold
+    assert float(metadata["score_threshold"]) == cfg.test.score_threshold
     assert float(metadata["nms_threshold"]) == cfg.test.nms_threshold
     assert int(metadata["top_k"]) == cfg.test.top_k
     assert metadata["ssd_version"] == ssd.__version__

@@ -60,7 +60,7 @@ def check_command(args) -> int:
     from ssd.data.check import check_dataset, json_ready
     from ssd.data.check_plots import plot_box_centres, plot_box_shapes
     from ssd.fileio import atomic_write
-    from ssd.modeling.registry import resolve_priors
+    from ssd.modeling.derived import resolve_priors
     from ssd.priors import priors_from_config
 
     cfg = merge_overrides(load_cli_config(args.config, overrides=args.opts), ["data.skip_bad=true"])
