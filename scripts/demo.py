@@ -23,6 +23,7 @@ from _common import REPO_ROOT  # noqa: I001  (sets up the import path)
 from ssd.cli.common import run_cli
 from ssd.config import load_config
 from ssd.engine.checkpoint import newest_checkpoint
+from ssd.fileio import path_inside
 
 
 class StepFailed(RuntimeError):
@@ -50,9 +51,9 @@ def main(argv: list[str] | None = None) -> int:
                                          "--resume", "auto", *opts])
         weights = newest_checkpoint(REPO_ROOT / cfg.train.output_dir)
         timings["eval"] = run("evaluate", ["scripts/eval.py", "--weights", str(weights),
-                                           "--output", f"{args.out}/eval", *opts])
+                                           "--output", f"{args.out}/eval", "--overwrite", *opts])
         timings["predict"] = run("predict", ["scripts/predict.py", str(first_test_image(cfg)),
-                                             "--weights", str(weights), "--out", args.out])
+                                             "--weights", str(weights), "--output", args.out])
     except StepFailed as err:
         print(f"demo stopped: {err}", file=sys.stderr)
         return 1
@@ -80,7 +81,7 @@ def first_test_image(cfg) -> Path:
     root = REPO_ROOT / cfg.data.root / f"VOC{cfg.data.test_sets[0][0]}"
     split = root / "ImageSets" / "Main" / f"{cfg.data.test_sets[0][1]}.txt"
     image_id = split.read_text().split()[0]
-    return root / "JPEGImages" / f"{image_id}.jpg"
+    return path_inside(root / "JPEGImages", f"{image_id}.jpg", f"first image id of {split}")
 
 
 if __name__ == "__main__":

@@ -1,55 +1,34 @@
 """Pure box maths. Formats: "xyxy" = (xmin, ymin, xmax, ymax); "cxcywh" = (cx, cy, w, h).
 
 All functions take and return tensors whose last dimension is 4 and work on any leading
-batch shape unless the docstring says otherwise.
+batch shape unless the docstring says otherwise. The elementary conversions, `box_area` and
+`pairwise_iou` are defined in the leaf module `ssd.ops.boxes` (the kernels use them from there)
+and are re-exported here.
 """
 
 from __future__ import annotations
 
 import functools
+import math
 from typing import Sequence
 
 import torch
 
 from ssd import defaults
 from ssd.ops.bipartite import bipartite_claims, first_row_reaching
+from ssd.ops.boxes import box_area, cxcywh_to_xyxy, pairwise_iou, xyxy_to_cxcywh
 from ssd.ops.chunked_match import match_in_chunks
 from ssd.ops.prior_iou import PriorGeometry, prior_geometry, prior_iou
 
+# The largest size offset `decode` exponentiates (after the variance): a box grows to at most
+# 1000/16 times its prior, as torchvision's bbox_xform_clip. A diverged offset would overflow
+# exp to boxes of (-inf, -inf, inf, inf), whose IoU is NaN, so NMS would never suppress them.
+MAX_SIZE_OFFSET = math.log(1000.0 / 16)
 
-def cxcywh_to_xyxy(boxes: torch.Tensor) -> torch.Tensor:
-    """(..., 4) centre form -> (..., 4) corner form."""
-    centre, size = boxes[..., :2], boxes[..., 2:]
-    return torch.cat([centre - size / 2, centre + size / 2], dim=-1)
-
-
-def xyxy_to_cxcywh(boxes: torch.Tensor) -> torch.Tensor:
-    """(..., 4) corner form -> (..., 4) centre form."""
-    low, high = boxes[..., :2], boxes[..., 2:]
-    return torch.cat([(low + high) / 2, high - low], dim=-1)
-
-
-def box_area(boxes: torch.Tensor) -> torch.Tensor:
-    """(..., 4) xyxy -> (...) area (zero for inverted boxes)."""
-    size = (boxes[..., 2:] - boxes[..., :2]).clamp(min=0)
-    return size[..., 0] * size[..., 1]
-
-
-def pairwise_iou(boxes_a: torch.Tensor, boxes_b: torch.Tensor) -> torch.Tensor:
-    """IoU of every pair: a (..., N, 4) xyxy, b (..., M, 4) xyxy -> (..., N, M).
-
-    Leading dimensions broadcast, so a batch of padded ground truth [B, n, 4] against
-    priors [P, 4] gives [B, n, P] in one call. Each coordinate is broadcast on its own, so
-    every step works on contiguous (..., N, M) planes, in place where possible; the float
-    operations are those of torchvision's NMS (inter / (area_a + area_b - inter)).
-    """
-    a_x1, a_y1, a_x2, a_y2 = (c[..., :, None] for c in boxes_a.unbind(dim=-1))  # (..., N, 1)
-    b_x1, b_y1, b_x2, b_y2 = (c[..., None, :] for c in boxes_b.unbind(dim=-1))  # (..., 1, M)
-    inter = (torch.minimum(a_x2, b_x2) - torch.maximum(a_x1, b_x1)).clamp_(min=0)  # (..., N, M)
-    inter_h = (torch.minimum(a_y2, b_y2) - torch.maximum(a_y1, b_y1)).clamp_(min=0)
-    inter.mul_(inter_h)
-    union = box_area(boxes_a)[..., :, None] + box_area(boxes_b)[..., None, :] - inter
-    return inter.div_(union.clamp_(min=torch.finfo(inter.dtype).tiny))
+__all__ = [
+    "MAX_SIZE_OFFSET", "box_area", "cxcywh_to_xyxy", "decode", "encode", "match", "pad_targets",
+    "pairwise_iou", "xyxy_to_cxcywh",
+]
 
 
 def encode(
@@ -77,10 +56,14 @@ def encode(
 def decode(
     offsets: torch.Tensor, priors_cxcywh: torch.Tensor, variances: Sequence[float]
 ) -> torch.Tensor:
-    """Inverse of `encode`: (..., P, 4) offsets + (P, 4) priors -> (..., P, 4) xyxy boxes."""
+    """Inverse of `encode`: (..., P, 4) offsets + (P, 4) priors -> (..., P, 4) xyxy boxes.
+
+    The size offsets times the size variance are clamped at MAX_SIZE_OFFSET, so every box is
+    finite (ordinary offsets are unchanged bit for bit).
+    """
     centre_var, size_var = variances
     centre = priors_cxcywh[:, :2] + offsets[..., :2] * centre_var * priors_cxcywh[:, 2:]
-    size = priors_cxcywh[:, 2:] * torch.exp(offsets[..., 2:] * size_var)
+    size = priors_cxcywh[:, 2:] * torch.exp((offsets[..., 2:] * size_var).clamp(max=MAX_SIZE_OFFSET))
     return cxcywh_to_xyxy(torch.cat([centre, size], dim=-1))
 
 

@@ -278,9 +278,9 @@ class MultiBoxLoss(_DetectionLoss):
     """SSD's loss: Smooth L1 on positives + cross-entropy on positives and mined negatives.
 
     Per image, the negatives with the largest background cross-entropy are kept,
-    `neg_pos_ratio` per positive (capped at the number of negatives); see
-    `ssd.ops.mining.hard_negative_mask`. Gradients reach only positive priors' `loc` and the selected
-    priors' `conf`.
+    ceil(`neg_pos_ratio` x positives) (capped at the number of negatives); see
+    `ssd.ops.mining.hard_negative_mask`. Gradients reach only positive priors' `loc` and the
+    selected priors' `conf`.
     """
 
     def __init__(

@@ -95,7 +95,8 @@ def _see_running_site_packages(project: InstalledProject) -> None:
 
     folders = [entry for entry in sys.path
                if Path(entry).name in ("site-packages", "dist-packages") and Path(entry).is_dir()]
-    purelib = subprocess.run([str(project.python), "-c", "import sysconfig; print(sysconfig.get_path('purelib'))"],
+    ask_purelib = "import sysconfig; print(sysconfig.get_path('purelib'))"
+    purelib = subprocess.run([str(project.python), "-c", ask_purelib],
                              capture_output=True, text=True, check=True).stdout.strip()
     (Path(purelib) / "_running_interpreter.pth").write_text("".join(f"{folder}\n" for folder in folders))
 

@@ -120,3 +120,24 @@ def test_match_ignores_what_padding_rows_hold():
     assert index[0, 0] == 1 and positive[0, 0]
     assert index[0, 1] == 0 and positive[0, 1]
     assert not positive[1].any() and (index[1] == 0).all()
+
+
+def test_decode_clamps_a_diverged_size_offset_to_finite_boxes():
+    priors = torch.tensor([[0.5, 0.5, 0.2, 0.1]])
+    offsets = torch.tensor([[[0.0, 0.0, 1e4, -1e4], [0.0, 0.0, float("inf"), 3e3]]])  # exp overflows
+    boxes = decode(offsets, priors, (0.1, 0.2))
+    assert torch.isfinite(boxes).all()
+    sizes = boxes[..., 2:] - boxes[..., :2]
+    torch.testing.assert_close(sizes[0, 0, 0], torch.tensor(0.2 * 1000 / 16))  # capped growth
+    torch.testing.assert_close(sizes[0, 0, 1], torch.tensor(0.1 * torch.exp(torch.tensor(-2e3))))
+    torch.testing.assert_close(sizes[0, 1], torch.tensor([0.2, 0.1]) * 1000 / 16)
+
+
+def test_decode_leaves_ordinary_offsets_bit_for_bit():
+    generator = torch.Generator().manual_seed(0)
+    priors = torch.rand(50, 4, generator=generator) * 0.5 + 0.1
+    offsets = torch.randn(3, 50, 4, generator=generator) * 5  # sizes up to exp(+-3) times the prior
+    centre = priors[:, :2] + offsets[..., :2] * 0.1 * priors[:, 2:]
+    size = priors[:, 2:] * torch.exp(offsets[..., 2:] * 0.2)
+    expected = cxcywh_to_xyxy(torch.cat([centre, size], dim=-1))
+    assert torch.equal(decode(offsets, priors, (0.1, 0.2)), expected)

@@ -179,6 +179,33 @@ def test_corrupt_image_raises_on_read_or_becomes_blank(tmp_path, caplog):
     assert "skip_bad=true" not in warnings[0]  # no advice to turn on what is on
 
 
+def write_truncated_jpeg(path: Path, width: int, height: int, kept: float = 0.7) -> np.ndarray:
+    """A JPEG (colour gradients) of width x height cut after `kept` of its bytes; returns the
+    full image."""
+    x, y = np.meshgrid(np.linspace(0, 255, width), np.linspace(0, 255, height))
+    image = np.stack([x, y, (x + y) / 2], axis=-1).astype(np.uint8)
+    encoded = cv2.imencode(".jpg", image)[1].tobytes()
+    path.write_bytes(encoded[:int(len(encoded) * kept)])
+    return image
+
+
+def test_truncated_jpeg_is_read_with_one_warning_naming_it(tmp_path, caplog):
+    write_year(tmp_path, "2007", "test", {"cut": xml(80, 64, obj("cat", (1, 1, 40, 30)))})
+    (tmp_path / "VOC2007/JPEGImages/cut.png").unlink()
+    path = tmp_path / "VOC2007/JPEGImages/cut.jpg"
+    full = write_truncated_jpeg(path, 80, 64)
+    assert cv2.imdecode(np.fromfile(path, np.uint8), cv2.IMREAD_COLOR) is None  # what failed
+    assert cv2.imread(str(path)) is not None
+    ds = VOCDataset(tmp_path, [("2007", "test")], verbose=False)
+    image, target = ds[0]
+    ds[0]
+    assert image.shape == (64, 80, 3) and target.shape == (1, 5)
+    top = full[:8].astype(int)  # the first block row was in the kept bytes
+    assert np.abs(image[:8].astype(int) - top).mean() < 5
+    warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert len(warnings) == 1 and str(path) in warnings[0] and "damaged" in warnings[0]
+
+
 def test_annotated_size_that_disagrees_with_the_image_uses_the_real_size(tmp_path, caplog):
     # the XML says 30x30, the image is 60x45: boxes beyond 30 px must survive, normalised by 60x45
     write_year(tmp_path, "2007", "test", {"1": xml(30, 30, obj("cat", (11, 21, 51, 41)))})

@@ -7,6 +7,7 @@ import torch.nn.functional as F
 
 from ssd.config import load_config
 from ssd.loss import FocalLoss, MultiBoxLoss, assign_targets, build_loss, prepare_targets
+from ssd.modeling import resolve_priors
 from ssd.ops.mining import hard_negative_mask
 from ssd.ops.reference import classic_multibox_loss, per_image_focal_loss, per_image_multibox_loss
 from ssd.priors import default_boxes, priors_from_config
@@ -151,6 +152,21 @@ def test_mined_negatives_are_exactly_the_top_k_by_loss():
     assert not (negative & positive).any()
     assert negative[0].sum() == 0  # no positives, no negatives
     assert negative[4].sum() == (~positive[4]).sum()  # capped at every negative
+
+
+@pytest.mark.parametrize("num_pos, neg_pos_ratio, expected", [
+    (3, 1.5, 5),   # 4.5 -> 5 (a rank below ratio * count, as the classic port and torchvision)
+    (1, 0.5, 1),   # 0.5 -> 1
+    (2, 1.5, 3),   # exact products keep exactly that many
+    (4, 3, 12),    # the default integer ratio: unchanged
+])  # fmt: skip
+def test_fractional_neg_pos_ratio_keeps_the_ceiling(num_pos, neg_pos_ratio, expected):
+    background_loss = torch.arange(40, dtype=torch.float32)[None]  # [1, 40]
+    positive = torch.zeros(1, 40, dtype=torch.bool)
+    positive[0, :num_pos] = True
+    negative = hard_negative_mask(background_loss, positive, neg_pos_ratio=neg_pos_ratio)
+    assert int(negative.sum()) == expected
+    assert negative[0, 40 - expected:].all()  # the hardest ones
 
 
 def test_mining_inside_the_loss_matches_double_sort_selection():
@@ -371,7 +387,7 @@ def _ssd300_batch(priors, batch, seed, num_classes=21):
 
 @pytest.mark.parametrize("seed", [0, 1])
 def test_multibox_equals_the_classic_algorithm_on_ssd300_priors(seed):
-    cfg = load_config()
+    cfg = resolve_priors(load_config())  # SSD300: vgg16 at 300 px
     priors = priors_from_config(cfg.model.priors, cfg.model.image_size)
     loc, conf, targets = _ssd300_batch(priors, batch=4, seed=seed)
     loc_a, conf_a, loc_b, conf_b = _leaves(loc, conf, loc, conf)

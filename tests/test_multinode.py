@@ -53,3 +53,20 @@ def test_two_nodes_of_two_processes_end_with_identical_weights(tmp_path):
     printed = "".join(stdout + stderr for stdout, stderr in outputs)
     assert f"DDP: weights identical across {world} ranks" in printed
     assert [iteration for iteration, _ in ckpt.list_checkpoints(output)] == [3]
+
+
+def test_a_batch_that_does_not_split_over_the_ranks_is_one_message_before_they_connect(tmp_path):
+    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2",
+               f"--master_port={_free_port()}", TRAIN_SCRIPT, "--config",
+               str(REPO_ROOT / "configs" / "shapes.yaml"), "--device", "cpu", "--output",
+               str(tmp_path / "run"), "--opts", f"data.root={tmp_path / 'data'}", "solver.batch_size=7"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO_ROOT)}
+    done = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
+    printed = done.stdout + done.stderr
+    assert done.returncode != 0
+    errors = [line for line in printed.splitlines() if line.startswith("error: ")]
+    assert errors == ["error: solver.batch_size=7 is the global batch and must be divisible by the "
+                      "number of processes (2)"], printed
+    assert "exitcode  : 2" in printed  # the status of a user error, from torchrun's summary
+    assert "gloo" not in printed.lower() and 'train.py", line' not in printed  # no rank traceback
+    assert not (tmp_path / "data").exists() and not (tmp_path / "run").exists()

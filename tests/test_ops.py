@@ -9,6 +9,7 @@ import ssd.ops.chunked_match
 from ssd.box_utils import cxcywh_to_xyxy, match, pad_targets, pairwise_iou
 from ssd.config import load_config
 from ssd.loss import MultiBoxLoss
+from ssd.modeling import resolve_priors
 from ssd.ops.bipartite import bipartite_claims, first_row_reaching
 from ssd.ops.chunked_match import chunk_sizes, rows_in_use
 from ssd.ops.mining import background_loss, hard_negative_mask
@@ -27,7 +28,7 @@ def _random_priors(count, generator):
 # ------------------------------------------------------------------------------ prior_iou
 
 def test_prior_iou_is_pairwise_iou_bit_for_bit():
-    cfg = load_config()
+    cfg = resolve_priors(load_config())  # SSD300: vgg16 at 300 px
     priors = cxcywh_to_xyxy(priors_from_config(cfg.model.priors, cfg.model.image_size))
     generator = torch.Generator().manual_seed(0)
     low = torch.rand(3, 5, 2, generator=generator) * 0.7
@@ -145,11 +146,11 @@ def test_hard_negatives_equal_the_double_sort_rank_selection():
     loss = torch.rand(6, 300, generator=generator)  # distinct values
     fraction = torch.tensor([[0.0], [0.01], [0.05], [0.2], [0.5], [0.9]])
     positive = torch.rand(6, 300, generator=generator) < fraction
-    for ratio in (3, 1, 0.5):
+    for ratio in (3, 1, 0.5, 1.5):
         ranked = loss.masked_fill(positive, -1.0)
         rank = ranked.sort(dim=1, descending=True).indices.argsort(dim=1)  # [B, P]
         num_pos = positive.sum(dim=1, keepdim=True)
-        num_neg = torch.minimum((num_pos * ratio).floor().long(), 300 - num_pos)
+        num_neg = torch.minimum((num_pos.double() * ratio).ceil().long(), 300 - num_pos)
         assert torch.equal(hard_negative_mask(loss, positive, ratio), rank < num_neg)
 
 

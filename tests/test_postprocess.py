@@ -8,6 +8,7 @@ import ssd.ops.nms
 from ssd import postprocess
 from ssd.box_utils import cxcywh_to_xyxy, pairwise_iou
 from ssd.config import load_config
+from ssd.modeling import resolve_priors
 from ssd.ops.reference import classic_detect
 from ssd.postprocess import PostProcessor, build_postprocessor, detect, scale_boxes
 from ssd.priors import priors_from_config
@@ -41,11 +42,27 @@ def _assert_boxes_are_priors(result, prior_indices):
 
 def test_threshold_keeps_scores_above_it_with_0_based_labels():
     probabilities = [[0.0, 0.0], [0.0, 0.0], [0.6, 0.0], [0.0, 0.02], [0.005, 0.0]]
-    result = _detect(probabilities, conf_threshold=0.01)
+    result = _detect(probabilities, score_threshold=0.01)
     torch.testing.assert_close(result["scores"], torch.tensor([0.6, 0.02]))
     assert result["labels"].tolist() == [0, 1]  # conf columns 1 and 2
     _assert_boxes_are_priors(result, [2, 3])
-    assert _detect(probabilities, conf_threshold=0.03)["labels"].tolist() == [0]
+    assert _detect(probabilities, score_threshold=0.03)["labels"].tolist() == [0]
+
+
+def test_conf_threshold_still_works_as_the_old_name_of_score_threshold():
+    probabilities = [[0.0, 0.0], [0.0, 0.0], [0.6, 0.0], [0.0, 0.02], [0.005, 0.0]]
+    with pytest.warns(DeprecationWarning, match="old name of score_threshold"):
+        result = _detect(probabilities, conf_threshold=0.03)
+    assert result["labels"].tolist() == [0]
+    with pytest.warns(DeprecationWarning):
+        post = PostProcessor(conf_threshold=0.5, nms_threshold=0.45, top_k=10,
+                             candidates_per_class=5, variances=(0.1, 0.2))
+    assert post.score_threshold == post.conf_threshold == 0.5
+    assert post == PostProcessor(0.5, 0.45, 10, 5, (0.1, 0.2))
+    with pytest.warns(DeprecationWarning):
+        assert build_postprocessor(load_config(), conf_threshold=0.4).score_threshold == 0.4
+    with pytest.raises(TypeError, match="not both"):
+        PostProcessor(0.5, 0.45, 10, 5, (0.1, 0.2), conf_threshold=0.4)
 
 
 def test_nms_suppresses_overlaps_within_a_class_only():
@@ -102,7 +119,7 @@ def test_equals_straightforward_reference_on_random_inputs(seed):
     priors = torch.cat([centre, 0.05 + 0.3 * torch.rand(num_priors, 2, generator=generator)], 1)
     loc = 0.5 * torch.randn(batch, num_priors, 4, generator=generator)
     conf = 2.0 * torch.randn(batch, num_priors, num_classes, generator=generator)
-    settings = dict(conf_threshold=0.05, nms_threshold=0.45, top_k=40, candidates_per_class=25)
+    settings = dict(score_threshold=0.05, nms_threshold=0.45, top_k=40, candidates_per_class=25)
     results = detect(loc, conf, priors, **settings)
     expected = classic_detect(loc, conf, priors, **settings)
     for result, reference in zip(results, expected):
@@ -146,8 +163,8 @@ def test_build_postprocessor_reads_the_config_and_overrides():
     cfg = load_config(overrides=["test.top_k=50", "model.variances=[0.1, 0.25]"])
     post = build_postprocessor(cfg)
     assert post == PostProcessor(0.01, 0.45, 50, 400, (0.1, 0.25))
-    post = build_postprocessor(cfg, conf_threshold=0.5, nms_threshold=None)
-    assert post.conf_threshold == 0.5 and post.nms_threshold == 0.45
+    post = build_postprocessor(cfg, score_threshold=0.5, nms_threshold=None)
+    assert post.score_threshold == 0.5 and post.nms_threshold == 0.45
     probabilities = [[0.6, 0.0], [0.4, 0.0], [0.0, 0.0], [0.0, 0.3], [0.0, 0.0]]
     result = post(torch.zeros(1, 5, 4), _logits(probabilities), PRIORS)[0]
     assert result["labels"].tolist() == [0] and math.isclose(result["scores"].item(), 0.6,
@@ -167,7 +184,7 @@ def _ssd300_outputs(batch, distribution, seed, prior_step=1):
     class. "tied": half-trained logit rows drawn from a palette of 16, so many priors have
     exactly equal scores.
     """
-    cfg = load_config()
+    cfg = resolve_priors(load_config())  # SSD300: vgg16 at 300 px
     priors = priors_from_config(cfg.model.priors, cfg.model.image_size)[::prior_step]
     generator = torch.Generator().manual_seed(seed)
     loc = 0.5 * torch.randn(batch, len(priors), 4, generator=generator)
@@ -196,7 +213,7 @@ def test_loop_and_batched_forms_give_identical_detections(distribution, batch, p
                                                           candidates, monkeypatch):
     monkeypatch.setattr(ssd.ops.nms, "OVERLAP_CHUNK_ELEMENTS", 7 * candidates**2)  # 7 groups
     loc, conf, priors = _ssd300_outputs(batch, distribution, batch, prior_step)
-    settings = dict(conf_threshold=0.01, nms_threshold=0.45, candidates_per_class=candidates)
+    settings = dict(score_threshold=0.01, nms_threshold=0.45, candidates_per_class=candidates)
     loop = detect(loc, conf, priors, **settings, top_k=200, method="loop")
     _assert_same_detections(detect(loc, conf, priors, **settings, top_k=200, method="batched"), loop)
     everything = detect(loc, conf, priors, **settings, top_k=0, method="loop")
@@ -224,7 +241,7 @@ def test_batched_form_on_cuda_gives_the_cpu_loop_detections(distribution, batch)
     21 classes), so boxes and scores are compared to 64 float32 ulps (2^-23 relative each);
     the detections kept, their order and labels must be the same."""
     loc, conf, priors = _ssd300_outputs(batch, distribution, seed=batch)
-    settings = dict(conf_threshold=0.01, nms_threshold=0.45, candidates_per_class=400, top_k=200)
+    settings = dict(score_threshold=0.01, nms_threshold=0.45, candidates_per_class=400, top_k=200)
     assert postprocess.nms_method("auto", torch.device("cuda"), 400) == "batched"
     expected = detect(loc, conf, priors, **settings, method="loop")
     got = detect(loc.cuda(), conf.cuda(), priors.cuda(), **settings, method="auto")

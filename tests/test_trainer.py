@@ -16,6 +16,7 @@ from trainer_helpers import TRAIN_SCRIPT as TRAIN_SCRIPT_PATH
 
 from ssd.engine import checkpoint as ckpt
 from ssd.engine.metrics_log import read_metrics
+from ssd.engine.run_lock import LOCK_NAME
 from ssd.engine.trainer import Trainer, TrainingError
 from ssd.fileio import atomic_torch_save
 
@@ -223,6 +224,7 @@ def test_sigint_writes_a_checkpoint(data_root, tmp_path):
     assert len(saved) == 1 and saved[0][0] >= 2
     assert "--resume" in stderr
     assert ckpt.load_checkpoint(saved[0][1])["iteration"] == saved[0][0]
+    assert not (tmp_path / LOCK_NAME).exists()  # released on Ctrl-C
 
 
 def test_ddp_two_cpu_processes_end_with_identical_weights(data_root, tmp_path):
@@ -235,6 +237,7 @@ def test_ddp_two_cpu_processes_end_with_identical_weights(data_root, tmp_path):
     assert result.returncode == 0, result.stderr[-3000:]
     assert "DDP: weights identical across 2 ranks" in result.stderr  # a log line
     assert [it for it, _ in ckpt.list_checkpoints(tmp_path)] == [3]  # rank 0 only, no clash
+    assert not (tmp_path / LOCK_NAME).exists()  # rank 0 took it and released it
     records = read_metrics(tmp_path / "metrics.jsonl")
     assert [r["iteration"] for r in records if r["kind"] == "train"] == [1, 2, 3]
 

@@ -24,6 +24,7 @@ from benchmarks import interleaved_times
 from ssd import defaults
 from ssd.config import load_config
 from ssd.loss import MultiBoxLoss
+from ssd.modeling import resolve_priors
 from ssd.ops.reference import classic_multibox_loss
 from ssd.priors import priors_from_config
 
@@ -79,7 +80,7 @@ def run(quick: bool = False, device: str = "cpu", batch_size: int = BATCH) -> di
     """Time both implementations on `device` at `batch_size` for each target scenario and
     print the figures; returns them per scenario."""
     device = torch.device(device)
-    cfg = load_config()
+    cfg = resolve_priors(load_config())  # SSD300: vgg16 at 300 px
     priors = priors_from_config(cfg.model.priors, cfg.model.image_size).to(device)  # [8732, 4]
     repeats = 3 if quick else 30
     print(f"loss forward+backward, fp32, {device} ({torch.get_num_threads()} threads), batch "

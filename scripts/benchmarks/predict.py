@@ -24,13 +24,13 @@ import torch
 from benchmarks import best_time
 from ssd import defaults
 from ssd.config import load_config
-from ssd.modeling import build_model
+from ssd.modeling import build_model, resolve_priors
 from ssd.ops.reference import classic_detect
 from ssd.postprocess import detect
 from ssd.precision import default_precision
 from ssd.priors import priors_from_config
 
-SETTINGS = dict(conf_threshold=defaults.CONF_THRESHOLD, nms_threshold=defaults.NMS_THRESHOLD,
+SETTINGS = dict(score_threshold=defaults.SCORE_THRESHOLD, nms_threshold=defaults.NMS_THRESHOLD,
                 top_k=defaults.TOP_K, candidates_per_class=defaults.CANDIDATES_PER_CLASS)
 TARGET_RATIO = 20.0
 
@@ -43,7 +43,7 @@ def half_trained_outputs(batch: int, seed: int = 0) -> tuple[torch.Tensor, torch
     logits), so about half of the priors pass 0.01 in each of the 20 classes; offsets are
     N(0, 0.5), so neighbouring boxes overlap and NMS has real work.
     """
-    cfg = load_config()
+    cfg = resolve_priors(load_config())  # SSD300: vgg16 at 300 px
     priors = priors_from_config(cfg.model.priors, cfg.model.image_size)
     generator = torch.Generator().manual_seed(seed)
     loc = 0.5 * torch.randn(batch, len(priors), 4, generator=generator)
@@ -78,9 +78,9 @@ def postprocess_benchmark(quick: bool) -> dict:
     timed with torch's default thread count.
     """
     loc, conf, priors = half_trained_outputs(batch=1)
-    passing = (conf.softmax(dim=-1)[0, :, 1:] > SETTINGS["conf_threshold"]).sum(dim=0)
+    passing = (conf.softmax(dim=-1)[0, :, 1:] > SETTINGS["score_threshold"]).sum(dim=0)
     print(f"post-processing: {len(priors)} priors x {conf.shape[-1]} classes; priors above "
-          f"{SETTINGS['conf_threshold']} per class: {int(passing.min())}-{int(passing.max())}")
+          f"{SETTINGS['score_threshold']} per class: {int(passing.min())}-{int(passing.max())}")
     default_threads = torch.get_num_threads()
     fast_default, _ = best_time(lambda: detect(loc, conf, priors, **SETTINGS),
                                  5 if quick else 20)

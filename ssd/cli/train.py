@@ -13,7 +13,9 @@ folders relative to the working directory.
 
 solver.batch_size is the global batch: under torchrun each of the N processes (all nodes
 together) takes batch_size / N images per iteration and solver.lr applies to the global batch
-unchanged. Only rank 0 writes checkpoints, to the output folder on its own node: with several
+unchanged (it must be divisible by N: checked, with the rest of the config, before the
+processes connect; a wrong input is printed once per machine and every process exits with
+status 2). Only rank 0 writes checkpoints, to the output folder on its own node: with several
 nodes, use a shared filesystem so that --resume auto finds the same checkpoint everywhere.
 """
 
@@ -22,7 +24,14 @@ from __future__ import annotations
 import argparse
 import sys
 
-from ssd.cli.common import add_version_argument, load_cli_config, pick_device, run_cli
+from ssd.cli.common import (
+    EXIT_USER_ERROR,
+    USER_ERRORS,
+    add_version_argument,
+    load_cli_config,
+    pick_device,
+    run_cli,
+)
 
 
 def parse_args(argv=None):
@@ -51,18 +60,26 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     from ssd.data import DataError
     from ssd.engine.checkpoint import CheckpointError
-    from ssd.engine.distributed import cleanup, init_distributed
+    from ssd.engine.distributed import check_global_batch, cleanup, init_distributed, launch_info
+    from ssd.engine.run_lock import FolderInUseError
     from ssd.engine.trainer import OutputFolderError, Trainer, TrainingError
 
-    cfg = load_cli_config(args.config, overrides=args.opts)
-    device = pick_device(args.device)
+    launch = launch_info()
+    try:  # before the ranks connect, so that a wrong input stops every one of them cleanly
+        cfg = load_cli_config(args.config, overrides=args.opts)
+        check_global_batch(cfg.solver.batch_size, launch.world_size)
+        device = pick_device(args.device)
+    except USER_ERRORS:
+        if launch.local_rank == 0:
+            raise
+        return EXIT_USER_ERROR  # the same error as local rank 0's, which prints it
     dist_info = init_distributed(device.split(":")[0])
     try:
         trainer = Trainer.from_config(cfg, output_dir=args.output, device=device, dist_info=dist_info,
                                       resume=args.resume, init_weights=args.weights,
                                       progress=not args.no_progress, overwrite=args.overwrite)
         result = trainer.train()
-    except (CheckpointError, OutputFolderError, DataError) as err:  # the input is wrong
+    except (CheckpointError, OutputFolderError, FolderInUseError, DataError) as err:  # the input is wrong
         print(f"error: {err}", file=sys.stderr)
         return 2
     except TrainingError as err:

@@ -6,6 +6,11 @@
 
 Formats (cfg.data.format):
     voc     cfg.data.root is a VOCdevkit; cfg.data.train_sets / test_sets list (year, split).
+            Or a folder with Annotations/ + JPEGImages/ (or annotations/ + images/), or of images
+            beside their XML files (ssd.data.voc_layout): its ImageSets/Main/<split>.txt files
+            named by the sets' splits, else data.split_dir/{train,test}.txt
+            (ssd.data.run_config.record_split writes them for a training run), else the
+            data.val_fraction split.
     coco    cfg.data.root holds cfg.data.coco.{train,test}_{annotations,images}.
     yolo    cfg.data.root holds images/<split>/, labels/<split>/ and cfg.data.yolo.names_file;
             the splits are cfg.data.yolo.{train,test}_split.
@@ -15,7 +20,13 @@ Formats (cfg.data.format):
             splits, whatever train_sets / test_sets say.
 
 The class count must agree with the model: model.num_classes = len(class names) + 1.
-`class_names_for(cfg)` is the one rule for a config's class names.
+`class_names_for(cfg)` is the one rule for a config's class names; `with_class_names(cfg, ds)`
+(ssd.data.run_config) writes the names a data set read from its files (COCO categories, a YOLO
+data.yaml or classes.txt) into data.class_names, so that the config a checkpoint stores names
+its classes.
+
+This module never imports ssd.config: config validation reads DATASET_BUILDERS from here (see
+ssd.config_schema), so the functions that derive a new config live in ssd.data.run_config.
 """
 
 from __future__ import annotations
@@ -25,13 +36,21 @@ import logging
 from pathlib import Path
 from typing import Callable
 
-from ssd.config import ConfigError
+from ssd.commands import command
 from ssd.data.coco import COCODataset
 from ssd.data.common import DataError, DetectionDataset
 from ssd.data.shapes import SHAPES_CLASSES, make_shapes, read_shapes_settings, shapes_settings
 from ssd.data.transforms import BaseTransform, SSDAugmentation
-from ssd.data.voc import VOC_CLASSES, VOCDataset
+from ssd.data.voc import VOC_CLASSES, VOCDataset, VOCSplit
+from ssd.data.voc_layout import (
+    VOCFolder,
+    find_voc_folder,
+    folder_split,
+    listed_split,
+    refuse_empty_folder,
+)
 from ssd.data.yolo import YOLODataset
+from ssd.errors import ConfigError
 
 logger = logging.getLogger(__name__)
 
@@ -96,19 +115,42 @@ def class_names_for(cfg) -> list[str]:
     """Foreground class names in label order, for a model without its data set at hand:
     `configured_class_names` when they fit model.num_classes, else generic class_<label> names
     (e.g. a COCO model, whose names live in the annotation file)."""
-    count = cfg.model.num_classes - 1
-    names = configured_class_names(cfg)
-    if names is not None and len(names) == count:
+    names = known_class_names(cfg)
+    if names is not None:
         return names
-    return [f"class_{label}" for label in range(count)]
+    return [f"class_{label}" for label in range(cfg.model.num_classes - 1)]
+
+
+def known_class_names(cfg) -> list[str] | None:
+    """The foreground class names of `cfg`'s model when the config names them
+    (`configured_class_names` of the model's class count), else None: the model's classes are
+    known only by their labels (e.g. a YOLO or COCO model trained before checkpoints stored
+    their data set's names)."""
+    names = configured_class_names(cfg)
+    return names if names is not None and len(names) == cfg.model.num_classes - 1 else None
 
 
 def _voc(cfg, train: bool) -> VOCDataset:
     data = cfg.data
     names = configured_class_names(cfg)
     sets = data.train_sets if train else data.test_sets
+    folder = find_voc_folder(data.root)
+    if folder is not None:
+        sets = _folder_sets(cfg, folder, sets, train)
+    else:
+        refuse_empty_folder(data.root)
     return VOCDataset(data.root, sets, class_names=names, keep_difficult=data.keep_difficult,
                       keep_empty=data.keep_empty or not train, skip_bad=data.skip_bad)
+
+
+def _folder_sets(cfg, folder: VOCFolder, sets: list, train: bool) -> list[VOCSplit]:
+    """The splits of a VOC folder outside the VOCdevkit layout: its ImageSets/Main files named
+    by the (year, split) pairs' splits, else the train or test part of its split."""
+    if folder.has_split_files:
+        split_names = dict.fromkeys(str(split) for _, split in sets)  # in order, once each
+        return [listed_split(folder, name) for name in split_names]
+    name = "train" if train else "test"
+    return [folder_split(folder, name, cfg.data.val_fraction, cfg.data.split_dir)]
 
 
 def _shapes(cfg, train: bool) -> VOCDataset:
@@ -137,10 +179,10 @@ def _require_shapes(root: str, shapes) -> None:
     state = "does not exist" if found is None else f"was made with other settings ({found})"
     raise DataError(
         f"No shapes data set with data.shapes={dict(shapes.to_dict())} under {folder}: it {state}. "
-        "Evaluation does not generate data sets: make it with python scripts/make_shapes.py "
+        f"Evaluation does not generate data sets: make it with {command('ssd-make-shapes')} "
         f"--root {root} --num-train {shapes.num_train} --num-test {shapes.num_test} --image-size "
         f"{shapes.image_size} --seed {shapes.seed}, or train with this config first "
-        "(python scripts/train.py --config ...), which generates it",
+        f"({command('ssd-train')} --config ...), which generates it",
         "missing data set", folder)
 
 

@@ -3,7 +3,9 @@
 Category ids (1..90 with gaps for COCO 2017) map to contiguous 0-based labels in increasing id
 order; `label_to_category_id` maps back when writing results. Boxes are converted from the
 JSON's (x, y, w, h) to (xmin, ymin, xmax, ymax) pixels; crowd objects (iscrowd=1) are left out
-of the training targets and reported to the evaluator as difficult.
+of the training targets and reported to the evaluator as difficult. An image's `file_name` must
+lead to a file inside the image folder (sub-folders are fine; an absolute path, "..", or a link
+out of the folder is a "bad annotation" naming the annotation file and the value).
 """
 
 from __future__ import annotations
@@ -17,7 +19,8 @@ from typing import Any, Callable
 import numpy as np
 from pycocotools.coco import COCO
 
-from ssd.data.common import DataError, DetectionDataset, Record, sanitize_boxes
+from ssd.data.common import DataError, DetectionDataset, Record, check_distinct_class_names, sanitize_boxes
+from ssd.fileio import path_inside
 
 
 def load_coco(annotation_file: str | Path) -> COCO:
@@ -46,7 +49,7 @@ class COCODataset(DetectionDataset):
 
     Args:
         annotation_file: e.g. data/coco/annotations/instances_val2017.json.
-        image_dir: the folder holding the images' `file_name`s.
+        image_dir: the folder holding the images' `file_name`s (each must stay inside it).
         transform: called as ``transform(image, boxes, labels)`` by ``ds[i]``.
         skip_bad: count and skip bad images/annotations instead of raising.
         keep_empty: keep images without non-crowd objects.
@@ -75,6 +78,8 @@ class COCODataset(DetectionDataset):
         self.category_id_to_label = {cat: label for label, cat in
                                      enumerate(self.label_to_category_id)}
         self.class_names = [self.coco.cats[cat]["name"] for cat in self.label_to_category_id]
+        check_distinct_class_names(self.class_names, f"The categories of COCO annotation file "
+                                   f"{self.annotation_file}", self.annotation_file)
         self.report.name = f"COCO {self.annotation_file}"
         images = {p.name for p in self.image_dir.iterdir()} if self.image_dir.is_dir() else set()
         for image_id in sorted(self.coco.imgs):
@@ -95,7 +100,10 @@ class COCODataset(DetectionDataset):
         except (KeyError, TypeError, ValueError) as err:
             raise DataError(f"{where} lacks a valid field {err!s} (file_name, width, height)",
                             "bad annotation", self.annotation_file) from None
-        image_path = self.image_dir / file_name
+        try:
+            image_path = path_inside(self.image_dir, file_name, f"{where}: file_name")
+        except ValueError as err:
+            raise DataError(str(err), "bad annotation", self.annotation_file) from None
         if file_name not in images and not image_path.is_file():  # one listing, rare stats
             raise DataError(f"Image file not found: {image_path} ({where})", "missing image",
                             image_path)

@@ -11,7 +11,7 @@ import logging
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 import numpy as np
 import torch
@@ -118,6 +118,25 @@ def list_images(directory: Path) -> dict[str, str]:
         if ext in IMAGE_EXTENSIONS and (stem not in found or ext == ".jpg"):
             found[stem] = entry
     return found
+
+
+def check_distinct_class_names(names: Sequence[str], source: str, path: str | Path = "") -> None:
+    """Raise DataError when `names` lists a class twice.
+
+    Each label needs its own name: the metric's table, its results files and matching classes
+    by name (evaluation, fine-tuning) all key on it, so a repeated name would hide a class.
+
+    Args:
+        names: class names in label order.
+        source: where they come from, for the message (a file, a config key).
+        path: the file, if any (DataError.path).
+    """
+    first_label: dict[str, int] = {}
+    for label, name in enumerate(names):
+        if name in first_label:
+            raise DataError(f"{source} lists class '{name}' twice (labels {first_label[name]} and "
+                            f"{label}); class names must be distinct", "bad annotation", path)
+        first_label[name] = label
 
 
 def sanitize_boxes(

@@ -12,6 +12,10 @@ iscrowd), YOLO label lines with 6 decimals (YOLO has no difficult flag: those ob
 out and counted). Images are copied; the output is written to a temporary folder next to it and
 renamed into place at the end, together with a README.txt holding the config to read it.
 
+Names from the data never steer where a file goes: the readers refuse an image path that leads
+out of its image folder (a COCO file_name, a VOC image id), and output files and split folders
+are named through `safe_file_name` (ordinary names unchanged).
+
 Source layouts (what the project's configs read):
     voc   root/ImageSets/Main/{split}.txt (root named VOC*) or root/VOC*/ImageSets/Main/{split}.txt;
           split files with an underscore (per-class lists) are not splits
@@ -34,13 +38,14 @@ from xml.sax.saxutils import escape
 
 import numpy as np
 import yaml
-from tqdm import tqdm
 
+from ssd.commands import command
 from ssd.data.coco import COCODataset
 from ssd.data.common import DetectionDataset
-from ssd.data.voc import VOCDataset, read_split
+from ssd.data.voc import VOCDataset, read_split, voc_annotation_file
 from ssd.data.yolo import YOLODataset
-from ssd.fileio import replace_directory
+from ssd.fileio import CANNOT_WRITE, note_failed_action, replace_directory, safe_file_name, safe_file_names
+from ssd.progress import progress_bar
 
 logger = logging.getLogger(__name__)
 
@@ -107,12 +112,13 @@ def _voc_splits(folder: Path) -> list[str]:
 
 def _voc_object_names(folder: Path, splits: Sequence[str]) -> set[str]:
     """Class names used by the XML files of `splits` (unreadable files: VOCDataset reports them)."""
-    ids = {image_id for split in splits
-           for image_id in read_split(folder / "ImageSets" / "Main" / f"{split}.txt")}
+    split_files = [folder / "ImageSets" / "Main" / f"{split}.txt" for split in splits]
+    xml_files = {voc_annotation_file(folder / "Annotations", image_id, split_file)
+                 for split_file in split_files for image_id in read_split(split_file)}
     names = set()
-    for image_id in ids:
+    for xml_file in xml_files:
         try:
-            root = ET.parse(folder / "Annotations" / f"{image_id}.xml").getroot()
+            root = ET.parse(xml_file).getroot()
         except (OSError, ET.ParseError):
             continue
         names.update(node.text.strip() for node in root.iterfind("object/name") if node.text)
@@ -193,19 +199,21 @@ READERS: dict[str, Callable[[Path, Sequence[str] | None], Collection]] = {
 # ----------------------------------------------------------------------------------- writers
 def output_stems(collection: Collection) -> dict[Path, str]:
     """One output file stem per source image, unique over all splits (VOC keeps every split's
-    images in one folder): the source stem, or stem-2, stem-3, ... when another image has it."""
+    images in one folder) and regardless of case: the source stem through `safe_file_name`
+    (unchanged when ordinary), or that stem-2, stem-3, ... when another image has it."""
     stems: dict[Path, str] = {}
-    taken: set[str] = set()
+    taken: set[str] = set()  # case-folded: "A.jpg" and "a.jpg" are one file on some systems
     for items in collection.splits.values():
         for item in items:
             if item.image_path in stems:  # the same image in two splits (VOC train + trainval)
                 continue
-            stem, count = item.image_path.stem, 1
-            while stem in taken:
+            first = safe_file_name(item.image_path.stem, f"file name of image {item.image_path}")
+            stem, count = first, 1
+            while stem.casefold() in taken:
                 count += 1
-                stem = f"{item.image_path.stem}-{count}"
+                stem = f"{first}-{count}"
             stems[item.image_path] = stem
-            taken.add(stem)
+            taken.add(stem.casefold())
     return stems
 
 
@@ -352,6 +360,16 @@ def _check_paths(root: Path, out: Path, overwrite: bool) -> None:
                          "replace it")
 
 
+def _name_output_path(err: OSError, staging: Path, out: Path) -> None:
+    """An OSError raised while writing into `staging` names the place in `out` it concerns
+    (the temporary folder is gone by the time the error is read)."""
+    for attribute in ("filename", "filename2"):  # filename2: the target of a copy
+        name = getattr(err, attribute)
+        if name is not None and Path(name).is_relative_to(staging):
+            setattr(err, attribute, str(out / Path(name).relative_to(staging)))
+    note_failed_action(err, CANNOT_WRITE, out)
+
+
 def convert_dataset(root: str | Path, out: str | Path, source: str, target: str,
                     class_names: Sequence[str] | None = None, overwrite: bool = False,
                     progress: bool = True) -> Collection:
@@ -362,9 +380,13 @@ def convert_dataset(root: str | Path, out: str | Path, source: str, target: str,
         source, target: "voc", "coco" or "yolo".
         class_names: class list for sources that do not carry one (VOC; YOLO without
             data.yaml); where the source has its own, it must agree.
-        progress: a tqdm bar over the images written.
+        progress: a progress bar over the images written (`ssd.progress`).
 
     Returns the Collection that was written (class names, items per split).
+
+    Raises:
+        OSError: the output cannot be written (read-only folder, disk full, ...), naming the
+            path below `out`; nothing is left behind and an existing `out` stays as it was.
     """
     for role, name in (("source", source), ("target", target)):
         if name not in FORMATS:
@@ -372,26 +394,30 @@ def convert_dataset(root: str | Path, out: str | Path, source: str, target: str,
     root, out = Path(root), Path(out)
     _check_paths(root, out, overwrite)
     collection = READERS[source](root, class_names)
+    collection.splits = dict(zip(safe_file_names(list(collection.splits), "split name"),
+                                 collection.splits.values()))
     if not collection.num_images():
         raise ValueError(f"No images found in the {source} data set at {root}")
     if not collection.class_names:
         raise ValueError(f"No objects (so no class names) in {root}; give the class names")
     staging = out.parent / f".{out.name}.converting-{os.getpid()}"
     shutil.rmtree(staging, ignore_errors=True)
-    staging.mkdir(parents=True)
     try:
-        with tqdm(total=collection.num_images(), desc=f"{source} -> {target}", unit="image",
-                  disable=not progress) as bar:
+        staging.mkdir(parents=True)
+        with progress_bar(total=collection.num_images(), desc=f"{source} -> {target}",
+                          unit="image", enabled=progress) as bar:
             WRITERS[target](collection, staging, lambda: bar.update(1))
         snippet = config_snippet(target, out, collection)
         (staging / "README.txt").write_text(
-            f"Converted from the {source} data set at {root} by scripts/convert_dataset.py.\n"
+            f"Converted from the {source} data set at {root} by {command('ssd-convert')}.\n"
             f"Splits: {', '.join(f'{s} ({len(i)} images)' for s, i in collection.splits.items())}.\n"
             f"Class names in label order: {', '.join(collection.class_names)}.\n"
             f"Config to read it (set the train / test splits you want):\n\n{snippet}")
         replace_directory(staging, out)
-    except BaseException:
+    except BaseException as err:
         shutil.rmtree(staging, ignore_errors=True)
+        if isinstance(err, OSError):
+            _name_output_path(err, staging, out)
         raise
     logger.info("Wrote %d images (%s) as %s to %s; config in %s", collection.num_images(),
                 ", ".join(collection.splits), target, out, out / "README.txt")

@@ -4,8 +4,12 @@
     root/VOC{year}/Annotations/{id}.xml         VOC XML: size, object/{name, difficult, bndbox}
     root/VOC{year}/JPEGImages/{id}.jpg          (other image extensions are found too)
 
+Folders as annotation tools write them (Annotations/ + JPEGImages/ without split files, or one
+folder of images and XML files) are read through `VOCSplit`s; see ssd.data.voc_layout.
+
 XML coordinates are 1-based pixels; the training targets are ``(value - 1) / width`` (or
-height), the convention of the published SSD ports.
+height), the convention of the published SSD ports. An image id must name a file inside
+Annotations/ (an id such as ../../x is a "bad annotation" naming the split file and the id).
 """
 
 from __future__ import annotations
@@ -17,7 +21,16 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-from ssd.data.common import DataError, DetectionDataset, Record, list_images, sanitize_boxes
+from ssd.commands import clone_doc
+from ssd.data.common import (
+    DataError,
+    DetectionDataset,
+    Record,
+    check_distinct_class_names,
+    list_images,
+    sanitize_boxes,
+)
+from ssd.fileio import path_inside
 
 VOC_CLASSES = (
     "aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair", "cow",
@@ -29,8 +42,11 @@ VOC_DOWNLOAD_HINT = (
     "PASCAL VOC cannot be downloaded by this project: get VOCtrainval_06-Nov-2007.tar, "
     "VOCtest_06-Nov-2007.tar and VOCtrainval_11-May-2012.tar (host.robots.ox.ac.uk/pascal/VOC) "
     "and extract them under data/ so that data/VOCdevkit/VOC2007 and data/VOCdevkit/VOC2012 "
-    "exist; see data/README.md"
+    "exist"
 )
+VOC_LAYOUT_HINT = ("a VOC data set is <data.root>/VOC<year>/ with Annotations/, JPEGImages/ "
+                   "and ImageSets/Main/<split>.txt, or data.root itself holding Annotations/ + "
+                   "JPEGImages/ or images beside their XML files")
 
 
 @dataclass
@@ -128,13 +144,58 @@ def read_split(path: Path) -> list[str]:
     return [line.split()[0] for line in path.read_text().splitlines() if line.strip()]
 
 
+def voc_annotation_file(annotations: Path, image_id: str, listed_in: Path) -> Path:
+    """annotations/{image_id}.xml for an id read from `listed_in` (a split file, or the folder
+    whose files gave the ids).
+
+    Raises:
+        DataError ("bad annotation"): the id leads out of `annotations` (absolute, "..", a link
+            out); the message names `listed_in` and the id.
+    """
+    try:
+        return path_inside(annotations, f"{image_id}.xml", f"{listed_in}: image id {image_id!r} as")
+    except ValueError as err:
+        raise DataError(str(err), "bad annotation", listed_in) from None
+
+
+@dataclass(frozen=True)
+class VOCSplit:
+    """The images of one split: each id's XML is `annotations`/<id>.xml and its image the file
+    of that stem in `images` (.jpg preferred, see IMAGE_EXTENSIONS)."""
+
+    name: str  # for the load summary, e.g. "VOC2007/test" or "cells/train"
+    annotations: Path
+    images: Path
+    ids: tuple[str, ...]
+    id_prefix: str = ""  # image_id = id_prefix + id, e.g. "VOC2007/"
+    split_file: Path | None = None  # the file that listed the ids, if any
+
+
+def devkit_split(root: str | Path, year: str, split: str) -> VOCSplit:
+    """The split root/VOC{year}/ImageSets/Main/{split}.txt of a VOCdevkit.
+
+    Raises:
+        FileNotFoundError: the split file does not exist (with how to get PASCAL VOC).
+    """
+    year_dir = Path(root) / f"VOC{year}"
+    split_file = year_dir / "ImageSets" / "Main" / f"{split}.txt"
+    if not split_file.is_file():
+        hint = VOC_DOWNLOAD_HINT if year in ("2007", "2012") else VOC_LAYOUT_HINT
+        hint += clone_doc("data/README.md")
+        found = "" if year_dir.is_dir() else f" ({year_dir} does not exist)"
+        raise FileNotFoundError(f"VOC split file not found: {split_file}{found}. {hint}")
+    return VOCSplit(f"VOC{year}/{split}", year_dir / "Annotations", year_dir / "JPEGImages",
+                    tuple(read_split(split_file)), id_prefix=f"VOC{year}/", split_file=split_file)
+
+
 class VOCDataset(DetectionDataset):
     """Images and boxes of one or more VOCdevkit splits.
 
     Args:
         root: the VOCdevkit directory holding VOC{year}/ folders.
         image_sets: (year, split) pairs, e.g. [("2007", "trainval"), ("2012", "trainval")];
-            ("shapes", "test") reads root/VOCshapes.
+            ("shapes", "test") reads root/VOCshapes. A `VOCSplit` is read as it says (a
+            folder outside the VOCdevkit layout).
         class_names: foreground classes in label order (default: the 20 VOC classes).
         transform: called as ``transform(image, boxes, labels)`` by ``ds[i]``.
         keep_difficult: return difficult objects from ``ds[i]`` (the evaluator always gets them
@@ -144,8 +205,9 @@ class VOCDataset(DetectionDataset):
         verbose: print the one-line load summary.
 
     Attributes:
-        class_names (list[str]); image_ids (list[str], "VOC{year}/{id}"); report (LoadReport);
-        split_files (list[Path]): the ImageSets/Main/{split}.txt files read;
+        class_names (list[str]); image_ids (list[str], "VOC{year}/{id}"; a VOCSplit's
+        id_prefix + id); report (LoadReport);
+        split_files (list[Path]): the ImageSets/Main/{split}.txt (or VOCSplit) files read;
         coordinate_origin (1.0): ``ds[i]`` normalises ``(xml - 1) / size``, so
         ``get_annotation`` boxes minus 1 are in the frame of ``normalised * size``.
     """
@@ -167,48 +229,44 @@ class VOCDataset(DetectionDataset):
         self.root = Path(root)
         self.split_files: list[Path] = []
         self.class_names = list(class_names) if class_names is not None else list(VOC_CLASSES)
+        check_distinct_class_names(self.class_names, "The class names given (data.class_names)")
         class_to_label = {name: label for label, name in enumerate(self.class_names)}
-        if len(class_to_label) != len(self.class_names):
-            raise ValueError(f"class_names has duplicates: {self.class_names}")
         self._class_to_label = class_to_label
-        sets = [(str(year), str(split)) for year, split in image_sets]
-        self.report.name = f"VOC {self.root}: " + " + ".join(f"VOC{year}/{split}" for year, split in sets)
-        for year, split in sets:
-            self._load_split(year, split, class_to_label, keep_empty)
+        sets = [item if isinstance(item, VOCSplit) else (str(item[0]), str(item[1]))
+                for item in image_sets]
+        self.report.name = f"VOC {self.root}: " + " + ".join(
+            item.name if isinstance(item, VOCSplit) else f"VOC{item[0]}/{item[1]}" for item in sets)
+        for item in sets:
+            split = item if isinstance(item, VOCSplit) else devkit_split(self.root, *item)
+            self._load_split(split, class_to_label, keep_empty)
         self._print_summary(verbose)
 
-    def _load_split(self, year: str, split: str, class_to_label: dict[str, int],
-                    keep_empty: bool) -> None:
-        year_dir = self.root / f"VOC{year}"
-        split_file = year_dir / "ImageSets" / "Main" / f"{split}.txt"
-        if not split_file.is_file():
-            hint = VOC_DOWNLOAD_HINT if year in ("2007", "2012") else "see data/README.md"
-            found = "" if year_dir.is_dir() else f" ({year_dir} does not exist)"
-            raise FileNotFoundError(f"VOC split file not found: {split_file}{found}. {hint}")
-        self.split_files.append(split_file)
-        images = list_images(year_dir / "JPEGImages")
-        for image_id in read_split(split_file):
+    def _load_split(self, split: VOCSplit, class_to_label: dict[str, int], keep_empty: bool) -> None:
+        if split.split_file is not None:
+            self.split_files.append(split.split_file)
+        images = list_images(split.images)
+        for image_id in split.ids:
             try:
-                record = self._parse(year_dir, year, image_id, images, class_to_label)
+                record = self._parse(split, image_id, images, class_to_label)
             except DataError as err:
                 self._handle(err)
                 continue
             self._add(record, keep_empty)
 
-    def _parse(self, year_dir: Path, year: str, image_id: str, images: dict[str, str],
+    def _parse(self, split: VOCSplit, image_id: str, images: dict[str, str],
                class_to_label: dict[str, int]) -> Record:
-        xml_path = year_dir / "Annotations" / f"{image_id}.xml"
+        xml_path = voc_annotation_file(split.annotations, image_id, split.split_file or split.annotations)
         parsed = parse_voc_xml(xml_path, class_to_label)
         if image_id not in images:
-            expected = year_dir / "JPEGImages" / f"{image_id}.jpg"
+            expected = split.images / f"{image_id}.jpg"
             raise DataError(f"Image file not found: {expected} (annotated in {xml_path})",
                             "missing image", expected)
         boxes, valid, clipped = sanitize_boxes(parsed.boxes, 1.0, parsed.width, parsed.height)
         self.report.clipped += clipped
         self.report.degenerate += int((~valid).sum())
         return Record(
-            image_id=f"VOC{year}/{image_id}",
-            image_path=year_dir / "JPEGImages" / images[image_id],
+            image_id=f"{split.id_prefix}{image_id}",
+            image_path=split.images / images[image_id],
             width=parsed.width,
             height=parsed.height,
             boxes=boxes[valid],

@@ -3,7 +3,8 @@
     root/images/{split}/{stem}.jpg      (any extension of IMAGE_EXTENSIONS)
     root/labels/{split}/{stem}.txt      one object per line: ``class cx cy w h``, normalised to
                                         [0, 1] by the image width / height; no file: no objects
-    root/data.yaml                      ``names: [a, b]`` or ``names: {0: a, 1: b}``
+    root/data.yaml                      ``names: [a, b]`` or ``names: {0: a, 1: b}``; or a
+                                        classes.txt (any .txt / .names file): one name a line
 
 Boxes are kept in 0-based pixels (``normalised * size``, coordinate_origin 0), so the evaluator
 and ``ds[i]`` see them as they see COCO's. The image size comes from the file header (read by
@@ -19,7 +20,15 @@ import numpy as np
 import yaml
 from PIL import Image
 
-from ssd.data.common import DataError, DetectionDataset, Record, list_images, read_image, sanitize_boxes
+from ssd.data.common import (
+    DataError,
+    DetectionDataset,
+    Record,
+    check_distinct_class_names,
+    list_images,
+    read_image,
+    sanitize_boxes,
+)
 
 LABEL_FIELDS = 5  # class cx cy w h
 # A corner this far (as a fraction of the image side) outside [0, 1] is rounding or annotation
@@ -53,16 +62,42 @@ def read_image_size(path: str | Path) -> tuple[int, int]:
 
 
 # ------------------------------------------------------------------------- names, labels
+# Names files with one class name a line (Darknet's obj.names, the classes.txt of labelling
+# tools); any other file is read as a data.yaml.
+PLAIN_NAMES_SUFFIXES = (".txt", ".names")
+
+
 def read_yolo_names(path: str | Path) -> list[str]:
-    """Class names of a data.yaml file: ``names: [a, b]`` or ``names: {0: a, 1: b}``
-    (keys 0..n-1); an ``nc`` entry, if present, must equal the number of names.
+    """Class names of a YOLO names file, in label order.
+
+    A data.yaml holds ``names: [a, b]`` or ``names: {0: a, 1: b}`` (keys 0..n-1); an ``nc``
+    entry, if present, must equal the number of names. A classes.txt (suffix .txt or .names)
+    holds one name a line (blank lines ignored).
 
     Raises:
-        DataError: the file is missing, not YAML, or its names are not such a list.
+        DataError: the file is missing, not YAML, its names are not such a list, or it names a
+            class twice.
     """
     path = Path(path)
     if not path.is_file():
         raise DataError(f"YOLO names file not found: {path}", "missing annotation", path)
+    names = (_read_plain_names(path) if path.suffix.lower() in PLAIN_NAMES_SUFFIXES
+             else _read_yaml_names(path))
+    check_distinct_class_names(names, f"YOLO names file {path}", path)
+    return names
+
+
+def _read_plain_names(path: Path) -> list[str]:
+    """One class name a line."""
+    names = [line.strip() for line in path.read_text().splitlines() if line.strip()]
+    if not names:
+        raise DataError(f"YOLO names file {path} has no class names; expected one name a line",
+                        "bad annotation", path)
+    return names
+
+
+def _read_yaml_names(path: Path) -> list[str]:
+    """The ``names`` of a data.yaml (see `read_yolo_names`)."""
     try:
         content = yaml.safe_load(path.read_text())
     except yaml.YAMLError as err:
@@ -144,7 +179,8 @@ class YOLODataset(DetectionDataset):
         root: the folder holding images/, labels/ and the names file.
         split: the sub-folder of images/ and labels/, e.g. "train" or "val".
         class_names: classes in label order; when the names file exists too, they must agree.
-        names_file: the data.yaml-style file, relative to `root`.
+        names_file: the names file (data.yaml, or a classes.txt of one name a line), relative
+            to `root`.
         transform: called as ``transform(image, boxes, labels)`` by ``ds[i]``.
         keep_empty: keep images without objects.
         skip_bad: count and skip bad files instead of raising.
@@ -200,6 +236,7 @@ class YOLODataset(DetectionDataset):
                 raise FileNotFoundError(f"YOLO names file not found: {names_path}; write one "
                                         "('names: [a, b, ...]') or give the class names "
                                         "(data.class_names)")
+            check_distinct_class_names(given, "The class names given (data.class_names)")
             return list(given)
         names = read_yolo_names(names_path)
         if given is not None and list(given) != names:

@@ -8,6 +8,8 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
+from ssd.errors import ConfigError
+
 
 @dataclass(frozen=True)
 class DistInfo:
@@ -24,21 +26,38 @@ class DistInfo:
         return self.rank == 0
 
 
+def launch_info() -> DistInfo:
+    """This process's place as torchrun set it (RANK, WORLD_SIZE, LOCAL_RANK), read before any
+    process group exists, so that the config can be checked before the ranks connect."""
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    if world_size <= 1:
+        return DistInfo()
+    return DistInfo(rank=int(os.environ["RANK"]), world_size=world_size,
+                    local_rank=int(os.environ.get("LOCAL_RANK", "0")))
+
+
+def check_global_batch(batch_size: int, world_size: int) -> None:
+    """Raise ConfigError unless the global `batch_size` splits evenly over `world_size`
+    processes."""
+    if batch_size % world_size:
+        raise ConfigError(f"solver.batch_size={batch_size} is the global batch and must be "
+                          f"divisible by the number of processes ({world_size})")
+
+
 def init_distributed(device_type: str) -> DistInfo:
     """Join the process group when started by torchrun (WORLD_SIZE > 1), else single process.
 
     Backend: NCCL on CUDA, gloo on CPU.
     """
-    world_size = int(os.environ.get("WORLD_SIZE", "1"))
-    if world_size <= 1:
-        return DistInfo()
-    rank, local_rank = int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", "0"))
+    info = launch_info()
+    if not info.enabled:
+        return info
     if not dist.is_initialized():
         backend = "nccl" if device_type == "cuda" else "gloo"
         if device_type == "cuda":
-            torch.cuda.set_device(local_rank)
+            torch.cuda.set_device(info.local_rank)
         dist.init_process_group(backend=backend)
-    return DistInfo(rank=rank, world_size=world_size, local_rank=local_rank)
+    return info
 
 
 def barrier(info: DistInfo) -> None:

@@ -26,12 +26,12 @@ import numpy as np
 import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
-from tqdm import tqdm
 
 from ssd.data.loader import LoadFailure, TransformedDataset, data_loader
-from ssd.evaluation.dataset_eval import check_has_images, evaluate_detections
+from ssd.evaluation.dataset_eval import check_has_images, evaluate_detections, match_classes
 from ssd.postprocess import PostProcessor
 from ssd.precision import autocast_context, uses_channels_last
+from ssd.progress import progress_bar
 
 
 class SkippedImage(NamedTuple):
@@ -142,8 +142,7 @@ def predict_batches(
     channels_last = uses_channels_last(precision)
     detections: dict[int, dict[str, np.ndarray]] = {}
     skipped: list[SkippedImage] = []
-    for batch in tqdm(loader, desc="inference", unit="batch", disable=not progress,
-                      dynamic_ncols=True):
+    for batch in progress_bar(loader, desc="inference", unit="batch", enabled=progress):
         if isinstance(batch, LoadFailure):
             raise batch.error()
         images, indices, batch_skipped = _as_eval_batch(batch)
@@ -187,22 +186,32 @@ def evaluate_model(
     metric: str = "voc07",
     precision: str = "fp32",
     progress: bool = True,
+    class_names: Sequence[str] | None = None,
 ) -> dict[str, Any]:
     """``predict_batches`` over `loader` (of `dataset`), then ``evaluate_detections``.
 
-    Raises ValueError naming the split file when `dataset` has no images.
+    Args:
+        class_names: the model's foreground class names in label order, scored as the data
+            set's classes of the same names (see ``match_classes``); None: the model's labels
+            are the data set's.
+
+    Raises ValueError naming the split file when `dataset` has no images, or when the model's
+    and the data set's classes cannot be matched.
 
     Returns:
-        The metric's result plus "detections" (keyed by data set index), "skipped" (list of
-        SkippedImage) and "timing" (inference and metric seconds, images, images per second).
+        The metric's result plus "detections" (keyed by data set index, in data set labels),
+        "skipped" (list of SkippedImage) and "timing" (inference and metric seconds, images,
+        images per second).
     """
     check_has_images(dataset)
+    if class_names is not None:  # before the inference: a mismatch stops at once
+        match_classes(class_names, dataset.class_names, metric)
     start = time.perf_counter()
     predictions = predict_batches(model, loader, device, postprocess, precision=precision,
                                   progress=progress)
     inference_seconds = time.perf_counter() - start
-    result = evaluate_detections(dataset, predictions.detections, metric=metric)
-    result["detections"] = predictions.detections
+    result = evaluate_detections(dataset, predictions.detections, metric=metric,
+                                 model_classes=class_names)
     result["skipped"] = predictions.skipped
     images = len(predictions.detections)
     result["timing"] = {

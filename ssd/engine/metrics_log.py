@@ -3,20 +3,34 @@
 from __future__ import annotations
 
 import json
+import logging
+import os
 from pathlib import Path
 from typing import Any
+
+from ssd.fileio import atomic_write
+
+logger = logging.getLogger(__name__)
+
+
+class MetricsFileError(ValueError):
+    """A metrics.jsonl line other than the last is not a JSON object; the message names the
+    file and the line number."""
 
 
 class MetricsLog:
     """Appends records to `<output_dir>/metrics.jsonl` and mirrors scalars to TensorBoard.
 
-    TensorBoard is used only when the `tensorboard` package is installed.
+    TensorBoard is used only when the `tensorboard` package is installed. An interrupted
+    write (a killed process, a full disk) can only damage the last line: reading drops it with a
+    warning, and the first append of a MetricsLog removes it first (see `read_metrics`).
     """
 
     def __init__(self, output_dir: str | Path, enabled: bool = True):
         self.enabled = enabled
         self.path = Path(output_dir) / "metrics.jsonl"
         self._writer = None
+        self._tail_checked = False  # whether the file is known to end with a whole line
         if enabled:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             self._writer = _tensorboard_writer(self.path.parent / "tensorboard")
@@ -25,6 +39,9 @@ class MetricsLog:
         """Append one record; numeric values also go to TensorBoard under `<kind>/<key>`."""
         if not self.enabled:
             return
+        if not self._tail_checked:
+            _end_with_whole_line(self.path)
+            self._tail_checked = True
         with self.path.open("a") as stream:
             stream.write(json.dumps(record) + "\n")
         if self._writer is not None:
@@ -35,12 +52,22 @@ class MetricsLog:
             self._writer.flush()
 
     def truncate_after(self, iteration: int) -> None:
-        """Drop records past `iteration` (a resumed run rewrites them)."""
+        """Drop records past `iteration` (a resumed run rewrites them), and a damaged last line.
+
+        The file is replaced atomically: when the new one cannot be written (a full disk), the
+        error is raised and the old file is left as it was.
+
+        Raises:
+            MetricsFileError: a line other than the last is not a JSON object.
+        """
         if not self.enabled or not self.path.is_file():
             return
-        kept = [line for line in self.path.read_text().splitlines()
-                if line.strip() and json.loads(line).get("iteration", 0) <= iteration]
-        self.path.write_text("".join(line + "\n" for line in kept))
+        text = self.path.read_text()
+        kept = "".join(line + "\n" for record, line in _read_records(self.path, text)
+                       if record.get("iteration", 0) <= iteration)
+        if kept != text:
+            atomic_write(self.path, kept)
+        self._tail_checked = True
 
     def close(self) -> None:
         if self._writer is not None:
@@ -56,8 +83,64 @@ def _tensorboard_writer(folder: Path):
 
 
 def read_metrics(path: str | Path) -> list[dict[str, Any]]:
+    """The records of a metrics.jsonl file, in order (blank lines are skipped).
+
+    A last line that is not a JSON object is what an interrupted write leaves: it is dropped
+    with a warning naming the file and the line.
+
+    Raises:
+        MetricsFileError: another line is not a JSON object (names the file and the line).
+    """
     path = Path(path)
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    return [record for record, _ in _read_records(path, path.read_text())]
+
+
+def _read_records(path: Path, text: str) -> list[tuple[dict[str, Any], str]]:
+    """(record, its line) for the lines of `text`, the content of `path`; see `read_metrics`."""
+    lines = [(number, line) for number, line in enumerate(text.splitlines(), 1) if line.strip()]
+    records = []
+    for index, (number, line) in enumerate(lines):
+        record, problem = _decode_record(line)
+        if problem is None:
+            records.append((record, line))
+        elif index == len(lines) - 1:
+            logger.warning("%s line %d is incomplete (%s; a write was interrupted): dropped it",
+                           path, number, problem)
+        else:
+            raise MetricsFileError(f"{path} line {number}: {problem}; expected one JSON object "
+                                   f"per line")
+    return records
+
+
+def _decode_record(line: str) -> tuple[dict[str, Any] | None, str | None]:
+    """(record, None) for a line holding a JSON object, else (None, what is wrong with it)."""
+    try:
+        record = json.loads(line)
+    except json.JSONDecodeError as err:
+        return None, f"not valid JSON ({err.msg} at column {err.colno})"
+    if not isinstance(record, dict):
+        return None, f"a JSON {type(record).__name__}, not an object"
+    return record, None
+
+
+def _end_with_whole_line(path: Path) -> None:
+    """Before appending to `path`: a last line without its newline (an interrupted write) is
+    cut off with a warning, or completed when it holds a whole record, so that the next record
+    starts on a line of its own."""
+    if not path.is_file():
+        return
+    data = path.read_bytes()
+    if not data or data.endswith(b"\n"):
+        return
+    start = data.rfind(b"\n") + 1
+    record, problem = _decode_record(data[start:].decode("utf-8", errors="replace"))
+    if record is not None:
+        with path.open("ab") as stream:
+            stream.write(b"\n")
+        return
+    logger.warning("%s line %d is incomplete (%s; a write was interrupted): removed it before "
+                   "appending", path, data.count(b"\n") + 1, problem)
+    os.truncate(path, start)
 
 
 def plot_metrics(metrics_path: str | Path, out_path: str | Path) -> Path:

@@ -12,31 +12,44 @@ writes checkpoints.
 
 from __future__ import annotations
 
+import datetime
 import logging
 import random
 import signal
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
 import numpy as np
 import torch
 from torch import nn
-from tqdm import tqdm
 
-from ssd.data import DataError, build_dataset, build_transform, make_train_loader
+from ssd.batch_pictures import FIRST_BATCH_NAME, save_batch_picture
+from ssd.data import (
+    DataError,
+    build_dataset,
+    build_transform,
+    make_train_loader,
+    record_split,
+    with_class_names,
+)
 from ssd.data.build import class_names_for
 from ssd.data.image_cache import cached_image_size
 from ssd.engine import checkpoint as ckpt
-from ssd.engine.distributed import DistInfo, barrier, ranks_agree
+from ssd.engine.distributed import DistInfo, barrier, check_global_batch, ranks_agree
 from ssd.engine.freeze import freeze_modules
 from ssd.engine.inference import evaluate_model, make_eval_loader
 from ssd.engine.metrics_log import MetricsLog, plot_metrics
+from ssd.engine.run_lock import RunLock
 from ssd.engine.solver import advance_schedule, build_optimizer, build_scheduler, set_schedule_iteration
 from ssd.evaluation import coco_numbers
-from ssd.fileio import atomic_torch_save, remove_stale_temporaries
+from ssd.evaluation.report import results_dictionary, write_evaluation_report
+from ssd.fileio import atomic_torch_save, check_writable_folder, remove_stale_temporaries
 from ssd.loss import build_loss
 from ssd.modeling import build_model
+from ssd.modeling.derived import resolve_priors
+from ssd.modeling.registry import describe_derived_priors
 from ssd.postprocess import build_postprocessor
 from ssd.precision import (
     autocast_context,
@@ -45,6 +58,7 @@ from ssd.precision import (
     precision_label,
     training_precision,
 )
+from ssd.progress import progress_bar, shows_bar, write_line
 from ssd.weights import load_pretrained_backbone, load_training_weights
 
 logger = logging.getLogger(__name__)
@@ -186,6 +200,16 @@ class LogWindow:
         return read
 
 
+@dataclass(frozen=True)
+class _RunClock:
+    """When this `train()` call started (perf_counter seconds), from which iteration, to which:
+    the ETA of the log lines."""
+
+    started: float
+    start_iteration: int
+    max_iter: int
+
+
 # Makes the training batches from a start iteration: (images [B,3,S,S], targets B x [n_i, 5],
 # data set indices [B]) forever.
 BatchSource = Callable[[int], Iterator[tuple[torch.Tensor, list[torch.Tensor], torch.Tensor]]]
@@ -213,6 +237,9 @@ class Trainer:
         progress: show the tqdm bar.
         overwrite: start a new run in an output folder that holds another run's checkpoints,
             deleting them (and its metrics) first; without it such a folder is refused.
+        run_lock: the output folder's lock, already taken (`Trainer.from_config`); default:
+            taken here by rank 0. It is held until `train()` ends (also on errors and Ctrl-C) or
+            `release_output_dir()`; while it is held, another run into the folder is refused.
     """
 
     def __init__(
@@ -233,6 +260,7 @@ class Trainer:
         resume: str | Path | None = None,
         progress: bool = True,
         overwrite: bool = False,
+        run_lock: RunLock | None = None,
     ):
         self.cfg = cfg
         self.model, self.criterion = model, criterion
@@ -248,19 +276,26 @@ class Trainer:
         self._stop_requested: str | bool = False  # the stop signal's name once requested
         self.iteration = 0
         self.best_map = -1.0
+        self.score_threshold: float | None = None  # best-F1 score threshold of the last evaluation
         self.last_lr = optimizer.param_groups[0]["lr"]
         self.loss_monitor = LossSpikeMonitor()
         self._losses: dict[str, torch.Tensor] | None = None  # of the latest iteration
         self._window = LogWindow()
         self._result: dict[str, Any] = {}  # the latest log record and evaluation
-        self._prepare_output_dir(resume, overwrite)
-        self.resumed_from = self._resume(resume)
-        self.log = MetricsLog(self.output_dir, enabled=self.dist.is_main)
-        if resume is not None:
-            self.log.truncate_after(self.iteration)
-        self.ddp_model = self._wrap_distributed(self.model)
-        if cfg.train.compile:
-            self.ddp_model = torch.compile(self.ddp_model)
+        self._run_lock = run_lock
+        self._hold_output_dir()  # before anything looks at or changes the folder
+        try:
+            self._prepare_output_dir(resume, overwrite)
+            self.resumed_from = self._resume(resume)
+            self.log = MetricsLog(self.output_dir, enabled=self.dist.is_main)
+            if resume is not None:
+                self.log.truncate_after(self.iteration)
+            self.ddp_model = self._wrap_distributed(self.model)
+            if cfg.train.compile:
+                self.ddp_model = torch.compile(self.ddp_model)
+        except BaseException:
+            self.release_output_dir()
+            raise
         enable_cudnn_autotune(self.device)
 
     @classmethod
@@ -277,28 +312,49 @@ class Trainer:
     ) -> Trainer:
         """The config's training run: its data sets, model, loss, optimizer and schedule.
 
+        The output folder is locked first (rank 0; see `Trainer`'s run_lock), so that a second
+        run into it is refused before any heavy work.
+
         Args:
             output_dir: default cfg.train.output_dir.
             device: "cpu", "cuda", "cuda:1", ... (default: cuda when available).
             init_weights: a weights file (checkpoint or classic state_dict) to start the whole
                 model from; model.pretrained initialises only the backbone.
             the rest: as for `Trainer`.
+
+        Raises:
+            FolderInUseError: another live run holds the output folder (names it and its pid,
+                host and start time).
         """
         dist = dist_info or DistInfo()
+        output_dir = Path(output_dir or cfg.train.output_dir)
+        run_lock = RunLock.acquire(output_dir) if dist.is_main else None
+        try:
+            return cls._assemble(cfg, output_dir, device, dist, resume, init_weights, progress,
+                                 overwrite, run_lock)
+        except BaseException:
+            if run_lock is not None:
+                run_lock.release()
+            raise
+
+    @classmethod
+    def _assemble(cls, cfg, output_dir: Path, device: str | None, dist: DistInfo, resume,
+                  init_weights, progress: bool, overwrite: bool,
+                  run_lock: RunLock | None) -> Trainer:
+        """`from_config` once the output folder is locked."""
         device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
         if device.type == "cuda" and dist.enabled:
             device = torch.device("cuda", dist.local_rank)
-        output_dir = Path(output_dir or cfg.train.output_dir)
         _refuse_another_run(output_dir, resume, overwrite)  # before any heavy work
+        if dist.is_main:  # only rank 0 writes there
+            check_writable_folder(output_dir)
         batch_size = cfg.solver.batch_size
-        if batch_size % dist.world_size:
-            raise TrainingError(
-                f"solver.batch_size={batch_size} is the global batch and must be divisible by "
-                f"the number of processes ({dist.world_size})"
-            )
+        check_global_batch(batch_size, dist.world_size)
         _seed_everything(cfg.train.seed)
         # Data first: a missing data set stops the run before any heavy work.
+        cfg = record_split(cfg, output_dir, resume=resume is not None)
         train_set = build_dataset(cfg, train=True)
+        cfg = with_class_names(cfg, train_set)  # checkpoints name the classes the files named
         train_transform = build_transform(cfg, train=True)
         if cfg.data.cache_images:
             _cache_training_images(train_set, train_transform, progress and dist.is_main)
@@ -317,6 +373,9 @@ class Trainer:
             ))
 
         model = _build_model(cfg, device, init_weights, class_names=train_set.class_names)
+        if model.derived_prior_keys and dist.is_main:
+            logger.info(describe_derived_priors(model))
+        cfg = resolve_priors(cfg, model)  # checkpoints store the derived values
         solver = cfg.solver
         optimizer = build_optimizer(model, solver.lr, solver.momentum, solver.weight_decay,
                                     name=solver.optimizer)
@@ -326,13 +385,29 @@ class Trainer:
         return cls(cfg, model, build_loss(cfg), optimizer, scheduler, batches, output_dir, device,
                    precision=precision, train_set=train_set,
                    test_set=test_set, dist_info=dist, resume=resume, progress=progress,
-                   overwrite=overwrite)
+                   overwrite=overwrite, run_lock=run_lock)
 
     def _wrap_distributed(self, model: nn.Module) -> nn.Module:
         if not self.dist.enabled:
             return model
         device_ids = [self.device.index] if self.device.type == "cuda" else None
         return nn.parallel.DistributedDataParallel(model, device_ids=device_ids)
+
+    # ----------------------------------------------------------------------------- output folder
+    def _hold_output_dir(self) -> None:
+        """Rank 0: take the output folder's lock unless it is held (again for a later `train()`).
+
+        Raises:
+            FolderInUseError: another live run holds it.
+        """
+        if self.dist.is_main and (self._run_lock is None or not self._run_lock.held):
+            self._run_lock = RunLock.acquire(self.output_dir)
+
+    def release_output_dir(self) -> None:
+        """Let another run use the output folder: its run.lock is removed. `train()` does this
+        when it ends; call it for a Trainer that is not trained. A later `train()` locks again."""
+        if self._run_lock is not None:
+            self._run_lock.release()
 
     # ----------------------------------------------------------------------------- resume
     def _prepare_output_dir(self, resume, overwrite: bool) -> None:
@@ -406,6 +481,7 @@ class Trainer:
             _set_rng_state(state.get("rng"))
             self.iteration = int(state["iteration"])
             self.best_map = float(state.get("best_map", -1.0))
+            self.score_threshold = state.get("score_threshold")
         except (KeyError, ValueError, TypeError, RuntimeError) as err:
             raise ckpt.CheckpointError(
                 f"cannot resume from {path}: its training state does not fit this run "
@@ -426,6 +502,7 @@ class Trainer:
             "scaler": self.scaler.state_dict() if self.scaler.is_enabled() else None,
             "rng": _get_rng_state(),
             "best_map": self.best_map,
+            "score_threshold": self.score_threshold,
         }
 
     def save_checkpoint(self) -> Path | None:
@@ -463,13 +540,24 @@ class Trainer:
 
     def train(self, max_iter: int | None = None) -> dict[str, Any]:
         """Run until `max_iter` (default solver.max_iter); returns the last logged losses and
-        evaluation. Ctrl-C / SIGTERM write a checkpoint and raise KeyboardInterrupt."""
+        evaluation. Ctrl-C / SIGTERM write a checkpoint and raise KeyboardInterrupt.
+        The output folder stays locked until it returns or raises."""
+        self._hold_output_dir()
+        try:
+            return self._train(max_iter)
+        finally:
+            self.release_output_dir()
+
+    def _train(self, max_iter: int | None) -> dict[str, Any]:
         max_iter = self.cfg.solver.max_iter if max_iter is None else max_iter
         if self.dist.is_main:
             logger.info(self._summary(max_iter))
         batches = self.make_batches(self.iteration)
-        self._bar = tqdm(total=max_iter, initial=self.iteration, desc="train", unit="it",
-                         disable=not self.progress, dynamic_ncols=True)
+        self._bar = progress_bar(total=max_iter, initial=self.iteration, desc="train", unit="it",
+                                 enabled=self.progress, plain_lines=False)
+        # Without a bar on a terminal (--no-progress, stderr redirected) each log period is a line.
+        self._log_lines = self.dist.is_main and not shows_bar(self.progress)
+        self._clock = _RunClock(time.perf_counter(), self.iteration, max_iter)
         self._window.restart()
         actions = self.periodic_actions()
         previous_handlers = self._install_stop_handlers()
@@ -478,6 +566,8 @@ class Trainer:
                 waited_from = time.perf_counter()
                 images, targets, indices = self._next_batch(batches)
                 self._window.data_wait += time.perf_counter() - waited_from
+                if self.iteration == 0 and self.dist.is_main:
+                    self.draw_first_batch(images, targets)
                 self._losses = self.train_step(images, targets)
                 self.iteration += 1
                 self._window.steps.append((self.iteration, self._losses, indices))
@@ -534,6 +624,13 @@ class Trainer:
             raise DataError(f"{_worker_error_message(err)} (training stopped: {state})",
                             err.reason, err.path) from None
 
+    def draw_first_batch(self, images: torch.Tensor, targets: list[torch.Tensor]) -> Path:
+        """Draw the run's first augmented batch (images [B, 3, S, S], targets B x [n, 5]) as the
+        model sees it into <output>/train_batch0.jpg (see ssd.batch_pictures)."""
+        class_names = getattr(self.train_set, "class_names", None) or self.cfg.data.class_names or []
+        return save_batch_picture(images, targets, list(class_names), self.cfg.data.mean,
+                                  self.output_dir / FIRST_BATCH_NAME)
+
     def check_losses(self) -> None:
         """Read the losses of the iterations since the last check (one wait for the device),
         feed them to the loss-spike monitor, and stop at the first non-finite one.
@@ -562,7 +659,7 @@ class Trainer:
 
     def _log_step(self) -> None:
         """Write the latest losses, the lr, and the window's images/s split into the time spent
-        waiting for data and the rest (the steps)."""
+        waiting for data and the rest (the steps); shown on the bar, else logged as a line."""
         timing = self._window.throughput()
         record = {"kind": "train", "iteration": self.iteration,
                   **{k: round(v.item(), 6) for k, v in self._losses.items()},
@@ -571,15 +668,32 @@ class Trainer:
                   "data_wait_s": round(timing["data_wait_s"], 4),
                   "step_s": round(timing["step_s"], 4),
                   "data_wait_fraction": round(timing["data_wait_fraction"], 4)}
-        self._bar.set_postfix(loss_loc=f"{record['loss_loc']:.3f}", loss_conf=f"{record['loss_conf']:.3f}",
-                              lr=f"{record['lr']:.2e}", img_s=f"{timing['images_per_second']:.1f}",
-                              data_wait=f"{100 * timing['data_wait_fraction']:.0f}%")
+        if self._log_lines:
+            logger.info(self._log_line(record))
+        else:
+            self._bar.set_postfix(loss_loc=f"{record['loss_loc']:.3f}",
+                                  loss_conf=f"{record['loss_conf']:.3f}", lr=f"{record['lr']:.2e}",
+                                  img_s=f"{timing['images_per_second']:.1f}",
+                                  data_wait=f"{100 * timing['data_wait_fraction']:.0f}%")
         self.log.write(record)
         self._result.update(record)
 
+    def _log_line(self, record: dict[str, Any]) -> str:
+        """One plain log line: iteration, losses, lr, images/s, data wait and ETA."""
+        clock = self._clock
+        done = self.iteration - clock.start_iteration
+        elapsed = time.perf_counter() - clock.started
+        remaining = (clock.max_iter - self.iteration) * elapsed / done if done > 0 else 0.0
+        eta = datetime.timedelta(seconds=round(max(remaining, 0.0)))
+        return (f"iteration {self.iteration}/{clock.max_iter}  loss {record['loss']:.4f} "
+                f"(loc {record['loss_loc']:.4f}, conf {record['loss_conf']:.4f})  "
+                f"lr {record['lr']:.2e}  {record['images_per_second']:.1f} images/s "
+                f"(data wait {100 * record['data_wait_fraction']:.0f}%)  ETA {eta}")
+
     def evaluate(self) -> dict[str, Any] | None:
-        """VOC07 (or the configured metric) on the test split; rank 0 only. Logs the mAP and
-        keeps best.pth."""
+        """VOC07 (or the configured metric) on the test split; rank 0 only. Logs the mAP, keeps
+        best.pth, writes results.json and the pictures into <output>/eval/ (replaced by each
+        evaluation), and keeps the best-F1 score threshold for the checkpoints."""
         if not self.dist.is_main or self.test_set is None:
             barrier(self.dist)
             return None
@@ -596,7 +710,11 @@ class Trainer:
         if "coco" in result:  # AP, AP50, AP75, APs, APm, APl and the ARs
             record["coco"] = coco_numbers(result["coco"])
         self.log.write(record)
-        tqdm.write(f"[iteration {self.iteration}] {self.cfg.test.metric} mAP = {result['mAP']:.4f}")
+        write_line(f"[iteration {self.iteration}] {self.cfg.test.metric} mAP = {result['mAP']:.4f}")
+        self.score_threshold = result["analysis"]["best_f1"]["threshold"]
+        write_evaluation_report(self.output_dir / ckpt.EVAL_DIR, result,
+                                results_dictionary(result, metric=self.cfg.test.metric,
+                                                   iteration=self.iteration))
         if result["mAP"] > self.best_map:
             self.best_map = result["mAP"]
             atomic_torch_save(self.training_state(), self.output_dir / ckpt.BEST_NAME)
@@ -612,7 +730,7 @@ class Trainer:
             if self._stop_requested:  # second signal: stop now
                 raise KeyboardInterrupt(f"{name} again: stopped without saving")
             self._stop_requested = name
-            tqdm.write(f"{name}: finishing this iteration and writing a checkpoint "
+            write_line(f"{name}: finishing this iteration and writing a checkpoint "
                        "(press Ctrl-C again to abort without saving)")
 
         previous = {}

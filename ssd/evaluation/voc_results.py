@@ -2,7 +2,10 @@
 
 One file per class, ``<prefix><class>.txt`` (default ``comp4_det_test_<class>.txt``), one line
 per detection: ``<image id> <score> <xmin> <ymin> <xmax> <ymax>``, coordinates in the
-devkit's 1-based pixel frame (the frame of the XML annotations).
+devkit's 1-based pixel frame (the frame of the XML annotations). The class names come from
+data (a checkpoint, data.yaml, a COCO file), so each is written as ``safe_file_name`` gives it:
+unchanged when it is an ordinary name, otherwise without path separators and with a tag (e.g.
+``x/../victim`` -> ``comp4_det_test_x_.._victim-<tag>.txt``); every file stays in the folder.
 
 Frames: detections given to ``write_voc_results`` are in this project's 0-based evaluation
 frame (XML values minus 1, see ``ssd.evaluation.voc``); 1 is added on writing and subtracted
@@ -17,7 +20,7 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
-from ssd.fileio import atomic_write
+from ssd.fileio import atomic_write, safe_file_names
 
 DEFAULT_PREFIX = "comp4_det_test_"
 
@@ -37,7 +40,8 @@ def write_voc_results(
             input), or a list of such per-image dicts aligned with ``image_ids``.
         image_ids: for a dict, the images to write and their order (None: all keys in
             order); for a list, the id of each entry (written with ``str``, e.g. "000001").
-        class_names: foreground class names in label order (they name the files).
+        class_names: foreground class names in label order (they name the files, through
+            ``safe_file_names``).
         out_dir: directory to write into (created if missing); each file is written
             atomically, with the permissions of an ordinary file.
         prefix: file name prefix.
@@ -60,8 +64,8 @@ def write_voc_results(
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     paths = []
-    for name, class_lines in zip(class_names, lines):
-        path = out_dir / f"{prefix}{name}.txt"
+    for name, class_lines in zip(results_file_names(class_names, prefix), lines):
+        path = out_dir / name
         atomic_write(path, "".join(class_lines))
         paths.append(path)
     return paths
@@ -81,8 +85,8 @@ def load_voc_results(
         "labels": [k] int64}}`` with detections grouped per image in file order.
     """
     columns: dict[str, list[tuple[list[float], float, int]]] = {}
-    for label, name in enumerate(class_names):
-        path = Path(results_dir) / f"{prefix}{name}.txt"
+    for label, name in enumerate(results_file_names(class_names, prefix)):
+        path = Path(results_dir) / name
         if not path.is_file():
             continue
         for line_number, line in enumerate(path.read_text().splitlines(), start=1):
@@ -102,6 +106,15 @@ def load_voc_results(
         }
         for image_id, rows in columns.items()
     }
+
+
+def results_file_names(class_names: Sequence[str], prefix: str = DEFAULT_PREFIX) -> list[str]:
+    """The results file name of each class, ``<prefix><safe class name>.txt``, in label order.
+
+    Raises:
+        ValueError: a class name is empty, or two class names would share a file.
+    """
+    return [f"{prefix}{name}.txt" for name in safe_file_names(class_names, "class name")]
 
 
 def _image_pairs(dets, image_ids) -> list[tuple[Any, Mapping[str, Any]]]:

@@ -3,7 +3,8 @@
     BACKBONES["mynet"] = MyNetSSD        # MyNetSSD.from_config(cfg.model) -> SSD
     model = build_model(cfg)             # with model.backbone: mynet
 
-Config validation reads the valid names of model.backbone from here.
+Config validation reads the valid names of model.backbone from here, so this module never
+imports ssd.config (`resolve_priors`, which derives a config, is in ssd.modeling.derived).
 """
 
 from __future__ import annotations
@@ -34,3 +35,10 @@ def build_model(cfg) -> SSD:
             f"No backbone named '{name}' (model.backbone); known: {', '.join(sorted(BACKBONES))}"
         )
     return BACKBONES[name].from_config(cfg.model)
+
+
+def describe_derived_priors(model: SSD) -> str:
+    """One line naming the prior settings `model` derived from its backbone and their values."""
+    derived = ", ".join(f"{key} {model.prior_settings[key]}" for key in model.derived_prior_keys)
+    return (f"model.priors derived from {type(model).__name__} at {model.image_size} px "
+            f"(stored in checkpoints): {derived}")

@@ -7,7 +7,13 @@ from typing import Sequence
 import torch
 from torch import nn
 
-from ssd.priors import boxes_per_location, default_boxes
+from ssd.priors import (
+    boxes_per_location,
+    default_aspect_ratios,
+    default_boxes,
+    derive_prior_settings,
+    prior_settings_yaml,
+)
 
 
 class SSD(nn.Module):
@@ -23,30 +29,34 @@ class SSD(nn.Module):
 
     Attributes:
         priors: [P, 4] (cx, cy, w, h) in [0, 1]; a non-persistent buffer.
+        prior_settings: the model.priors values the priors were made from, derived ones included.
     """
 
     def __init__(
         self,
         num_classes: int,
         image_size: int,
-        feature_maps: Sequence[int],
-        steps: Sequence[float],
-        min_sizes: Sequence[float],
-        max_sizes: Sequence[float],
-        aspect_ratios: Sequence[Sequence[float]],
+        feature_maps: Sequence[int] | None = None,
+        steps: Sequence[float] | None = None,
+        min_sizes: Sequence[float] | None = None,
+        max_sizes: Sequence[float] | None = None,
+        aspect_ratios: Sequence[Sequence[float]] | None = None,
         clip: bool = True,
     ):
+        """Prior settings left None are derived from the backbone's source feature maps at
+        `image_size` (`ssd.priors.derive_prior_settings`) when `_check_feature_maps` runs."""
         super().__init__()
         if num_classes < 2:
             raise ValueError(f"num_classes must be >= 2 (background + 1), got {num_classes}")
         self.num_classes = num_classes
         self.image_size = image_size
-        self.feature_maps = list(feature_maps)
-        self.aspect_ratios = [list(r) for r in aspect_ratios]
-        priors = default_boxes(
-            feature_maps, image_size, steps, min_sizes, max_sizes, aspect_ratios, clip
-        )
-        self.register_buffer("priors", priors, persistent=False)
+        self.clip = clip
+        given = dict(feature_maps=feature_maps, steps=steps, min_sizes=min_sizes,
+                     max_sizes=max_sizes, aspect_ratios=aspect_ratios)
+        self._given_priors = {key: None if value is None else list(value)
+                              for key, value in given.items()}
+        self.feature_maps = self._given_priors["feature_maps"]
+        self.aspect_ratios = None if aspect_ratios is None else [list(r) for r in aspect_ratios]
 
     @classmethod
     def from_config(cls, model_cfg) -> SSD:
@@ -62,12 +72,17 @@ class SSD(nn.Module):
         raise NotImplementedError
 
     def _build_heads(self, source_channels: Sequence[int]) -> None:
-        """loc and conf heads (`_make_head`, then `_init_head`) on every source feature map."""
-        if len(source_channels) != len(self.feature_maps):
-            raise ValueError(
-                f"{type(self).__name__} has {len(source_channels)} source feature maps but the "
-                f"prior config lists {len(self.feature_maps)} (model.priors.feature_maps)"
-            )
+        """loc and conf heads (`_make_head`, then `_init_head`) on every source feature map; the
+        aspect ratios, when not given, are `default_aspect_ratios` of the number of maps."""
+        for key, value in self._given_priors.items():
+            if value is not None and len(value) != len(source_channels):
+                raise ValueError(
+                    f"{type(self).__name__} has {len(source_channels)} source feature maps but "
+                    f"model.priors.{key} lists {len(value)} (one entry per feature map; leave it "
+                    "unset to derive it from the backbone)"
+                )
+        if self.aspect_ratios is None:
+            self.aspect_ratios = default_aspect_ratios(len(source_channels))
         anchors = self.num_anchors_per_location()
         self.loc = nn.ModuleList(self._make_head(ch, a * 4) for ch, a in zip(source_channels, anchors))
         self.conf = nn.ModuleList(
@@ -87,19 +102,56 @@ class SSD(nn.Module):
 
     @torch.no_grad()
     def _check_feature_maps(self) -> None:
-        """Run a dummy image through the extractor; the sizes must match the prior config."""
+        """Set the priors from the source feature map sizes of a zero image: the given
+        feature maps must be those sizes, the settings not given are derived from them.
+
+        Sets `feature_maps`, `prior_settings` (every model.priors key, as the config would
+        hold it), `derived_prior_keys` (those derived) and the `priors` buffer [P, 4].
+        """
+        sizes = self._probe_feature_maps()
+        derived = {**derive_prior_settings(sizes, self.image_size), "clip": self.clip}
+        self._check_given_feature_maps(sizes, derived)
+        settings = {key: derived[key] if value is None else value
+                    for key, value in self._given_priors.items()}
+        settings["aspect_ratios"] = self.aspect_ratios
+        self.feature_maps = settings["feature_maps"]
+        self.prior_settings = {**settings, "clip": self.clip}
+        self.derived_prior_keys = [key for key, value in self._given_priors.items() if value is None]
+        priors = default_boxes(image_size=self.image_size, clip=self.clip, **settings)
+        self.register_buffer("priors", priors, persistent=False)
+
+    def _probe_feature_maps(self) -> list[int]:
+        """The side of each (square) source feature map for a zero image of `image_size`."""
         was_training = self.training
         self.eval()
         probe = torch.zeros(1, 3, self.image_size, self.image_size)
         features = self.extract_features(probe)
         self.train(was_training)
-        for index, (feature, expected) in enumerate(zip(features, self.feature_maps)):
-            actual = tuple(feature.shape[-2:])
-            if actual != (expected, expected):
+        sizes = []
+        for index, feature in enumerate(features):
+            height, width = feature.shape[-2:]
+            if height != width:
                 raise ValueError(
                     f"{type(self).__name__}: source feature map {index} ({self.source_names[index]}) "
-                    f"is {actual[0]}x{actual[1]} at image size {self.image_size}, but "
-                    f"model.priors.feature_maps[{index}] expects {expected}x{expected}"
+                    f"is {height}x{width} at image size {self.image_size}; priors need square maps"
+                )
+            sizes.append(int(height))
+        return sizes
+
+    def _check_given_feature_maps(self, sizes: list[int], derived: dict) -> None:
+        """ValueError naming the first given feature map that is not the probed size, followed
+        by the derived priors block (`derived`) that fits this backbone, ready to paste."""
+        given = self._given_priors["feature_maps"]
+        if given is None:
+            return
+        for index, (actual, expected) in enumerate(zip(sizes, given)):
+            if actual != expected:
+                raise ValueError(
+                    f"{type(self).__name__}: source feature map {index} ({self.source_names[index]}) "
+                    f"is {actual}x{actual} at image size {self.image_size}, but "
+                    f"model.priors.feature_maps[{index}] expects {expected}x{expected}. The priors "
+                    f"that fit (or leave model.priors unset to derive them):\n"
+                    f"{prior_settings_yaml(derived).rstrip()}"
                 )
 
     def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -117,7 +169,7 @@ class SSD(nn.Module):
 
 
 def prior_options(model_cfg) -> dict:
-    """The keyword arguments of `SSD.__init__` that `cfg.model.priors` holds."""
+    """The keyword arguments of `SSD.__init__` that `cfg.model.priors` holds (None: derived)."""
     priors = model_cfg.priors
     return dict(feature_maps=priors.feature_maps, steps=priors.steps, min_sizes=priors.min_sizes,
                 max_sizes=priors.max_sizes, aspect_ratios=priors.aspect_ratios, clip=priors.clip)

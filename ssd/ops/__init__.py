@@ -5,8 +5,8 @@ SSD algorithm and call these by what they compute. Each module's docstring state
 computation it equals; tests/test_ops.py checks each bit for bit (``torch.equal``) against
 that plain form. `ssd.ops.reference` holds the plain classic algorithms (per-image matching
 and mining, the per-class NMS loop, the devkit AP loop) that tests and benchmarks compare with.
-"""
 
-# ssd.box_utils imports the matching kernels, and ssd.ops.prior_iou uses box_utils' box maths:
-# importing box_utils first lets either side be imported first.
-import ssd.box_utils  # noqa: E402,F401
+The kernels never import ``ssd.box_utils`` (their box maths is the leaf ``ssd.ops.boxes``), so
+``ssd.box_utils`` imports them without an import cycle; only ``ssd.ops.reference``, which
+nothing in the package imports, uses its ``decode``.
+"""

@@ -5,7 +5,7 @@
   a CPU cache.
 * `hard_negative_mask(loss, positive, ratio)` equals the classic double-sort rank selection
   per image: ``rank = loss_without_positives.sort(descending).indices.argsort()``, kept where
-  ``rank < min(floor(ratio * num_pos), num_negatives)`` (the same set whenever the losses
+  ``rank < min(ceil(ratio * num_pos), num_negatives)`` (the same set whenever the losses
   are distinct), found with one ``topk`` of the batch's largest count.
 """
 
@@ -41,10 +41,12 @@ def background_loss(conf: torch.Tensor) -> torch.Tensor:
 def hard_negative_mask(
     background_loss: torch.Tensor, positive: torch.Tensor, neg_pos_ratio: float
 ) -> torch.Tensor:
-    """Per image, the `neg_pos_ratio * num_pos` negatives with the largest background loss.
+    """Per image, the ceil(neg_pos_ratio * num_pos) negatives with the largest background loss.
 
-    The count is capped at the number of negatives of the image; an image without positives
-    keeps no negatives.
+    A fractional ratio rounds up (1.5 x 3 positives keeps 5), as the classic port and
+    torchvision, which keep the negatives ranked below ratio * num_pos; the product is taken in
+    float64. The count is capped at the number of negatives of the image; an image without
+    positives keeps no negatives.
 
     Args:
         background_loss: [B, P] cross-entropy of each prior against the background class.
@@ -57,7 +59,7 @@ def hard_negative_mask(
     with torch.no_grad():
         num_priors = positive.shape[1]
         num_pos = positive.sum(dim=1)  # [B]
-        num_neg = (num_pos.double() * neg_pos_ratio).floor().long()  # [B]
+        num_neg = (num_pos.double() * neg_pos_ratio).ceil().long()  # [B]
         num_neg = torch.minimum(num_neg, num_priors - num_pos)  # at most every negative
         ranked = torch.where(positive, float("-inf"), background_loss.detach())  # [B, P]
         k = int(num_neg.max()) if num_neg.numel() else 0

@@ -16,7 +16,7 @@ from __future__ import annotations
 import torch
 from torchvision.ops import nms
 
-from ssd.box_utils import pairwise_iou
+from ssd.ops.boxes import pairwise_iou
 
 OVERLAP_CHUNK_ELEMENTS = 1 << 24  # IoU entries computed at once by the batched form (64 MiB)
 # The batched form counts overlapping kept boxes with a matrix product of 0/1 values: a sum of

@@ -1,6 +1,6 @@
 """IoU of boxes with every prior, computed over the priors' distinct intervals.
 
-Equals the plain ``ssd.box_utils.pairwise_iou(boxes, priors_xyxy)`` bit for bit: the same
+Equals the plain ``ssd.ops.boxes.pairwise_iou(boxes, priors_xyxy)`` bit for bit: the same
 float32 operations (min/max, clamp, product, area_a + area_b - inter, division), only each
 axis' overlap is computed once per distinct prior interval and then spread to all priors.
 """
@@ -11,7 +11,7 @@ from typing import NamedTuple
 
 import torch
 
-import ssd.box_utils as box_utils  # a module import: box_utils itself imports prior_iou
+from ssd.ops.boxes import box_area, cxcywh_to_xyxy
 
 
 class PriorIntervals(NamedTuple):
@@ -40,7 +40,7 @@ class PriorGeometry(NamedTuple):
 
 def prior_geometry(priors_cxcywh: torch.Tensor) -> PriorGeometry:
     """Corners and distinct intervals of priors [P, 4] (cx, cy, w, h) (sorts P twice)."""
-    corners = box_utils.cxcywh_to_xyxy(priors_cxcywh)
+    corners = cxcywh_to_xyxy(priors_cxcywh)
     return PriorGeometry(corners, prior_intervals(corners))
 
 
@@ -48,7 +48,7 @@ def prior_intervals(priors_xyxy: torch.Tensor) -> PriorIntervals:
     """[P, 4] xyxy priors -> their PriorIntervals."""
     return PriorIntervals(*_distinct_intervals(priors_xyxy[:, 0], priors_xyxy[:, 2]),
                           *_distinct_intervals(priors_xyxy[:, 1], priors_xyxy[:, 3]),
-                          box_utils.box_area(priors_xyxy))
+                          box_area(priors_xyxy))
 
 
 def prior_iou(boxes: torch.Tensor, priors_xyxy: torch.Tensor,
@@ -70,7 +70,7 @@ def prior_iou(boxes: torch.Tensor, priors_xyxy: torch.Tensor,
         -1, p.x_index.expand(spread_shape))
     inter.mul_(_overlap_length(boxes[..., 1], boxes[..., 3], p.y_low, p.y_high).gather(
         -1, p.y_index.expand(spread_shape)))
-    union = box_utils.box_area(boxes)[..., :, None] + p.area  # (..., N, P)
+    union = box_area(boxes)[..., :, None] + p.area  # (..., N, P)
     return inter.div_(union.sub_(inter).clamp_(min=torch.finfo(inter.dtype).tiny))
 
 

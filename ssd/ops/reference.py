@@ -206,7 +206,7 @@ def classic_nms(boxes: torch.Tensor, scores: torch.Tensor, overlap: float,
 
 
 def classic_detect(loc: torch.Tensor, conf: torch.Tensor, priors: torch.Tensor,
-                   conf_threshold: float, nms_threshold: float, top_k: int,
+                   score_threshold: float, nms_threshold: float, top_k: int,
                    candidates_per_class: int,
                    variances: Sequence[float] = defaults.VARIANCES) -> list[dict[str, torch.Tensor]]:
     """Detections of loc [B, P, 4], conf [B, P, C] per image, per class: threshold, then
@@ -220,7 +220,7 @@ def classic_detect(loc: torch.Tensor, conf: torch.Tensor, priors: torch.Tensor,
             torch.zeros(0, dtype=torch.long)]
         for label in range(1, conf.shape[-1]):
             scores = image_probabilities[:, label]
-            mask = scores > conf_threshold
+            mask = scores > score_threshold
             if not mask.any():
                 continue
             keep = classic_nms(boxes[mask], scores[mask], nms_threshold, candidates_per_class)
