@@ -180,18 +180,19 @@ def file_size(path: Path) -> int:
     return size
 
 
-def onnxruntime_runner(path: Path, threads: int | None = None):
+def onnxruntime_runner(path: Path, spin: bool = True):
     """A function running the ONNX file `path` under onnxruntime's CPU provider: images
     ndarray [B, 3, S, S] float32 -> the list of outputs (as `ExportedSSD.output_names`).
-    `threads`: intra-op threads (default: onnxruntime's, one per core)."""
+    spin=False: its threads sleep between calls instead of spinning (onnxruntime's default),
+    which would take the cores from other work timed in between."""
     from ssd.export import require_packages
 
     require_packages(["onnxruntime"])
     import onnxruntime
 
     options = onnxruntime.SessionOptions()
-    if threads is not None:
-        options.intra_op_num_threads = threads
+    if not spin:
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     session = onnxruntime.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
     return lambda images: session.run(None, {INPUT_NAME: images})
 
@@ -214,5 +215,6 @@ def openvino_runner(xml_path: Path, precision: str | None = None):
         results = request.infer({INPUT_NAME: images})
         return [results[output] for output in compiled.outputs]
 
-    run.precision = str(compiled.get_property("INFERENCE_PRECISION_HINT"))
+    hint = compiled.get_property("INFERENCE_PRECISION_HINT")
+    run.precision = hint.to_string() if hasattr(hint, "to_string") else str(hint)
     return run
