@@ -41,11 +41,16 @@ setup(
             "ssd-convert = ssd.cli:convert_command",
             "ssd-make-shapes = ssd.cli:make_shapes_command",
             "ssd-data = ssd.cli:data_command",
+            "ssd-benchmark = ssd.cli:benchmark_command",
         ],
     },
     extras_require={
-        "dev": ["pytest>=7", "ruff>=0.4", "onnx>=1.14", "onnxruntime>=1.16", "onnxscript>=0.1"],
+        "dev": ["pytest>=7", "ruff>=0.4", "onnx>=1.14", "onnxruntime>=1.16", "onnxscript>=0.1",
+                "openvino>=2024.0"],
         "onnx": ["onnx>=1.14", "onnxruntime>=1.16", "onnxscript>=0.1"],
+        # OpenVINO export and runtime (ssd-export --format openvino, ssd-benchmark); the file is
+        # converted from ONNX, so the onnx extra too
+        "openvino": ["openvino>=2024.0", "onnx>=1.14", "onnxruntime>=1.16", "onnxscript>=0.1"],
         "tensorboard": ["tensorboard>=2.10"],
     },
 )

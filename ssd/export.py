@@ -63,11 +63,12 @@ MIN_NMS_OPSET = 11  # ONNX NonMaxSuppression with the inputs used here
 TORCHSCRIPT_OPSET = 17  # default of the TorchScript fallback
 EXAMPLE_BATCH = 2  # export example; a batch of 1 would make the exporter specialise on it
 EXPORTERS = ("auto", "dynamo", "torchscript")
-FORMATS = ("onnx", "torchscript")
+FORMATS = ("onnx", "torchscript", "openvino")
 TORCHSCRIPT_METADATA_FILE = "ssd_metadata.json"  # extra file of a TorchScript export
 # What each optional package is needed for (the error names it).
 PACKAGE_USES = {"onnx": "writing ONNX files", "onnxscript": "the dynamo ONNX exporter",
-                "onnxruntime": "checking the ONNX file (--no-check skips it)"}
+                "onnxruntime": "checking the ONNX file (--no-check skips it)",
+                "openvino": "writing and running OpenVINO models"}
 
 
 def _torch_onnx_constant(name: str, fallback: int) -> int:
@@ -247,23 +248,27 @@ def install_command(extra: str = "onnx") -> str:
 
 
 def required_packages(export_format: str = "onnx", exporter: str = "auto",
-                      check: bool = True) -> list[str]:
-    """The optional packages an export needs: onnx (and onnxscript for the dynamo or auto
-    exporter) to write ONNX, onnxruntime to check it; a TorchScript export needs none."""
+                      check: bool = True, int8: bool = False) -> list[str]:
+    """The optional packages of the `onnx` extra an export needs: onnx (and onnxscript for the
+    dynamo or auto exporter) to write ONNX, onnxruntime to check it or to quantize it (`int8`);
+    a TorchScript export needs none. An OpenVINO export is written from an ONNX file (the
+    `openvino` package itself is the `openvino` extra's)."""
     if export_format == "torchscript":
         return []
     packages = ["onnx"] + (["onnxscript"] if exporter in ("auto", "dynamo") else [])
-    return packages + (["onnxruntime"] if check else [])
+    needs_onnxruntime = int8 or (check and export_format == "onnx")
+    return packages + (["onnxruntime"] if needs_onnxruntime else [])
 
 
-def require_packages(packages: Sequence[str]) -> None:
+def require_packages(packages: Sequence[str], extra: str = "onnx") -> None:
     """Raise MissingPackageError, one line naming every missing package of `packages`, what
-    it is needed for and the install command; nothing when all import."""
+    it is needed for and the install command of the package's `extra`; nothing when all
+    import."""
     missing = [name for name in packages if not _importable(name)]
     if missing:
         uses = "; ".join(f"{name} for {PACKAGE_USES.get(name, 'the export')}" for name in missing)
         raise MissingPackageError(f"missing package{'s' if len(missing) > 1 else ''} {uses}: "
-                                  f"{install_command()}", name=missing[0])
+                                  f"{install_command(extra)}", name=missing[0])
 
 
 def _importable(name: str) -> bool:
@@ -475,29 +480,35 @@ def example_batch(image_bgr: np.ndarray, size: int, mean: Sequence[float]) -> to
 
 
 def onnxruntime_differences(wrapper: ExportedSSD, onnx_path: Path, images: torch.Tensor) -> dict:
-    """Differences between onnxruntime and PyTorch, over batches of 1 and all `images`.
+    """`runtime_differences` of the ONNX file at `onnx_path` run by onnxruntime."""
+    from ssd.deploy import onnxruntime_runner
 
-    boxes, scores: max |ort - torch| / max(1, |torch|): absolute for normalised coordinates and
-        probabilities, relative for the far-off boxes an untrained model predicts.
-    detections (with NMS): PyTorch's `select_detections` on onnxruntime's own boxes and scores
-        against onnxruntime's detections, each detection paired with the closest one of its
+    return runtime_differences(wrapper, onnxruntime_runner(onnx_path), images, "onnxruntime")
+
+
+def runtime_differences(wrapper: ExportedSSD, run, images: torch.Tensor,
+                        runtime: str = "the runtime") -> dict:
+    """Differences between a runtime and PyTorch, over batches of 1 and all `images`.
+
+    run: images ndarray [B, 3, S, S] -> the outputs of `wrapper.output_names()`, in order.
+    boxes, scores: max |runtime - torch| / max(1, |torch|): absolute for normalised coordinates
+        and probabilities, relative for the far-off boxes an untrained model predicts.
+    detections (with NMS): PyTorch's `select_detections` on the runtime's own boxes and scores
+        against the runtime's detections, each detection paired with the closest one of its
         class (so equal scores may come in either order); the worst pair's box/score gap.
         Detections tied with the last one kept at top_k are left out.
     num_detections: the largest difference in the number of detections.
     """
-    import onnxruntime
-
-    session = onnxruntime.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
     names = wrapper.output_names()
     differences = dict.fromkeys(OUTPUTS, 0.0)
     for batch in (images[:1], images):  # two batch sizes: the batch dimension is dynamic
         with torch.no_grad():
             ours = dict(zip(names, wrapper(batch)))
-        outputs = session.run(None, {"images": batch.numpy()})
-        theirs = {name: torch.from_numpy(value) for name, value in zip(names, outputs)}
+        outputs = run(batch.numpy())
+        theirs = {name: torch.from_numpy(np.asarray(value)) for name, value in zip(names, outputs)}
         for name in names:
             if ours[name].shape != theirs[name].shape:
-                raise AssertionError(f"{name}: onnxruntime shape {list(theirs[name].shape)} vs "
+                raise AssertionError(f"{name}: {runtime} shape {list(theirs[name].shape)} vs "
                                      f"PyTorch {list(ours[name].shape)} at batch {len(batch)}")
         found = {name: _scaled_difference(theirs[name], ours[name]) for name in OUTPUTS}
         if wrapper.postprocess is not None:
@@ -575,11 +586,16 @@ def torchscript_differences(wrapper: ExportedSSD, path: Path, images: torch.Tens
 def verify_export(wrapper: ExportedSSD, path: Path, export_format: str, image_size: int,
                   mean: Sequence[float], image: np.ndarray | None = None) -> dict:
     """The file at `path` against PyTorch on `image` (uint8 [H, W, 3] BGR; default
-    `synthetic_image`) and its mirror: `onnxruntime_differences` for "onnx" (needs
-    onnxruntime: MissingPackageError), `torchscript_differences` for "torchscript"."""
+    `synthetic_image`) and its mirror: `runtime_differences` under onnxruntime for "onnx",
+    under OpenVINO computing in float32 for "openvino" (needs onnxruntime / openvino:
+    MissingPackageError), `torchscript_differences` for "torchscript"."""
     image = synthetic_image(image_size) if image is None else image
     images = example_batch(image, image_size, mean)
     if export_format == "torchscript":
         return torchscript_differences(wrapper, path, images)
+    if export_format == "openvino":
+        from ssd.deploy import openvino_runner
+
+        return runtime_differences(wrapper, openvino_runner(path, "f32"), images, "OpenVINO")
     require_packages(["onnxruntime"])
     return onnxruntime_differences(wrapper, path, images)

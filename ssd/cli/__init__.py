@@ -8,6 +8,7 @@
     ssd-convert      ssd.cli.convert      (python scripts/convert_dataset.py)
     ssd-make-shapes  ssd.cli.make_shapes  (python scripts/make_shapes.py)
     ssd-data         ssd.cli.data         (python scripts/data.py)
+    ssd-benchmark    ssd.cli.benchmark    (deployment formats: size, speed, mAP)
 
 Each module has `main(argv) -> exit status` (for in-process calls); the installed commands
 are the *_command functions below (named apart from the modules), which run it through
@@ -61,3 +62,8 @@ def make_shapes_command() -> None:
 def data_command() -> None:
     """The ssd-data command."""
     _run("data")
+
+
+def benchmark_command() -> None:
+    """The ssd-benchmark command."""
+    _run("benchmark")
