@@ -28,13 +28,18 @@ setup(
         "pycocotools>=2.0.6",
         "matplotlib>=3.5",
     ],
-    # The commands of scripts/{train,eval,predict,export_onnx}.py, with the same arguments.
+    # The commands of scripts/{train,eval,predict,export_onnx,visualize,convert_dataset,make_shapes,
+    # data}.py, with the same arguments (ssd.commands.COMMAND_SCRIPTS).
     entry_points={
         "console_scripts": [
             "ssd-train = ssd.cli:train_command",
             "ssd-eval = ssd.cli:eval_command",
             "ssd-predict = ssd.cli:predict_command",
             "ssd-export = ssd.cli:export_command",
+            "ssd-visualize = ssd.cli:visualize_command",
+            "ssd-convert = ssd.cli:convert_command",
+            "ssd-make-shapes = ssd.cli:make_shapes_command",
+            "ssd-data = ssd.cli:data_command",
         ],
     },
     extras_require={

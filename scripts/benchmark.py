@@ -8,6 +8,7 @@
     python scripts/benchmark.py data --workers 0 4 8 15
     python scripts/benchmark.py loop data compile --config configs/shapes300.yaml --device cuda
     python scripts/benchmark.py loop --opts data.num_workers=2 data.cache_images=false
+    python scripts/benchmark.py datacheck        # ssd-data check's prior coverage, 16k boxes
 
 Each section lives in scripts/benchmarks/<name>.py and defines `run(quick: bool) -> dict`,
 printing its figures (times and the ratio to its baseline) and returning them. Sections whose
@@ -30,7 +31,7 @@ sys.path.insert(0, str(SCRIPTS_DIR.parent))  # run from a clone without installi
 sys.path.insert(0, str(SCRIPTS_DIR))
 
 SECTIONS = ["loss", "data", "eval", "train", "predict", "postprocess", "demo", "backbones", "loop",
-            "compile"]
+            "compile", "datacheck"]
 
 
 def main(argv: list[str] | None = None) -> int:

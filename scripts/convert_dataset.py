@@ -1,50 +1,10 @@
-"""Convert a detection data set between the VOC, COCO and YOLO layouts (every split it finds).
+"""ssd-convert from a clone, without installing: python scripts/convert_dataset.py --help
+(ssd/cli/convert.py)."""
 
-    python scripts/convert_dataset.py --from voc --to yolo --root data/VOCdevkit/VOC2007 \
-        --out data/voc07_yolo
-    python scripts/convert_dataset.py --from yolo --to coco --root data/mine --out data/mine_coco
-    python scripts/convert_dataset.py --from voc --to coco --root data/mydata \
-        --out data/mydata_coco --class-names bolt,nut,washer
+import _common  # noqa: F401, I001  (puts the clone's ssd package on the import path)
 
-Images are copied. The output appears complete or not at all; OUT/README.txt holds the config
-lines that read it. See data/README.md ("Converting between formats").
-"""
-
-from __future__ import annotations
-
-import argparse
-import sys
-from pathlib import Path
-
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run from a clone
-
-from ssd.data.convert import FORMATS, convert_dataset  # noqa: E402
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--from", dest="source", required=True, choices=FORMATS, help="input format")
-    parser.add_argument("--to", dest="target", required=True, choices=FORMATS, help="output format")
-    parser.add_argument("--root", type=Path, required=True, help="input data set folder")
-    parser.add_argument("--out", type=Path, required=True,
-                        help="output folder (must be empty or absent unless --overwrite)")
-    parser.add_argument("--class-names", default=None,
-                        help="comma-separated classes in label order (VOC input: default the "
-                             "sorted names found in the XML files; COCO / YOLO input: must agree "
-                             "with the file's)")
-    parser.add_argument("--overwrite", action="store_true", help="replace a non-empty --out")
-    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
-    args = parser.parse_args(argv)
-    names = [name.strip() for name in args.class_names.split(",")] if args.class_names else None
-    if names is not None and (not all(names) or len(set(names)) != len(names)):
-        parser.error(f"--class-names needs distinct, non-empty names, got {args.class_names!r}")
-    convert_dataset(args.root, args.out, args.source, args.target, class_names=names,
-                    overwrite=args.overwrite, progress=not args.no_progress)
-    return 0
-
+from ssd.cli.common import run_cli
+from ssd.cli.convert import main
 
 if __name__ == "__main__":
-    from ssd.cli.common import run_cli
-
     run_cli(main)

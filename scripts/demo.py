@@ -51,9 +51,9 @@ def main(argv: list[str] | None = None) -> int:
                                          "--resume", "auto", *opts])
         weights = newest_checkpoint(REPO_ROOT / cfg.train.output_dir)
         timings["eval"] = run("evaluate", ["scripts/eval.py", "--weights", str(weights),
-                                           "--output", f"{args.out}/eval", *opts])
+                                           "--output", f"{args.out}/eval", "--overwrite", *opts])
         timings["predict"] = run("predict", ["scripts/predict.py", str(first_test_image(cfg)),
-                                             "--weights", str(weights), "--out", args.out])
+                                             "--weights", str(weights), "--output", args.out])
     except StepFailed as err:
         print(f"demo stopped: {err}", file=sys.stderr)
         return 1

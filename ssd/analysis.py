@@ -1,6 +1,8 @@
 """What the loss sees in one image, as numbers: which feature map each default box belongs to,
 how the priors are matched to the objects, and which negatives hard negative mining keeps.
 
+    found = find_dataset_image(cfg, "photo.jpg")   # an image of cfg's data set, any format
+    target = found.target[~found.difficult]        # Tensor[n, 5], as training sees it
     target = read_voc_target(annotation_path("VOC2007/JPEGImages/000001.jpg"), class_names)
     matches = match_priors(target, priors, num_classes)          # PriorMatches, Tensor[P] each
     mined = mine_negatives(target, priors, conf, neg_pos_ratio=3)  # MinedNegatives
@@ -8,8 +10,9 @@ how the priors are matched to the objects, and which negatives hard negative min
 The numbers come from the training code itself: `ssd.loss.prepare_targets` and
 `assign_targets` (positives and their labels), `ssd.box_utils.match` (the matched object and
 its IoU, the call `assign_targets` makes) and `MultiBoxLoss.mine_negatives` (the negatives the
-confidence loss keeps); targets are read with the data set's own XML parser and coordinate
-origin. `ssd.visualize` draws them.
+confidence loss keeps); targets are read through the config's data set (VOC, COCO, YOLO or
+shapes: the records and coordinate origin training uses), or a VOC XML file with the data
+set's own parser. `ssd.visualize` draws them.
 
 Shapes: `target` is Tensor[n, 5] (xmin, ymin, xmax, ymax normalised, 0-based label) as the
 loss takes; `priors` is Tensor[P, 4] (cx, cy, w, h) normalised; `conf` is Tensor[P, C] logits
@@ -28,7 +31,7 @@ import torch.nn.functional as F
 
 from ssd import defaults
 from ssd.box_utils import cxcywh_to_xyxy, match, pairwise_iou
-from ssd.data import BaseTransform, VOCDataset, parse_voc_xml
+from ssd.data import BaseTransform, DetectionDataset, VOCDataset, build_dataset, parse_voc_xml
 from ssd.data.common import pack_target, sanitize_boxes
 from ssd.images import network_input
 from ssd.loss import MultiBoxLoss, assign_targets, prepare_targets
@@ -67,6 +70,65 @@ def read_voc_objects(xml_path: str | Path, class_names: Sequence[str]) -> tuple[
     normalised = (boxes[valid] - origin) / scale  # [n, 4]
     target = torch.from_numpy(pack_target(normalised, parsed.labels[valid]))  # [n, 5]
     return target, torch.from_numpy(parsed.difficult[valid])
+
+
+class DatasetImage(NamedTuple):
+    """One image of a data set with every object: target Tensor[n, 5] as `read_voc_target`,
+    difficult BoolTensor[n] (VOC difficult, COCO crowd), and the data set's class names."""
+
+    image_path: Path
+    target: torch.Tensor
+    difficult: torch.Tensor
+    class_names: list[str]
+
+
+def find_dataset_image(cfg, image: str | Path) -> DatasetImage:
+    """`image` (an image file, or an image id such as ``000001`` or ``VOC2007/000001``) looked up in
+    the test set of `cfg.data`, then in its training set, read as the data set reads it.
+
+    The training set is only built when the test set was (a shapes set is then never
+    regenerated: it already has the config's settings).
+
+    Raises:
+        FileNotFoundError: no image of either set is that file or has that id (names the
+            data set).
+        ssd.data.DataError, ssd.config.ConfigError: the data set cannot be built.
+    """
+    searched = []
+    for train in (False, True):
+        dataset = build_dataset(cfg, train=train)
+        index = dataset_index(dataset, image)
+        if index is not None:
+            return dataset_image(dataset, index)
+        searched.append(dataset.report.name)
+    raise FileNotFoundError(
+        f"{image} is not an image of the config's data set (data.format {cfg.data.format}, "
+        f"data.root {cfg.data.root}; searched {' and '.join(searched)}): give an image file "
+        "or image id of that set, or point data.root (--opts data.root=...) at the image's set")
+
+
+def dataset_index(dataset: DetectionDataset, image: str | Path) -> int | None:
+    """Index of the record whose image is the file `image`; for a value that is no file, of
+    the first record whose image id is `image` or ends with ``/<image>`` (VOC ids are
+    ``VOC2007/000001``, YOLO ids ``<split>/<stem>``, COCO ids numbers). None when none is."""
+    if Path(image).is_file():
+        resolved = Path(image).resolve()
+        return next((index for index, record in enumerate(dataset.records)
+                     if record.image_path.resolve() == resolved), None)
+    wanted = str(image)
+    return next((index for index, image_id in enumerate(dataset.image_ids)
+                 if image_id == wanted or image_id.endswith(f"/{wanted}")), None)
+
+
+def dataset_image(dataset: DetectionDataset, index: int) -> DatasetImage:
+    """Image `index` of `dataset` with all its objects, normalised as the data set's training
+    samples are (``(pixels - coordinate_origin) / width or height``)."""
+    annotation = dataset.get_annotation(index)
+    scale = np.array([annotation["width"], annotation["height"]] * 2, dtype=np.float32)
+    normalised = (annotation["boxes"] - dataset.coordinate_origin) / scale  # [n, 4]
+    target = torch.from_numpy(pack_target(normalised, annotation["labels"]))  # [n, 5]
+    return DatasetImage(dataset.records[index].image_path, target,
+                        torch.from_numpy(annotation["difficult"]), list(dataset.class_names))
 
 
 @torch.no_grad()

@@ -1,9 +1,10 @@
-"""Configuration: every default in one place, YAML files override what they change.
+"""Configuration: every key declared once (ssd.config_schema), YAML files override what they
+change.
 
     cfg = load_config("configs/voc300.yaml", overrides=["solver.lr=0.002"])
     cfg.solver.lr           # attribute access
-    cfg.to_dict()           # plain nested dict
-    cfg.dump()              # YAML text (stored in every checkpoint)
+    cfg.to_dict()           # plain nested dict (stored in every checkpoint)
+    cfg.dump()              # YAML text (a config file that load_config reads back)
 
 Unknown keys, wrong types and values out of range are errors that name the key, where it came
 from, and what was expected. The config is passed explicitly; there is no global config object.
@@ -26,337 +27,46 @@ import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterable, Mapping
+from typing import Any, Iterable, Mapping
 
 import yaml
 
-from ssd import defaults
+from ssd.config_schema import (
+    CONFIG_VERSION,
+    KEYS,
+    NumberList,
+    Range,
+    ResourceLimit,
+    default_tree,
+)
+from ssd.errors import ConfigError  # raised here; importable from ssd.config as before
 
 logger = logging.getLogger(__name__)
 
-# Bump when a key is renamed or removed, and add the step to _MIGRATIONS.
-CONFIG_VERSION = 2
-
-# The defaults reproduce SSD300 on PASCAL VOC07+12.
-_DEFAULTS: dict[str, Any] = {
-    "version": CONFIG_VERSION,  # of the config schema; checkpoints' configs are migrated
-    "model": {
-        "backbone": "vgg16",  # see ssd.modeling.BACKBONES
-        "num_classes": 21,  # foreground classes + 1 background
-        "image_size": 300,
-        # Backbone weights: vgg16: a reduced-fc VGG16 file; mobilenet_v3_large / resnet50: a
-        # torchvision ImageNet state_dict file or "torchvision" (torch hub folder); null: scratch.
-        "pretrained": None,
-        "batch_norm": True,  # ssd7 only
-        "channels": None,  # ssd7 only: the 7 block widths (null: the default 32-48-64-64-48-48-32)
-        # Fine-tuning with --weights trained on other classes: {new class: source class} for
-        # renamed classes (others are matched by name); see ssd.transfer.
-        "class_map": None,
-        # Module-name prefixes (e.g. [vgg], [base, extras]) whose parameters are not trained.
-        "freeze": [],
-        # Default boxes. A key left null is derived from the backbone's source feature maps at
-        # model.image_size (ssd.priors.derive_prior_settings: SSD300's priors for vgg16 at 300 px);
-        # `priors: null` derives them all. Checkpoints store the values used.
-        "priors": {
-            "feature_maps": None,
-            "steps": None,
-            "min_sizes": None,
-            "max_sizes": None,
-            "aspect_ratios": None,
-            "clip": True,
-        },
-        "variances": list(defaults.VARIANCES),
-    },
-    "data": {
-        "format": "voc",  # voc | coco | yolo | shapes
-        "root": "data/VOCdevkit",
-        "train_sets": [["2007", "trainval"], ["2012", "trainval"]],
-        "test_sets": [["2007", "test"]],
-        "class_names": None,  # null: the 20 PASCAL VOC classes (COCO: from the JSON; YOLO: names_file)
-        "keep_difficult": False,
-        "keep_empty": False,  # keep training images without objects
-        "skip_bad": False,  # skip unreadable files instead of stopping
-        # voc folders without ImageSets/Main (see ssd.data.voc_layout): the share of images
-        # held out for testing, and the folder of the {train,test}.txt split a training run
-        # wrote (null: split by val_fraction; training sets it to <output>/split).
-        "val_fraction": 0.1,
-        "split_dir": None,
-        "coco": {
-            "train_annotations": "annotations/instances_train2017.json",
-            "train_images": "train2017",
-            "test_annotations": "annotations/instances_val2017.json",
-            "test_images": "val2017",
-        },
-        "yolo": {  # root/images/<split>/, root/labels/<split>/, class names in root/<names_file>
-            "train_split": "train",
-            "test_split": "val",
-            "names_file": "data.yaml",
-        },
-        "shapes": {  # the synthetic data set, generated under `root` on first use
-            "num_train": 2000,
-            "num_test": 300,
-            "image_size": 300,
-            "seed": 0,
-        },
-        "mean": [104, 117, 123],  # BGR
-        "augment": True,  # training augmentation (SSDAugmentation) on/off; its stages:
-        "augmentation": {
-            "photometric": True,  # brightness, contrast, saturation, hue, channel swap
-            "max_expand": 4.0,  # zoom-out up to this ratio (1: none)
-            "crop": True,  # min-IoU random crop
-            "mirror": True,  # horizontal mirror
-        },
-        "num_workers": "auto",  # loader processes; auto (or null): see ssd.data.loader.auto_num_workers
-        "pin_memory": True,
-        # Decode every training image once, before training, and keep it in memory: the loader
-        # workers then only augment. Needs width x height x 3 bytes per image (VOC07+12: ~9 GiB).
-        "cache_images": False,
-        # The dtype training batches travel in from the loader to the device: auto is float16
-        # when the step runs float16 autocast (CUDA with train.amp), which rounds the images to
-        # float16 at its first convolution anyway: half the bytes to send, pin and copy, same
-        # results; float32 otherwise.
-        "batch_dtype": "auto",
-    },
-    "loss": {
-        "name": "multibox",  # multibox | focal
-        "iou_threshold": defaults.MATCH_IOU_THRESHOLD,
-        "neg_pos_ratio": defaults.NEG_POS_RATIO,
-        "loc_loss": "smooth_l1",  # smooth_l1 | l1
-        "loc_weight": 1.0,
-        "alpha": 0.25,  # focal only
-        "gamma": 2.0,  # focal only
-    },
-    "solver": {
-        "batch_size": 32,  # global batch (split across processes under DDP)
-        "optimizer": "sgd",  # sgd | adamw
-        "lr": 1e-3,
-        "momentum": 0.9,
-        "weight_decay": 5e-4,
-        "max_iter": 120000,
-        "schedule": "step",  # step (x gamma at lr_steps) | cosine (to 0 at max_iter)
-        "lr_steps": [80000, 100000],
-        "gamma": 0.1,
-        "warmup_iters": 500,
-        "warmup_factor": 1.0 / 3,
-        "clip_grad_norm": None,  # max global gradient norm (null or 0: no clipping)
-    },
-    "train": {
-        "seed": 0,
-        "amp": False,
-        "channels_last": False,
-        "compile": False,  # torch.compile the model for training
-        "log_period": 20,
-        "checkpoint_period": 5000,
-        "keep_checkpoints": 3,
-        "eval_period": 10000,  # 0 disables periodic evaluation
-        "output_dir": "runs/ssd",
-    },
-    "test": {
-        "conf_threshold": defaults.CONF_THRESHOLD,
-        "nms_threshold": defaults.NMS_THRESHOLD,
-        "top_k": defaults.TOP_K,
-        "candidates_per_class": defaults.CANDIDATES_PER_CLASS,
-        "batch_size": 8,
-        "metric": "voc07",  # voc07 | voc10 | coco
-    },
-}
-
+# The tables the loader checks against, derived from ssd.config_schema.KEYS (one row per key).
+_DEFAULTS: dict[str, Any] = default_tree()
+# Keys that take null, with the type they take when set.
+_NULLABLE_TYPES: dict[str, type] = {key.name: key.value_type for key in KEYS if key.takes_null}
+# Keys that also take a keyword (resolved when used) besides their type.
+_KEYWORDS: dict[str, tuple[str, ...]] = {key.name: key.keywords for key in KEYS if key.keywords}
+# Keys holding file or folder paths: relative values are resolved when the config is loaded.
+PATH_KEYS = tuple(key.name for key in KEYS if key.path)
+# Values of path keys that are keywords, not paths (model.pretrained: torchvision asks
+# torchvision's weights API for the backbone's ImageNet file).
+PATH_KEYWORDS: dict[str, tuple[str, ...]] = {key.name: key.path_keywords for key in KEYS if key.path}
+_RANGES: dict[str, Range] = {key.name: key.allowed for key in KEYS if key.allowed is not None}
+_RESOURCE_LIMITS: dict[str, ResourceLimit] = {key.name: key.limit for key in KEYS
+                                              if key.limit is not None}
+_NUMBER_LISTS: dict[str, NumberList] = {key.name: key.items for key in KEYS if key.items is not None}
+_SET_KEYS = tuple(key.name for key in KEYS if key.image_sets)  # lists of [year, split] pairs
 # The model.priors keys with one entry per feature map (ssd.priors.PRIOR_KEYS).
 _PRIOR_LISTS = ("feature_maps", "steps", "min_sizes", "max_sizes", "aspect_ratios")
-
-# Keys whose default is null, with the type they take when set.
-_NULLABLE_TYPES: dict[str, type] = {
-    "model.pretrained": str,
-    "data.class_names": list,
-    "model.channels": list,
-    "model.class_map": dict,
-    "solver.clip_grad_norm": float,
-    "data.num_workers": int,
-    "data.split_dir": str,
-    **{f"model.priors.{key}": list for key in _PRIOR_LISTS},
-}
-
 # Sections that `null` sets back to their defaults (model.priors: null derives every prior key).
 _NULL_RESETS: tuple[str, ...] = ("model.priors",)
-
-# Keys that also take a keyword (resolved when used) besides their type.
-_KEYWORDS: dict[str, tuple[str, ...]] = {
-    "data.num_workers": ("auto",),
-}
-
-# Keys holding file or folder paths: relative values are resolved when the config is loaded.
-PATH_KEYS = ("data.root", "data.split_dir", "model.pretrained", "train.output_dir")
 
 CONFIGS_FOLDER = "configs"  # how commands and docs name the built-in configs: configs/voc300.yaml
 # In a source checkout (run through PYTHONPATH, not installed) the configs sit beside ssd/.
 CHECKOUT_CONFIGS = Path(__file__).resolve().parents[1] / CONFIGS_FOLDER
-# Values of path keys that are keywords, not paths (model.pretrained: torchvision asks
-# torchvision's weights API for the backbone's ImageNet file).
-PATH_KEYWORDS = ("torchvision",)
-
-# Keys with a fixed set of values. model.backbone, loss.name and data.format are checked against
-# their registries (ssd.modeling.BACKBONES, ssd.loss.LOSSES, ssd.data.build.DATASET_BUILDERS).
-_CHOICES: dict[str, tuple[str, ...]] = {
-    "loss.loc_loss": ("smooth_l1", "l1"),
-    "solver.optimizer": ("sgd", "adamw"),
-    "solver.schedule": ("step", "cosine"),
-    "test.metric": ("voc07", "voc10", "coco"),
-    "data.batch_dtype": ("auto", "float32", "float16"),
-}
-
-
-@dataclass(frozen=True)
-class _Range:
-    """An interval of allowed numbers; None is unbounded, `*_open` excludes the end point."""
-
-    low: float | None = None
-    high: float | None = None
-    low_open: bool = False
-    high_open: bool = False
-
-    def contains(self, value: float) -> bool:
-        above = self.low is None or (value > self.low if self.low_open else value >= self.low)
-        below = self.high is None or (value < self.high if self.high_open else value <= self.high)
-        return above and below
-
-    def describe(self) -> str:
-        """e.g. '>= 1', '> 0', 'in (0, 1]'."""
-        if self.high is None:
-            return f"{'>' if self.low_open else '>='} {self.low:g}"
-        return (f"in {'(' if self.low_open else '['}{self.low:g}, {self.high:g}"
-                f"{')' if self.high_open else ']'}")
-
-
-_POSITIVE = _Range(0, low_open=True)
-_AT_LEAST_ONE = _Range(1)
-_NON_NEGATIVE = _Range(0)
-_FRACTION = _Range(0, 1)
-
-# Allowed ranges of numeric keys.
-_RANGES: dict[str, _Range] = {
-    "model.num_classes": _Range(2),
-    "model.image_size": _AT_LEAST_ONE,
-    "data.shapes.num_train": _NON_NEGATIVE,
-    "data.shapes.num_test": _NON_NEGATIVE,
-    "data.shapes.image_size": _Range(32),
-    "data.num_workers": _NON_NEGATIVE,
-    "data.val_fraction": _Range(0, 1, low_open=True, high_open=True),
-    "loss.iou_threshold": _Range(0, 1, low_open=True),
-    "loss.neg_pos_ratio": _NON_NEGATIVE,
-    "loss.loc_weight": _NON_NEGATIVE,
-    "loss.alpha": _FRACTION,
-    "loss.gamma": _NON_NEGATIVE,
-    "solver.batch_size": _AT_LEAST_ONE,
-    "solver.lr": _POSITIVE,
-    "solver.momentum": _Range(0, 1, high_open=True),
-    "solver.weight_decay": _NON_NEGATIVE,
-    "solver.max_iter": _AT_LEAST_ONE,
-    "solver.gamma": _POSITIVE,
-    "solver.warmup_iters": _NON_NEGATIVE,
-    "solver.warmup_factor": _Range(0, 1, low_open=True),
-    "solver.clip_grad_norm": _NON_NEGATIVE,  # 0 or null: no clipping
-    "train.log_period": _AT_LEAST_ONE,
-    "train.checkpoint_period": _AT_LEAST_ONE,
-    "train.keep_checkpoints": _AT_LEAST_ONE,
-    "train.eval_period": _NON_NEGATIVE,  # 0: no periodic evaluation
-    "test.conf_threshold": _FRACTION,  # scores must exceed it: 1 keeps no detections
-    "test.nms_threshold": _Range(0, 1, low_open=True),
-    "test.top_k": _AT_LEAST_ONE,
-    "test.candidates_per_class": _AT_LEAST_ONE,
-    "test.batch_size": _AT_LEAST_ONE,
-}
-
-
-# The keys that size a resource have an upper bound, so that a mistyped value stops with a
-# message instead of exhausting the machine (forking until the OOM killer steps in, allocating
-# a probe image of 100 GiB) before any other check could speak.
-MAX_LOADER_PROCESSES = 64
-# Memory grows with the square of the image size S: one float32 image is 3 S^2 values, and the
-# first VGG16 stage keeps 64 channels at full resolution, 64 S^2 float32 values (256 S^2 bytes)
-# per image and activation: 1 GiB at 2048 px, 2.3 TiB at 100000 px. SSD is published at 300
-# and 512 px; 2048 leaves room for larger inputs while one image's activations still fit a GPU.
-MAX_IMAGE_SIZE = 2048
-FIRST_STAGE_CHANNELS = 64
-MAX_EXPAND_AREA = 16  # the default zoom-out (data.augmentation.max_expand 4) squared
-FLOAT32_BYTES = 4
-# The images of one batch are decoded, augmented and held at once: 4096 images of 300 px are
-# 4.1 GiB of float32 input, before the network's activations (tens of times more). The batch
-# is global: under torchrun each process holds its share.
-MAX_BATCH_IMAGES = 4096
-MAX_GENERATED_IMAGES = 1_000_000  # the shapes data set: one JPEG file and one list entry each
-
-
-def _gib(num_bytes: float) -> str:
-    return f"{num_bytes / 2**30:,.1f} GiB"
-
-
-def _activation_memory(size: int) -> str:
-    first_stage = FIRST_STAGE_CHANNELS * size * size * FLOAT32_BYTES
-    return (f"memory grows with the square of the size: the first VGG16 stage alone holds "
-            f"{FIRST_STAGE_CHANNELS} x {size} x {size} float32 values per image, {_gib(first_stage)}")
-
-
-def _generated_image_memory(size: int) -> str:
-    augmented = 3 * size * size * FLOAT32_BYTES
-    return (f"memory grows with the square of the size: each image is augmented as 3 x {size} x "
-            f"{size} float32 values, {_gib(augmented)}, up to {_gib(augmented * MAX_EXPAND_AREA)} "
-            "once zoomed out")
-
-
-def _batch_memory(batch: int) -> str:
-    size = _DEFAULTS["model"]["image_size"]
-    pixels = batch * 3 * size * size * FLOAT32_BYTES
-    return (f"the images of a batch are held at once: {batch} images of the default {size} px "
-            f"are {_gib(pixels)} of float32 input before the network's activations")
-
-
-@dataclass(frozen=True)
-class _ResourceLimit:
-    """The most a resource key may ask for: `maximum` `resource`s, and why (given the value)."""
-
-    maximum: int
-    resource: str
-    reason: Callable[[int], str]
-
-
-_RESOURCE_LIMITS: dict[str, _ResourceLimit] = {
-    "data.num_workers": _ResourceLimit(
-        MAX_LOADER_PROCESSES, "loader processes",
-        lambda _: "each holds a copy of the data set and a queue of prepared batches"),
-    "model.image_size": _ResourceLimit(MAX_IMAGE_SIZE, "px", _activation_memory),
-    "data.shapes.image_size": _ResourceLimit(MAX_IMAGE_SIZE, "px", _generated_image_memory),
-    "solver.batch_size": _ResourceLimit(MAX_BATCH_IMAGES, "images per global batch", _batch_memory),
-    "test.batch_size": _ResourceLimit(MAX_BATCH_IMAGES, "images per batch", _batch_memory),
-    "data.shapes.num_train": _ResourceLimit(
-        MAX_GENERATED_IMAGES, "generated images",
-        lambda _: "each is written to disk as a JPEG file when the data set is first used"),
-    "data.shapes.num_test": _ResourceLimit(
-        MAX_GENERATED_IMAGES, "generated images",
-        lambda _: "each is written to disk as a JPEG file when the data set is first used"),
-}
-
-
-@dataclass(frozen=True)
-class _NumberList:
-    """A list of numbers: element type, allowed range, and its length (None: any)."""
-
-    kind: type
-    allowed: _Range | None = None
-    length: int | None = None
-
-
-_NUMBER_LISTS: dict[str, _NumberList] = {
-    "model.variances": _NumberList(float, _POSITIVE, 2),
-    "model.channels": _NumberList(int, _AT_LEAST_ONE),
-    "model.priors.feature_maps": _NumberList(int, _AT_LEAST_ONE),
-    "model.priors.steps": _NumberList(float, _POSITIVE),
-    "model.priors.min_sizes": _NumberList(float, _POSITIVE),
-    "model.priors.max_sizes": _NumberList(float, _POSITIVE),
-    "data.mean": _NumberList(float, None, 3),
-    "solver.lr_steps": _NumberList(int, _NON_NEGATIVE),
-}
-
-_SET_KEYS = ("data.train_sets", "data.test_sets")  # lists of [year, split] pairs
 
 
 @dataclass(frozen=True)
@@ -370,11 +80,8 @@ class _Migration:
 # version -> the step to version + 1. Version 1 (no `version` key) stored paths as written.
 _MIGRATIONS: dict[int, _Migration] = {
     1: _Migration(renamed={}),
+    2: _Migration(renamed={"test.conf_threshold": "test.score_threshold"}),
 }
-
-
-class ConfigError(ValueError):
-    """A config key, value or file is wrong; the message says which and what was expected."""
 
 
 class DuplicateKeyError(yaml.constructor.ConstructorError):
@@ -418,7 +125,15 @@ def parse_yaml(text: str) -> Any:
 
 
 class Config:
-    """Nested, attribute-accessible view of a config dictionary."""
+    """A loaded, validated config: a read-only nested view with attribute access.
+
+    Every key of ssd.config_schema.KEYS is present: sections are Configs (``cfg.solver``,
+    ``cfg.model.priors``) and leaves are plain values (``cfg.solver.lr`` a float,
+    ``cfg.data.train_sets`` a list). ``cfg["solver"]``, ``"lr" in cfg.solver`` and
+    ``cfg.solver.get("lr")`` work as on a dict. Build one with load_config,
+    load_config_from_dict, load_checkpoint_config or merge_overrides; the package passes it
+    explicitly (there is no global config).
+    """
 
     def __init__(self, data: Mapping[str, Any]):
         for key, value in data.items():
@@ -444,7 +159,10 @@ class Config:
         }
 
     def dump(self) -> str:
-        """The config as YAML text; `load_config_from_dict(yaml.safe_load(text))` restores it."""
+        """The config as YAML text: every key, with absolute paths and this config version.
+        Written to a file, `load_config(path)` reads it back as an equal Config (as does
+        `load_config_from_dict(parse_yaml(text))`); checkpoints store `to_dict()` instead,
+        read back with `load_checkpoint_config`, which also migrates older versions."""
         return yaml.safe_dump(self.to_dict(), sort_keys=False)
 
     def __repr__(self) -> str:
@@ -567,7 +285,9 @@ def load_config_from_dict(data: Mapping[str, Any], source: str = "<dict>") -> Co
     """Defaults merged with `data`, validated; relative paths are relative to the working
     directory."""
     config = get_defaults()
-    _merge(config, dict(data), source=source)
+    data = copy.deepcopy(dict(data))
+    _rename_deprecated_keys(data, source)
+    _merge(config, data, source=source)
     return _finish(config)
 
 
@@ -581,8 +301,11 @@ def load_checkpoint_config(data: Mapping[str, Any], source: str = "a checkpoint"
     version = data.pop("version", 1)
     if not isinstance(version, int) or isinstance(version, bool) or version < 1:
         raise ConfigError(f"The config in {source} has version {version!r}; expected an int >= 1")
-    for step in range(version, CONFIG_VERSION):
-        _migrate(data, _MIGRATIONS[step])
+    renames = [rename for step in range(version, CONFIG_VERSION)
+               for rename in _migrate(data, _MIGRATIONS[step])]
+    if renames:
+        logger.info("Migrated the config in %s from version %d to %d: renamed %s",
+                    source, version, CONFIG_VERSION, ", ".join(renames))
     dropped = _drop_unknown_keys(data, _DEFAULTS)
     if dropped:
         newer = f" (it was written by config version {version})" if version > CONFIG_VERSION else ""
@@ -621,23 +344,64 @@ def _resolve_paths(config: dict[str, Any], base: Path) -> None:
             section = section.get(name) if isinstance(section, Mapping) else None
         if not isinstance(section, dict) or not isinstance(section.get(leaf), str):
             continue
-        if section[leaf] in PATH_KEYWORDS:
+        if section[leaf] in PATH_KEYWORDS[dotted]:
             continue
         path = Path(section[leaf]).expanduser()
         section[leaf] = os.path.normpath(path if path.is_absolute() else base / path)
 
 
-def _migrate(data: dict[str, Any], step: _Migration) -> None:
+def _migrate(data: dict[str, Any], step: _Migration) -> list[str]:
+    """Apply one migration step to `data` in place; return the renames made ("old -> new")."""
+    renames = []
     for old, new in step.renamed.items():
         value = _pop_dotted(data, old)
         if value is not _MISSING:
-            *parents, leaf = new.split(".")
-            section = data
-            for name in parents:
-                section = section.setdefault(name, {})
-            section[leaf] = value
+            _set_dotted(data, new, value)
+            renames.append(f"{old} -> {new}")
     for old in step.removed:
         _pop_dotted(data, old)
+    return renames
+
+
+def _renamed_keys() -> dict[str, str]:
+    """Every key a migration renamed (dotted) -> its name in this version."""
+    renamed: dict[str, str] = {}
+    for version in sorted(_MIGRATIONS):
+        for old, new in _MIGRATIONS[version].renamed.items():
+            renamed = {key: new if target == old else target for key, target in renamed.items()}
+            renamed[old] = new
+    return renamed
+
+
+def _rename_deprecated_keys(data: dict[str, Any], source: str) -> None:
+    """Move the keys of a user's config (a file, overrides, a dict) that were renamed to their
+    new names in place, with a deprecation warning; setting both names is a ConfigError."""
+    for old, new in _renamed_keys().items():
+        value = _pop_dotted(data, old)
+        if value is _MISSING:
+            continue
+        if _has_dotted(data, new):
+            raise ConfigError(f"Config keys '{old}' and '{new}' (in {source}) are the same key "
+                              f"('{old}' is its old name); keep '{new}'")
+        logger.warning("Config key '%s' (in %s) is deprecated: it is now '%s'; rename it",
+                       old, source, new)
+        _set_dotted(data, new, value)
+
+
+def _has_dotted(data: dict[str, Any], dotted: str) -> bool:
+    *parents, leaf = dotted.split(".")
+    section: Any = data
+    for name in parents:
+        section = section.get(name) if isinstance(section, dict) else None
+    return isinstance(section, dict) and leaf in section
+
+
+def _set_dotted(data: dict[str, Any], dotted: str, value: Any) -> None:
+    *parents, leaf = dotted.split(".")
+    section = data
+    for name in parents:
+        section = section.setdefault(name, {})
+    section[leaf] = value
 
 
 _MISSING = object()
@@ -675,6 +439,7 @@ def _read_yaml_with_bases(path: Path, naming: tuple[Path, ...] = ()) -> dict[str
         cycle = " -> ".join(str(step) for step in (*naming[naming.index(resolved):], resolved))
         raise ConfigError(f"Config files name each other as _base_ in a cycle: {cycle}")
     data = _read_yaml_mapping(path)
+    _rename_deprecated_keys(data, str(path))
     _resolve_paths(data, path.absolute().parent)
     bases = _base_names(data.pop("_base_", None), path)
     merged: dict[str, Any] = {}
@@ -758,7 +523,9 @@ def _apply_overrides(config: dict[str, Any], overrides: Iterable[str]) -> None:
         nested: Any = value
         for name in reversed([*parents, leaf]):
             nested = {name: nested}
-        _merge(config, nested, source=f"override '{item}'")
+        source = f"override '{item}'"
+        _rename_deprecated_keys(nested, source)
+        _merge(config, nested, source=source)
 
 
 def _unknown_key_message(dotted: str, source: str, level: Mapping[str, Any], prefix: str) -> str:
@@ -814,26 +581,17 @@ def _checked_value(dotted: str, default: Any, value: Any, source: str) -> Any:
     return value
 
 
-def _registry_choices() -> dict[str, list[str]]:
-    """The names registered for the keys that pick a registry entry (imported when validating,
-    so that importing ssd.config stays light and free of cycles)."""
-    from ssd.data.build import DATASET_BUILDERS
-    from ssd.loss import LOSSES
-    from ssd.modeling import BACKBONES
-
-    return {"model.backbone": list(BACKBONES), "loss.name": list(LOSSES),
-            "data.format": list(DATASET_BUILDERS)}
-
-
 def _validate(config: dict[str, Any]) -> None:
     """Checks that types alone cannot express: choices, ranges, list forms, cross-key rules."""
     if config["version"] != CONFIG_VERSION:
         raise ConfigError(f"Config key 'version' is {config['version']}; this version reads "
                           f"{CONFIG_VERSION} (older configs are migrated only when read from "
                           "checkpoints); remove the key from the file")
-    choices = {**_CHOICES, **_registry_choices()}
-    for dotted, allowed in choices.items():
-        value = _lookup(config, dotted)
+    for key in KEYS:
+        allowed = key.allowed_choices()
+        if allowed is None:
+            continue
+        dotted, value = key.name, _lookup(config, key.name)
         if value not in allowed:
             raise ConfigError(f"Config key '{dotted}' must be one of {', '.join(allowed)}, got {value!r}")
     for dotted, allowed in _RANGES.items():
@@ -852,7 +610,7 @@ def _validate(config: dict[str, Any]) -> None:
     _check_cross_keys(config)
 
 
-def _check_resource_limit(dotted: str, value: Any, limit: _ResourceLimit) -> None:
+def _check_resource_limit(dotted: str, value: Any, limit: ResourceLimit) -> None:
     """Refuse a value of resource key `dotted` above `limit`, saying what the bound protects."""
     if value is None or value in _KEYWORDS.get(dotted, ()):
         return
@@ -861,7 +619,7 @@ def _check_resource_limit(dotted: str, value: Any, limit: _ResourceLimit) -> Non
                           f"{limit.resource} ({limit.reason(value)})")
 
 
-def _check_number_list(config: dict[str, Any], dotted: str, rule: _NumberList) -> None:
+def _check_number_list(config: dict[str, Any], dotted: str, rule: NumberList) -> None:
     """Convert the items of list key `dotted` to `rule.kind` in place, or raise ConfigError."""
     *parents, leaf = dotted.split(".")
     section = _lookup(config, ".".join(parents))

@@ -5,7 +5,7 @@ VARIANCES = (0.1, 0.2)  # box encoding: (centre, size) variances of the original
 MATCH_IOU_THRESHOLD = 0.5  # a prior is positive when its best ground-truth IoU reaches this
 NEG_POS_RATIO = 3  # hard negative mining keeps 3 negatives per positive
 
-CONF_THRESHOLD = 0.01  # detections must score above this (evaluation setting)
+SCORE_THRESHOLD = 0.01  # detections must score above this (evaluation setting)
 NMS_THRESHOLD = 0.45  # NMS suppresses boxes overlapping a better one by more than this IoU
 TOP_K = 200  # detections kept per image
 CANDIDATES_PER_CLASS = 400  # highest-scoring boxes per class that enter NMS

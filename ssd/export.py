@@ -1,8 +1,9 @@
-"""ONNX export of a trained SSD with a dynamic batch, and its check under onnxruntime.
+"""ONNX (dynamic batch) and TorchScript export of a trained SSD, its metadata, and its check.
 
     wrapper = ExportedSSD(model, cfg.model.variances, postprocess_settings(cfg)).eval()
-    export(wrapper, cfg.model.image_size, Path("ssd.onnx"))     # -> "dynamo" or "torchscript"
-    differences = verify_with_onnxruntime(wrapper, Path("ssd.onnx"), cfg)   # None without ORT
+    metadata = deployment_metadata(cfg, wrapper.postprocess)
+    export(wrapper, cfg.model.image_size, Path("ssd.onnx"), metadata=metadata)  # -> "dynamo"
+    differences = verify_export(wrapper, Path("ssd.onnx"), "onnx", cfg.model.image_size, cfg.data.mean)
 
 Input:
     images   float32 [B, 3, S, S]: what `ssd.data.BaseTransform` makes of a BGR image (as OpenCV
@@ -14,7 +15,7 @@ Outputs:
              (not clipped).
     scores   float32 [B, P, C]: softmax class probabilities; column 0 is the background.
 With post-processing (`postprocess_settings`) also the detections, by the rule of
-ssd.postprocess.detect with the config's test.* settings (per class: scores > conf_threshold,
+ssd.postprocess.detect with the config's test.* settings (per class: scores > score_threshold,
 the candidates_per_class best go into NMS; then the top_k best per image):
     det_boxes       float32 [B, K, 4]  (x1, y1, x2, y2) normalised; K = test.top_k
     det_scores      float32 [B, K]     sorted, highest first
@@ -23,13 +24,21 @@ the candidates_per_class best go into NMS; then the top_k best per image):
 NMS is the ONNX NonMaxSuppression operator (opset >= 11), which runs per image and per class
 in one node, so the batch stays dynamic.
 
-Exporters: the torch.export-based one (torch.onnx.export(dynamo=True), needs `onnxscript`) is
-tried first; if it is missing or fails, the TorchScript-based one. Both need the `onnx`
-package (pip install -e .[onnx]).
+Exporters: "dynamo" (torch.onnx.export(dynamo=True), needs `onnxscript`), "torchscript" (the
+older TorchScript-based ONNX exporter), or "auto": dynamo, falling back to torchscript with a
+warning when dynamo fails on the model. All need the `onnx` package; the check needs
+`onnxruntime`. A missing package raises `MissingPackageError` with the install command
+(`install_command`). `deployment_metadata` is stored in the file's metadata_props.
+
+TorchScript (`export_torchscript`): torch.jit.trace of the same network without
+post-processing, the same inputs and outputs, the metadata as the extra file
+"ssd_metadata.json" (torch.jit.load(path, _extra_files={"ssd_metadata.json": ""})).
 """
 
 from __future__ import annotations
 
+import importlib
+import json
 import logging
 from pathlib import Path
 from typing import Sequence
@@ -39,9 +48,12 @@ import torch
 import torchvision
 from torch import nn
 
+import ssd
 from ssd.box_utils import decode
-from ssd.data import BaseTransform
-from ssd.images import network_input
+from ssd.config import Config
+from ssd.data import BaseTransform, class_names_for
+from ssd.fileio import atomic_write, staged_output
+from ssd.images import MAX_INPUT_RATIO, network_input
 
 logger = logging.getLogger(__name__)
 
@@ -51,6 +63,25 @@ MIN_NMS_OPSET = 11  # ONNX NonMaxSuppression with the inputs used here
 TORCHSCRIPT_OPSET = 17  # default of the TorchScript fallback
 EXAMPLE_BATCH = 2  # export example; a batch of 1 would make the exporter specialise on it
 EXPORTERS = ("auto", "dynamo", "torchscript")
+FORMATS = ("onnx", "torchscript")
+TORCHSCRIPT_METADATA_FILE = "ssd_metadata.json"  # extra file of a TorchScript export
+# What each optional package is needed for (the error names it).
+PACKAGE_USES = {"onnx": "writing ONNX files", "onnxscript": "the dynamo ONNX exporter",
+                "onnxruntime": "checking the ONNX file (--no-check skips it)"}
+
+
+def _torch_onnx_constant(name: str, fallback: int) -> int:
+    """An opset bound of the installed torch.onnx (fallback: torch 2.14's value)."""
+    try:
+        from torch.onnx import _constants
+    except ImportError:
+        return fallback
+    return getattr(_constants, name, fallback)
+
+
+MIN_OPSET = _torch_onnx_constant("ONNX_MIN_OPSET", 7)
+MAX_OPSET = _torch_onnx_constant("ONNX_MAX_OPSET", 23)
+TORCHSCRIPT_MAX_OPSET = _torch_onnx_constant("ONNX_TORCHSCRIPT_EXPORTER_MAX_OPSET", 20)
 
 
 # ---------------------------------------------------------------- NMS as one custom op
@@ -125,7 +156,7 @@ def _class_nms_torchscript(g, boxes, scores, iou_threshold, score_threshold, max
 def select_detections(
     boxes: torch.Tensor,
     scores: torch.Tensor,
-    conf_threshold: float,
+    score_threshold: float,
     nms_threshold: float,
     top_k: int,
     candidates_per_class: int,
@@ -147,9 +178,9 @@ def select_detections(
     best_priors = foreground.topk(candidates, dim=-1).indices  # (B, C-1, candidates)
     is_best = torch.zeros_like(foreground, dtype=torch.bool).scatter(
         -1, best_priors, torch.ones_like(best_priors, dtype=torch.bool))  # (B, C-1, P)
-    is_candidate = is_best & (foreground > conf_threshold)  # (B, C-1, P)
+    is_candidate = is_best & (foreground > score_threshold)  # (B, C-1, P)
     masked = torch.where(is_candidate, foreground, torch.full_like(foreground, -1.0))
-    selected = torch.ops.ssd_export.class_nms(boxes, masked, nms_threshold, conf_threshold,
+    selected = torch.ops.ssd_export.class_nms(boxes, masked, nms_threshold, score_threshold,
                                               candidates)  # (K_all, 3): image, class, prior
     image, cls, prior = selected.unbind(1)
     kept = torch.full_like(foreground, -1.0).index_put((image, cls, prior),
@@ -194,48 +225,167 @@ class ExportedSSD(nn.Module):
         return OUTPUTS + (POSTPROCESS_OUTPUTS if self.postprocess is not None else [])
 
 
-def postprocess_settings(cfg) -> dict:
+def postprocess_settings(cfg: Config) -> dict:
     """The config's test.* settings as `select_detections` arguments."""
     test = cfg.test
-    return {"conf_threshold": test.conf_threshold, "nms_threshold": test.nms_threshold,
+    return {"score_threshold": test.score_threshold, "nms_threshold": test.nms_threshold,
             "top_k": test.top_k, "candidates_per_class": test.candidates_per_class}
 
 
 # ------------------------------------------------------------------------- export
-def require_onnx() -> None:
-    """Raise ModuleNotFoundError with the install hint when the `onnx` package is missing
-    (both exporters write the file with it)."""
+class MissingPackageError(ImportError):
+    """An optional package the export needs is not installed (the message says how to get it)."""
+
+
+def install_command(extra: str = "onnx") -> str:
+    """The pip command that installs the package's `extra`: editable in a clone (the package
+    folder sits next to setup.py), else from the installed distribution."""
+    root = Path(ssd.__file__).resolve().parent.parent
+    if (root / "setup.py").is_file():
+        return f'pip install -e ".[{extra}]" (in {root})'
+    return f'pip install "ssd[{extra}]"'
+
+
+def required_packages(export_format: str = "onnx", exporter: str = "auto",
+                      check: bool = True) -> list[str]:
+    """The optional packages an export needs: onnx (and onnxscript for the dynamo or auto
+    exporter) to write ONNX, onnxruntime to check it; a TorchScript export needs none."""
+    if export_format == "torchscript":
+        return []
+    packages = ["onnx"] + (["onnxscript"] if exporter in ("auto", "dynamo") else [])
+    return packages + (["onnxruntime"] if check else [])
+
+
+def require_packages(packages: Sequence[str]) -> None:
+    """Raise MissingPackageError, one line naming every missing package of `packages`, what
+    it is needed for and the install command; nothing when all import."""
+    missing = [name for name in packages if not _importable(name)]
+    if missing:
+        uses = "; ".join(f"{name} for {PACKAGE_USES.get(name, 'the export')}" for name in missing)
+        raise MissingPackageError(f"missing package{'s' if len(missing) > 1 else ''} {uses}: "
+                                  f"{install_command()}", name=missing[0])
+
+
+def _importable(name: str) -> bool:
     try:
-        import onnx  # noqa: F401
+        importlib.import_module(name)
     except ImportError:
-        raise ModuleNotFoundError("ONNX export needs the onnx package: pip install onnx "
-                                  "(or pip install -e .[onnx])", name="onnx") from None
+        return False
+    return True
+
+
+def deployment_metadata(cfg, postprocess: dict | None) -> dict[str, str]:
+    """What a deployer needs besides the graph, as strings (ONNX metadata_props).
+
+    Keys: class_names (JSON, foreground classes in label order: det_labels k, scores column
+    k + 1), input_* (name, size, layout, dtype, channel order, mean in that order, scale),
+    resize (how an image becomes S x S), box_format, outputs, postprocess ("true"/"false";
+    when true also score_threshold, nms_threshold, top_k, candidates_per_class), ssd_version.
+    """
+    size = cfg.model.image_size
+    mean_rgb = [float(value) for value in reversed(cfg.data.mean)]  # data.mean is BGR
+    metadata = {
+        "class_names": json.dumps(class_names_for(cfg)),
+        "input_name": "images",
+        "input_size": str(size),
+        "input_layout": "NCHW",
+        "input_dtype": "float32",
+        "input_channel_order": "RGB",
+        "input_mean": json.dumps(mean_rgb),
+        "input_scale": "1 (pixel values 0-255 minus input_mean, not divided by 255)",
+        "resize": (f"BGR image sides over {MAX_INPUT_RATIO * size} px first shrunk to at most "
+                   f"that with cv2.INTER_AREA, then cv2.resize to {size}x{size} (aspect ratio "
+                   "not kept) with cv2.INTER_LINEAR"),
+        "box_format": "x1,y1,x2,y2 normalised to the image width and height, not clipped",
+        "outputs": ("boxes [B,P,4], scores [B,P,C] (softmax, column 0 background)"
+                    + ("; det_boxes [B,K,4], det_scores [B,K] (highest first), det_labels [B,K] "
+                       "(int64, index into class_names, -1 padding), num_detections [B] (int64)"
+                       if postprocess is not None else "")),
+        "postprocess": "true" if postprocess is not None else "false",
+        "ssd_version": ssd.__version__,
+    }
+    metadata.update({key: str(value) for key, value in (postprocess or {}).items()})
+    return metadata
+
+
+def write_onnx_metadata(path: Path, metadata: dict[str, str]) -> None:
+    """Store `metadata` in the ONNX file's metadata_props (replacing keys of the same name);
+    the file is rewritten atomically."""
+    import onnx
+
+    model = onnx.load(str(path))
+    kept = [prop for prop in model.metadata_props if prop.key not in metadata]
+    del model.metadata_props[:]
+    model.metadata_props.extend(kept)
+    for key, value in metadata.items():
+        model.metadata_props.add(key=key, value=value)
+    atomic_write(path, model.SerializeToString())
+
+
+def read_onnx_metadata(path: Path) -> dict[str, str]:
+    """The metadata_props of an ONNX file as a dict."""
+    import onnx
+
+    return {prop.key: prop.value for prop in onnx.load(str(path), load_external_data=False).metadata_props}
+
+
+def supported_opsets(exporter: str) -> range:
+    """The ONNX opsets torch.onnx exports with `exporter` ("auto" tries the torch.export-based
+    one first: its range)."""
+    return range(MIN_OPSET, (TORCHSCRIPT_MAX_OPSET if exporter == "torchscript" else MAX_OPSET) + 1)
+
+
+def check_export_options(postprocess: bool, opset: int | None, exporter: str) -> None:
+    """Raise ValueError naming the value and what is expected for an unknown exporter, an
+    opset outside `supported_opsets`, or post-processing with an opset below 11."""
+    if exporter not in EXPORTERS:
+        raise ValueError(f"exporter {exporter!r}: expected one of {', '.join(EXPORTERS)}")
+    if opset is None:
+        return
+    opsets = supported_opsets(exporter)
+    if opset not in opsets:
+        raise ValueError(f"--opset {opset}: torch.onnx exports opsets {opsets.start} to "
+                         f"{opsets.stop - 1} with the {exporter} exporter")
+    if postprocess and opset < MIN_NMS_OPSET:
+        raise ValueError(f"--with-postprocess needs --opset >= {MIN_NMS_OPSET} "
+                         f"(NonMaxSuppression), got {opset}")
 
 
 def export(
     wrapper: ExportedSSD, image_size: int, out: Path, opset: int | None = None,
-    exporter: str = "auto",
+    exporter: str = "auto", metadata: dict[str, str] | None = None,
 ) -> str:
     """Write `wrapper` (inputs [B, 3, image_size, image_size]) to `out` as ONNX with a dynamic
-    batch; returns the exporter used ("dynamo" or "torchscript").
+    batch and `metadata` in its metadata_props; returns the exporter used ("dynamo" or
+    "torchscript"). The file is written under a temporary name beside `out` and renamed when
+    complete: on failure an existing `out` is left as it was.
 
     Raises:
-        ValueError: post-processing with an opset below 11, or an unknown exporter.
-        ModuleNotFoundError: the onnx package is missing (`require_onnx`).
+        ValueError: an unknown exporter, an opset torch.onnx does not export, or
+            post-processing with an opset below 11 (`check_export_options`).
+        MissingPackageError: onnx, or onnxscript for the dynamo/auto exporter, is missing.
+        OSError: `out` cannot be written (named, see `ssd.fileio.describe_os_error`).
     """
-    if exporter not in EXPORTERS:
-        raise ValueError(f"exporter {exporter!r}: expected one of {', '.join(EXPORTERS)}")
-    if wrapper.postprocess is not None and opset is not None and opset < MIN_NMS_OPSET:
-        raise ValueError(f"--with-postprocess needs --opset >= {MIN_NMS_OPSET} "
-                         f"(NonMaxSuppression), got {opset}")
-    require_onnx()
-    out.parent.mkdir(parents=True, exist_ok=True)
+    check_export_options(wrapper.postprocess is not None, opset, exporter)
+    require_packages(required_packages("onnx", exporter, check=False))
     example = torch.zeros(EXAMPLE_BATCH, 3, image_size, image_size)
+    with staged_output(out) as staged:
+        used = _export_to(wrapper, example, staged, opset, exporter)
+        if metadata:
+            write_onnx_metadata(staged, metadata)
+    return used
+
+
+def _export_to(wrapper: ExportedSSD, example: torch.Tensor, out: Path, opset: int | None,
+               exporter: str) -> str:
+    """`export`'s exporter choice, writing to `out`; returns the exporter used."""
     if exporter in ("auto", "dynamo"):
         try:
             _export_dynamo(wrapper, example, out, opset)
             return "dynamo"
-        except Exception as err:  # missing onnxscript, or an operator it cannot translate
+        except OSError:  # the file cannot be written: no other exporter would write it
+            raise
+        except Exception as err:  # an operator or shape the dynamo exporter cannot translate
             if exporter == "dynamo":
                 raise
             first_line = str(err).strip().splitlines()[0] if str(err).strip() else ""
@@ -246,8 +396,6 @@ def export(
 
 
 def _export_dynamo(wrapper: ExportedSSD, example: torch.Tensor, out: Path, opset: int | None):
-    import onnxscript  # noqa: F401  (required by this exporter; fail early and clearly)
-
     # onnx_ir warns about an empty attribute list (harmless) and onnxscript's optimiser logs
     # every constant it does not fold: only their errors are worth showing.
     quiet = [logging.getLogger(name) for name in ("onnx_ir", "onnxscript")]
@@ -282,6 +430,29 @@ def _export_torchscript(wrapper: ExportedSSD, example: torch.Tensor, out: Path, 
             input_names=["images"], output_names=names,
             dynamic_axes={name: {0: "batch"} for name in ["images", *names]},
         )
+
+
+def export_torchscript(wrapper: ExportedSSD, image_size: int, out: Path,
+                       metadata: dict[str, str] | None = None) -> None:
+    """Write torch.jit.trace of `wrapper` (images [B, 3, S, S] -> boxes [B, P, 4], scores
+    [B, P, C]; any batch size) to `out`, with `metadata` as the extra file
+    TORCHSCRIPT_METADATA_FILE (JSON).
+
+    Raises:
+        ValueError: `wrapper` has post-processing (its NMS is an operator of this package that a
+            TorchScript runtime would not have; export it to ONNX instead).
+    """
+    if wrapper.postprocess is not None:
+        raise ValueError("--with-postprocess is for --format onnx only: the TorchScript export "
+                         "is the network without NMS (boxes, scores)")
+    import warnings
+
+    example = torch.zeros(EXAMPLE_BATCH, 3, image_size, image_size)
+    extra = {TORCHSCRIPT_METADATA_FILE: json.dumps(metadata or {})}
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)  # torch.jit's deprecation notice
+        traced = torch.jit.trace(wrapper, example, check_trace=False)
+        atomic_write(out, lambda stream: torch.jit.save(traced, stream, _extra_files=extra))
 
 
 # -------------------------------------------------------------------------- check
@@ -382,13 +553,33 @@ def _worst_pair_gap(boxes, scores, labels, other_boxes, other_scores, other_labe
     return gap.min(dim=1).values.max().item()
 
 
-def verify_with_onnxruntime(wrapper: ExportedSSD, onnx_path: Path, image_size: int,
-                            mean: Sequence[float], image: np.ndarray | None = None) -> dict | None:
-    """`onnxruntime_differences` on `image` (uint8 [H, W, 3] BGR; default `synthetic_image`)
-    and its mirror; None when onnxruntime is not installed (nothing checked)."""
-    try:
-        import onnxruntime  # noqa: F401
-    except ImportError:
-        return None
+def torchscript_differences(wrapper: ExportedSSD, path: Path, images: torch.Tensor) -> dict:
+    """max |loaded - eager| / max(1, |eager|) of boxes and scores (as `_scaled_difference`)
+    of the TorchScript file at `path`, loaded with torch.jit.load, over batches of 1 and all
+    `images` [B, 3, S, S]."""
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)  # torch.jit's deprecation notice
+        traced = torch.jit.load(str(path), map_location="cpu")
+    differences = dict.fromkeys(OUTPUTS, 0.0)
+    for batch in (images[:1], images):
+        # the plain interpreter: the optimising one spends seconds on its first calls
+        with torch.no_grad(), torch.jit.optimized_execution(False):
+            pairs = zip(OUTPUTS, traced(batch), wrapper(batch))
+            for name, loaded, eager in pairs:
+                differences[name] = max(differences[name], _scaled_difference(loaded, eager))
+    return differences
+
+
+def verify_export(wrapper: ExportedSSD, path: Path, export_format: str, image_size: int,
+                  mean: Sequence[float], image: np.ndarray | None = None) -> dict:
+    """The file at `path` against PyTorch on `image` (uint8 [H, W, 3] BGR; default
+    `synthetic_image`) and its mirror: `onnxruntime_differences` for "onnx" (needs
+    onnxruntime: MissingPackageError), `torchscript_differences` for "torchscript"."""
     image = synthetic_image(image_size) if image is None else image
-    return onnxruntime_differences(wrapper, onnx_path, example_batch(image, image_size, mean))
+    images = example_batch(image, image_size, mean)
+    if export_format == "torchscript":
+        return torchscript_differences(wrapper, path, images)
+    require_packages(["onnxruntime"])
+    return onnxruntime_differences(wrapper, path, images)

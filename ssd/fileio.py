@@ -6,6 +6,8 @@
   pickled code is refused with a message that names it, and nothing in it runs.
 - `decode_image_file`: one image decoder (works for non-ASCII paths; a damaged file that
   libjpeg decodes with a warning is read, with one logged warning naming it).
+- `staged_output`: a temp path for writers that need a file name (exporters), published whole.
+- `describe_os_error`: an OSError as one line "<what failed>: <path>: <reason>".
 - `remove_stale_temporaries`: the temp files a killed process left behind.
 - `safe_file_name` / `safe_file_names`: a name taken from data (class name, image id, file
   stem) as one harmless file-name component; `path_inside`: a relative path read from an
@@ -15,6 +17,7 @@
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import logging
 import os
@@ -25,8 +28,9 @@ import tempfile
 import threading
 import unicodedata
 import zipfile
+from contextlib import contextmanager
 from pathlib import Path
-from typing import IO, Any, Callable, Sequence
+from typing import IO, Any, Callable, Iterator, Sequence
 
 import cv2
 import numpy as np
@@ -40,6 +44,15 @@ _TEMP_PATTERN = re.compile(r"^\..+\.[A-Za-z0-9_]+\.tmp$")
 
 # Default permission bits of a new file before the umask is applied (what open() uses).
 ORDINARY_FILE_MODE = 0o666
+
+# What failed, named on an OSError by `note_failed_action` (read by `describe_os_error`).
+FAILED_ACTION_ATTRIBUTE = "failed_action"
+CANNOT_WRITE = "cannot write"
+CANNOT_CREATE_FOLDER = "cannot create folder"
+CANNOT_WRITE_IN_FOLDER = "cannot write in folder"
+CANNOT_ACCESS = "cannot access"
+# Errors that only writing causes: what failed is a write even when no one said so.
+WRITE_ERRNOS = {errno.ENOSPC, errno.EFBIG, errno.EROFS, errno.EDQUOT}
 
 
 # A file-name component made from data is at most this many UTF-8 bytes: common file systems
@@ -76,27 +89,153 @@ def atomic_write(path: str | Path, content: bytes | str | Callable[[IO[bytes]], 
 
     The data goes to a temp file in the same folder, is flushed and fsynced, gets the mode of
     an ordinary new file (0666 minus the umask; mkstemp would leave 0600) and is renamed over
-    `path`. On any error the temp file is removed and `path` is left as it was.
+    `path`. On any error the temp file is removed and `path` is left as it was; an OSError
+    names `path` (not the temp file) and what failed (see `describe_os_error`).
     Returns `path`.
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=TEMP_SUFFIX, dir=path.parent)
+    _create_folder(path.parent)
+    try:
+        handle, temp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=TEMP_SUFFIX,
+                                             dir=path.parent)
+    except OSError as err:  # named after mkstemp's attempt: name `path` instead
+        note_failed_action(err, CANNOT_WRITE, path, temp=err.filename)
+        raise
     try:
         with os.fdopen(handle, "wb") as stream:
             if callable(content):
-                content(stream)
+                _write_through(content, stream)
             else:
                 stream.write(content.encode("utf-8") if isinstance(content, str) else content)
             stream.flush()
             os.fsync(stream.fileno())
         os.chmod(temp_name, ORDINARY_FILE_MODE & ~current_umask())
         os.replace(temp_name, path)
-    except BaseException:
+    except BaseException as err:
         Path(temp_name).unlink(missing_ok=True)
+        if isinstance(err, OSError):
+            note_failed_action(err, CANNOT_WRITE, path, temp_name)
         raise
     _fsync_directory(path.parent)
     return path
+
+
+class _WriteErrorRecorder:
+    """A binary stream that remembers the first OSError of its writes (the rest is delegated
+    to the wrapped stream)."""
+
+    def __init__(self, stream: IO[bytes]):
+        self.stream = stream
+        self.error: OSError | None = None
+
+    def write(self, data) -> int:
+        try:
+            return self.stream.write(data)
+        except OSError as err:
+            self.error = self.error or err
+            raise
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.stream, name)
+
+
+def _write_through(writer: Callable[[IO[bytes]], None], stream: IO[bytes]) -> None:
+    """`writer(stream)`; when a write fails and the writer turns the OSError into another
+    error (torch.save raises RuntimeError "unexpected pos"), the OSError is raised instead."""
+    recorder = _WriteErrorRecorder(stream)
+    try:
+        writer(recorder)
+    except Exception as err:
+        if recorder.error is not None and err is not recorder.error:
+            raise recorder.error from err
+        raise
+
+
+@contextmanager
+def staged_output(path: str | Path) -> Iterator[Path]:
+    """A temp file name beside `path` for a writer that needs a name rather than a stream
+    (torch.onnx.export, ...): when the block completes, the temp file is published as `path`
+    (`publish_staged`); when it raises, it is deleted and `path` is left as it was. An
+    OSError names `path` and what failed. Parent folders are created.
+
+        with staged_output("model.onnx") as temp:
+            torch.onnx.export(model, args, str(temp))
+    """
+    path = Path(path)
+    _create_folder(path.parent)
+    try:
+        handle, temp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=TEMP_SUFFIX,
+                                             dir=path.parent)
+        os.close(handle)
+    except OSError as err:  # named after mkstemp's attempt: name `path` instead
+        note_failed_action(err, CANNOT_WRITE, path, temp=err.filename)
+        raise
+    temp = Path(temp_name)
+    try:
+        yield temp
+        publish_staged(temp, path)
+    except BaseException as err:
+        temp.unlink(missing_ok=True)
+        if isinstance(err, OSError):
+            note_failed_action(err, CANNOT_WRITE, path, temp)
+        raise
+
+
+def check_writable_folder(folder: str | Path) -> Path:
+    """Create `folder` (and its parents) and create and delete a file in it, so that a command
+    whose outputs go there fails before its work rather than after it. Returns `folder`.
+
+    Raises:
+        OSError: the folder cannot be created or written (permission denied, read-only file
+            system, ...), named by `note_failed_action`.
+    """
+    folder = Path(folder)
+    _create_folder(folder)
+    try:
+        with tempfile.TemporaryFile(dir=folder):
+            pass
+    except OSError as err:
+        note_failed_action(err, CANNOT_WRITE_IN_FOLDER, folder, temp=err.filename)
+        raise
+    return folder
+
+
+def note_failed_action(err: OSError, action: str, path: str | Path,
+                       temp: str | Path | None = None) -> OSError:
+    """Name on `err` what failed (`action`, e.g. "cannot write") and the file it concerns:
+    `path` replaces a missing file name or the name of `path`'s temp file `temp` (not on an
+    error raised with a message of its own). An action named earlier (closer to the failure)
+    is kept. Returns `err`."""
+    if getattr(err, FAILED_ACTION_ATTRIBUTE, None) is None:
+        setattr(err, FAILED_ACTION_ATTRIBUTE, action)
+    if err.errno is None:  # OSError("message"): a file name would replace the message
+        return err
+    if err.filename is None or (temp is not None and str(err.filename) == str(temp)):
+        err.filename = str(path)
+    return err
+
+
+def describe_os_error(err: OSError) -> str:
+    """One line for an OSError: "<what failed>: <path>: <reason>", e.g.
+    "cannot write: runs/x/best.pth: File too large". What failed is the action named by
+    `note_failed_action`, else "cannot write" for errors only writing causes (disk full,
+    file too large, read-only file system, quota), else "cannot access". An error raised
+    with a message of its own (no errno) is that message."""
+    if err.errno is None or err.strerror is None:
+        return str(err)
+    action = getattr(err, FAILED_ACTION_ATTRIBUTE, None) or (
+        CANNOT_WRITE if err.errno in WRITE_ERRNOS else CANNOT_ACCESS)
+    paths = [str(name) for name in (err.filename, err.filename2) if name is not None]
+    return ": ".join([action, " -> ".join(paths), err.strerror] if paths else [action, err.strerror])
+
+
+def _create_folder(folder: Path) -> None:
+    """mkdir -p `folder`; an OSError says which folder could not be created."""
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        note_failed_action(err, CANNOT_CREATE_FOLDER, folder)
+        raise
 
 
 def atomic_torch_save(obj: Any, path: str | Path) -> Path:

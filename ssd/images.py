@@ -18,6 +18,7 @@ from typing import Union
 import cv2
 import numpy as np
 
+from ssd.commands import command
 from ssd.data import BaseTransform
 from ssd.fileio import decode_image_file
 
@@ -46,7 +47,7 @@ def _read_image_file(path: Path) -> np.ndarray:
     """Decode a file keeping its depth (8/16-bit, float) and grey/colour; alpha is dropped and
     the EXIF orientation applied (as image viewers show it)."""
     if path.is_dir():
-        raise IsADirectoryError(f"{path} is a folder, not an image file (scripts/predict.py "
+        raise IsADirectoryError(f"{path} is a folder, not an image file ({command('ssd-predict')} "
                                 "accepts folders)")
     if not path.is_file():
         raise FileNotFoundError(f"Image file not found: {path}")

@@ -21,6 +21,7 @@ lower prior index (integer sort keys made of the score's bits and the index, see
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import asdict, dataclass
 from typing import Sequence
 
@@ -29,6 +30,7 @@ from torchvision.ops import nms
 
 from ssd import defaults
 from ssd.box_utils import decode, pairwise_iou
+from ssd.config import Config
 
 METHODS = ("auto", "loop", "batched")
 BATCHED_MAX_CANDIDATES = 1024  # "auto" keeps the loop above this many candidates per class
@@ -43,16 +45,17 @@ def detect(
     loc: torch.Tensor,
     conf: torch.Tensor,
     priors: torch.Tensor,
-    conf_threshold: float = defaults.CONF_THRESHOLD,
+    score_threshold: float = defaults.SCORE_THRESHOLD,
     nms_threshold: float = defaults.NMS_THRESHOLD,
     top_k: int = defaults.TOP_K,
     candidates_per_class: int = defaults.CANDIDATES_PER_CLASS,
     variances: Sequence[float] = defaults.VARIANCES,
     method: str = "auto",
+    conf_threshold: float | None = None,
 ) -> list[dict[str, torch.Tensor]]:
     """Final detections of a batch, as the original SSD's DetectionOutput layer.
 
-    Per image and foreground class: scores (softmax of ``conf``) > ``conf_threshold``; the
+    Per image and foreground class: scores (softmax of ``conf``) > ``score_threshold``; the
     ``candidates_per_class`` highest of them go into NMS (a box whose IoU with a higher-scoring
     kept box of its class is > ``nms_threshold`` is suppressed); then at most ``top_k`` per
     image, by score. Computed in float32 whatever the input dtype (bf16/fp16 work). Equal
@@ -62,7 +65,7 @@ def detect(
         loc: (Tensor[B, P, 4]) predicted offsets (dcx, dcy, dw, dh).
         conf: (Tensor[B, P, C]) class logits, class 0 = background.
         priors: (Tensor[P, 4]) default boxes (cx, cy, w, h), normalised.
-        conf_threshold: minimum score (strictly greater) of a candidate.
+        score_threshold: minimum class score (strictly greater) of a candidate.
         nms_threshold: IoU above which NMS suppresses a box.
         top_k: detections kept per image (<= 0: all).
         candidates_per_class: candidates per class entering NMS (<= 0: all).
@@ -71,18 +74,20 @@ def detect(
             fastest on CPU), "batched" (whole batch in tensor operations, for CUDA) or
             "auto" (batched on CUDA when candidates_per_class is in
             [1, BATCHED_MAX_CANDIDATES], else loop). All give the same detections.
+        conf_threshold: the old name of ``score_threshold`` (deprecated; replaces it when given).
 
     Returns:
         One dict per image: "boxes" (FloatTensor[K, 4]) (x1, y1, x2, y2) normalised (not
         clipped), "scores" (FloatTensor[K]) sorted in decreasing order, "labels"
         (Int64Tensor[K]) 0-based foreground class (conf column - 1). K may be 0.
     """
+    score_threshold = _renamed_score_threshold(score_threshold, conf_threshold)
     method = nms_method(method, loc.device, candidates_per_class)
     loc, conf = loc.float(), conf.float()
     boxes = decode(loc, priors.to(device=loc.device, dtype=torch.float32), variances)  # [B,P,4]
     scores = conf.softmax(dim=-1)[..., 1:].transpose(1, 2)  # [B, P, C] -> [B, C-1, P]
     top_scores, top_priors = _candidates(scores, candidates_per_class)  # [B, C-1, k] each
-    candidate = top_scores > conf_threshold  # [B, C-1, k], a prefix of every row
+    candidate = top_scores > score_threshold  # [B, C-1, k], a prefix of every row
     batch, num_groups, limit = top_priors.shape
     flat_priors = top_priors.reshape(batch, num_groups * limit)  # [B, C-1, k] -> [B, (C-1)*k]
     candidate_boxes = boxes.gather(1, flat_priors[..., None].expand(-1, -1, 4))  # [B, (C-1)*k, 4]
@@ -248,19 +253,53 @@ def _top_k_per_image(
     ]
 
 
-@dataclass(frozen=True)
+def _renamed_score_threshold(score_threshold: float, conf_threshold: float | None) -> float:
+    """`score_threshold`, or `conf_threshold` (its old name, with a DeprecationWarning) when
+    the caller passed that."""
+    if conf_threshold is None:
+        return score_threshold
+    warnings.warn("conf_threshold is the old name of score_threshold; pass score_threshold",
+                  DeprecationWarning, stacklevel=3)
+    return conf_threshold
+
+
+@dataclass(frozen=True, init=False)
 class PostProcessor:
     """``detect`` with its settings bound: ``build_postprocessor(cfg)(loc, conf, priors)``.
 
     The fields have no defaults here: their one default lives in the config (``test.*`` and
-    ``model.variances``), so build it with ``build_postprocessor``.
+    ``model.variances``), so build it with ``build_postprocessor``. ``conf_threshold`` is the
+    old name of ``score_threshold``, still accepted (and readable) for code written against it.
     """
 
-    conf_threshold: float
+    score_threshold: float
     nms_threshold: float
     top_k: int
     candidates_per_class: int
     variances: tuple[float, float]
+
+    def __init__(self, score_threshold: float | None = None, nms_threshold: float | None = None,
+                 top_k: int | None = None, candidates_per_class: int | None = None,
+                 variances: tuple[float, float] | None = None, *,
+                 conf_threshold: float | None = None):
+        settings = dict(score_threshold=score_threshold, nms_threshold=nms_threshold, top_k=top_k,
+                        candidates_per_class=candidates_per_class, variances=variances)
+        if conf_threshold is not None:
+            if score_threshold is not None:
+                raise TypeError("PostProcessor: pass score_threshold or its old name "
+                                "conf_threshold, not both")
+            settings["score_threshold"] = _renamed_score_threshold(score_threshold, conf_threshold)
+        missing = [name for name, value in settings.items() if value is None]
+        if missing:
+            raise TypeError(f"PostProcessor needs {', '.join(missing)} (build_postprocessor(cfg) "
+                            "takes them from the config)")
+        for name, value in settings.items():
+            object.__setattr__(self, name, value)
+
+    @property
+    def conf_threshold(self) -> float:
+        """The old name of ``score_threshold``."""
+        return self.score_threshold
 
     def __call__(
         self, loc: torch.Tensor, conf: torch.Tensor, priors: torch.Tensor
@@ -270,22 +309,29 @@ class PostProcessor:
         return detect(loc, conf, priors, **asdict(self))
 
 
-def build_postprocessor(cfg, **overrides) -> PostProcessor:
+def build_postprocessor(cfg: Config, **overrides) -> PostProcessor:
     """The PostProcessor of ``cfg.test`` and ``cfg.model.variances``.
 
     Args:
         cfg: a config from ``ssd.config.load_config``.
-        overrides: PostProcessor fields to replace, e.g. ``conf_threshold=0.5`` for
-            drawing; None values are ignored (handy for optional command-line flags).
+        overrides: PostProcessor fields to replace, e.g. ``score_threshold=0.5`` for
+            drawing (``conf_threshold``, its old name, also works); None values are ignored
+            (handy for optional command-line flags).
     """
+    old_name = overrides.pop("conf_threshold", None)
     settings = dict(
-        conf_threshold=cfg.test.conf_threshold,
+        score_threshold=cfg.test.score_threshold,
         nms_threshold=cfg.test.nms_threshold,
         top_k=cfg.test.top_k,
         candidates_per_class=cfg.test.candidates_per_class,
         variances=tuple(cfg.model.variances),
     )
     settings.update({key: value for key, value in overrides.items() if value is not None})
+    if old_name is not None:
+        if overrides.get("score_threshold") is not None:
+            raise TypeError("build_postprocessor: pass score_threshold or its old name "
+                            "conf_threshold, not both")
+        settings["score_threshold"] = _renamed_score_threshold(settings["score_threshold"], old_name)
     return PostProcessor(**settings)
 
 

@@ -88,6 +88,9 @@ def autocast_context(device: torch.device | str, precision: str):
     return torch.autocast(device_type=torch.device(device).type, dtype=AUTOCAST_DTYPES[precision])
 
 
+BATCH_DTYPES = ("auto", "float32", "float16")  # the values of data.batch_dtype
+
+
 def batch_image_dtype(setting: str, precision: str) -> torch.dtype:
     """The dtype training batches carry their images in (`data.batch_dtype`): "float32",
     "float16", or "auto": float16 when the step runs `precision` "fp16" (its autocast rounds the

@@ -27,6 +27,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from ssd.commands import clone_doc, command
 from ssd.config import Config, load_config
 from ssd.data import BaseTransform, class_names_for
 from ssd.drawing import Detection, draw_detections
@@ -35,11 +36,14 @@ from ssd.postprocess import build_postprocessor, scale_boxes
 from ssd.precision import autocast_context, default_precision, prepare_for_inference, resolve_device
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-TRAIN_HINT = (
-    "Train one with `python scripts/train.py --config configs/shapes.yaml` (a few minutes on a "
-    "CPU; checkpoints go to runs/shapes/, e.g. runs/shapes/best.pth), or put published weights "
-    "such as ssd300_mAP_77.43_v2.pth in weights/ (see weights/README.md for the files supported)."
-)
+
+
+def train_hint() -> str:
+    """How to get weights, naming the train command as it is run here (ssd.commands)."""
+    return (f"Train one with `{command('ssd-train')} --config configs/shapes.yaml` (a few minutes "
+            "on a CPU; checkpoints go to runs/shapes/, e.g. runs/shapes/best.pth), or put "
+            "published weights such as ssd300_mAP_77.43_v2.pth in weights/"
+            f"{clone_doc('weights/README.md for the files supported')}.")
 
 
 # ---------------------------------------------------------------------------- classes
@@ -90,14 +94,14 @@ class Predictor:
         self.network = torch.compile(self.model) if compile else self.model  # runs the forward pass
         self.class_names = class_names_for(self.cfg)
         self.postprocess = build_postprocessor(
-            self.cfg, conf_threshold=score_threshold, nms_threshold=nms_threshold, top_k=top_k)
+            self.cfg, score_threshold=score_threshold, nms_threshold=nms_threshold, top_k=top_k)
         self.transform = BaseTransform(self.cfg.model.image_size, self.cfg.data.mean)
         self.batch_size = batch_size
 
     def __repr__(self) -> str:
         return (f"Predictor({type(self.model).__name__}, {len(self.class_names)} classes, "
                 f"input {self.transform.size}, device={self.device}, precision={self.precision}, "
-                f"score_threshold={self.postprocess.conf_threshold})")
+                f"score_threshold={self.postprocess.score_threshold})")
 
     def predict(self, image: ImageInput) -> list[Detection]:
         """Detections of one image (path or array), by decreasing score.
@@ -179,5 +183,5 @@ def _load_model(weights: str | Path | nn.Module, config: str | Path | Config | N
 
     path = Path(weights)
     if not path.exists():
-        raise FileNotFoundError(f"Weights file not found: {path}. {TRAIN_HINT}")
+        raise FileNotFoundError(f"Weights file not found: {path}. {train_hint()}")
     return build_model_from_weights(path, cfg=cfg, device="cpu")

@@ -9,11 +9,15 @@ frames into a bounded queue, the calling thread predicts them in batches of
 and PyTorch release the GIL while they work). The output video has the input's size and frame
 rate; the JSON Lines file has one line per frame:
 ``{"frame": 0, "time": 0.0, "detections": [{"box": [x1, y1, x2, y2], "score", "label",
-"class_name"}, ...]}``. Outputs are written under temporary names and renamed when complete.
+"class_name"}, ...]}``. Outputs are written under temporary names and renamed when complete:
+a video that stops decoding before the frame count its container states, or an output the
+encoder could not write whole (disk full, file-size limit), leaves no output and an existing
+one intact.
 """
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import queue
@@ -25,9 +29,9 @@ from typing import Any, Callable, Iterator
 
 import cv2
 import numpy as np
-from tqdm import tqdm
 
-from ssd.fileio import publish_staged
+from ssd.fileio import CANNOT_WRITE, note_failed_action, publish_staged
+from ssd.progress import progress_bar
 
 VIDEO_EXTENSIONS = (".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v", ".mpg", ".mpeg", ".wmv")
 FALLBACK_FPS = 25.0  # for sources that report no frame rate (some cameras and streams)
@@ -95,8 +99,11 @@ def read_frames(capture: cv2.VideoCapture, source: str) -> Iterator[np.ndarray]:
     """Decoded frames (uint8 [H, W, 3] BGR) until the end of the stream.
 
     Raises:
-        VideoError: not even the first frame decodes (names the codec when OpenCV reports it).
+        VideoError: not even the first frame decodes (names the codec when OpenCV reports it),
+            or decoding stops before the frame count the container states (a truncated or
+            damaged file: names the frames read and expected), after the frames read.
     """
+    expected = stated_frame_count(capture)
     frames = 0
     while True:
         ok, frame = capture.read()
@@ -109,16 +116,28 @@ def read_frames(capture: cv2.VideoCapture, source: str) -> Iterator[np.ndarray]:
         detail = (f"its codec '{codec}' is not one this OpenCV build decodes" if codec
                   else "no frame could be decoded (corrupt or empty video)")
         raise VideoError(f"Cannot read frames from {source}: {detail}")
+    if expected is not None and frames < expected:
+        raise VideoError(f"{source} stops decoding after {frames} of its {expected} frames "
+                         f"(truncated or damaged file); its output is not written")
+
+
+def stated_frame_count(capture: cv2.VideoCapture) -> int | None:
+    """The number of frames the container states (CAP_PROP_FRAME_COUNT), None when it states
+    none (cameras, streams, some containers)."""
+    count = int(capture.get(cv2.CAP_PROP_FRAME_COUNT))
+    return count if count > 0 else None
 
 
 class _AtomicVideoWriter:
-    """cv2.VideoWriter into a temporary file beside `path`, renamed to `path` on `close()`."""
+    """cv2.VideoWriter into a temporary file beside `path`, renamed to `path` on `close()`
+    once the file reads back with every frame written."""
 
     def __init__(self, path: Path, fps: float, size: tuple[int, int]):
         self.path = path
-        path.parent.mkdir(parents=True, exist_ok=True)
+        self.frames = 0
         # Keep the extension last: OpenCV picks the container from it.
         self.temp = path.with_name(f".{path.stem}.partial{path.suffix}")
+        _create_staged(path, self.temp)  # OpenCV does not say why it cannot open a file
         codec = FOURCC_BY_EXTENSION.get(path.suffix.lower(), DEFAULT_FOURCC)
         self.writer = cv2.VideoWriter(str(self.temp), cv2.VideoWriter_fourcc(*codec), fps, size)
         if not self.writer.isOpened():
@@ -128,10 +147,50 @@ class _AtomicVideoWriter:
 
     def write(self, frame: np.ndarray) -> None:
         self.writer.write(frame)
+        self.frames += 1
 
     def close(self, keep: bool) -> None:
+        """Finish the file; with `keep`, publish it as `path`.
+
+        Raises:
+            OSError: the file does not read back with every frame written (OpenCV's encoder
+                does not report failed writes: a full disk or a file-size limit).
+        """
         self.writer.release()
+        try:
+            if keep and not reads_back_whole(self.temp, self.frames):
+                raise note_failed_action(
+                    OSError(errno.EIO, f"the video encoder could not write all {self.frames} "
+                                       f"frames (is the disk full, or a file-size limit "
+                                       f"reached?)"), CANNOT_WRITE, self.path)
+        except BaseException:
+            publish_staged(self.temp, self.path, keep=False)
+            raise
         publish_staged(self.temp, self.path, keep)
+
+
+def _create_staged(path: Path, temp: Path) -> None:
+    """Create `path`'s folder and the empty temporary file `temp`; an OSError names `path`."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        temp.touch()
+    except OSError as err:
+        note_failed_action(err, CANNOT_WRITE, path, temp)
+        raise
+
+
+def reads_back_whole(path: Path, frames: int) -> bool:
+    """True when the video file `path` opens, states `frames` frames and its last frame
+    decodes (a file cut short misses its index or its last frames)."""
+    capture = cv2.VideoCapture(str(path))
+    try:
+        if not capture.isOpened() or stated_frame_count(capture) != frames:
+            return False
+        capture.set(cv2.CAP_PROP_POS_FRAMES, frames - 1)
+        ok, frame = capture.read()
+        return ok and frame is not None
+    finally:
+        capture.release()
 
 
 class _JsonLinesWriter:
@@ -139,16 +198,41 @@ class _JsonLinesWriter:
 
     def __init__(self, path: Path):
         self.path = path
-        path.parent.mkdir(parents=True, exist_ok=True)
         self.temp = path.with_name(f".{path.name}.partial")
-        self.stream = open(self.temp, "w", encoding="utf-8")
+        _create_staged(path, self.temp)
+        self.stream = self._named_errors(lambda: open(self.temp, "w", encoding="utf-8"))
 
     def write(self, record: dict[str, Any]) -> None:
-        self.stream.write(json.dumps(record) + "\n")
+        self._named_errors(lambda: self.stream.write(json.dumps(record) + "\n"))
 
     def close(self, keep: bool) -> None:
-        self.stream.close()
+        try:
+            self._named_errors(self.stream.close)
+        except BaseException:
+            publish_staged(self.temp, self.path, keep=False)
+            raise
         publish_staged(self.temp, self.path, keep)
+
+    def _named_errors(self, action: Callable[[], Any]) -> Any:
+        """`action()`, its OSError naming `path` (not the temporary file) as what failed."""
+        try:
+            return action()
+        except OSError as err:
+            note_failed_action(err, CANNOT_WRITE, self.path, self.temp)
+            raise
+
+
+def _close_writers(writers: list, keep: bool) -> None:
+    """Close every writer, publishing its file when `keep`; after a failure the remaining
+    writers' files are not published. The first error is raised once all are closed."""
+    error: BaseException | None = None
+    for writer in writers:
+        try:
+            writer.close(keep=keep and error is None)
+        except BaseException as err:
+            error = error or err
+    if error is not None:
+        raise error
 
 
 def _produce(frames: Iterator[np.ndarray], batch_size: int, out: queue.Queue,
@@ -198,13 +282,16 @@ def predict_video(
         video_out: where to write the video with boxes drawn (same size and frame rate).
         json_out: where to write one JSON line of detections per frame.
         show: show each drawn frame in a window (press q or Esc to stop).
-        progress: a tqdm bar counting frames (its rate is frames/s).
+        progress: a progress bar counting frames (its rate is frames/s).
 
     Returns:
         a `VideoSummary` (frames, fps, size, wall time).
 
     Raises:
-        VideoError: the source cannot be opened or decoded, or the output cannot be encoded.
+        VideoError: the source cannot be opened or decoded (also: it stops before the frame
+            count its container states), or the output cannot be encoded; no output is written.
+        OSError: an output cannot be written whole (permission denied, disk full, file-size
+            limit); an existing output file is left as it was.
     """
     name = f"camera {source}" if isinstance(source, int) else str(source)
     capture = open_video(source)
@@ -254,8 +341,7 @@ def predict_video(
     writer_thread = threading.Thread(target=_consume, args=(results, handle, failure), daemon=True)
     reader.start()
     writer_thread.start()
-    bar = tqdm(total=total, desc=Path(name).name, unit="frame", disable=not progress,
-               dynamic_ncols=True)
+    bar = progress_bar(total=total, desc=Path(name).name, unit="frame", enabled=progress)
     complete = False
     try:
         while (batch := batches.get()) is not _END and not stop.is_set() and not failure:
@@ -269,13 +355,14 @@ def predict_video(
         capture.release()
         bar.close()
         complete = complete and not failure
-        for writer in writers:
-            writer.close(keep=complete)
         if show:
             cv2.destroyAllWindows()
+        _close_writers(writers, keep=complete)
     if failure:
         error = failure[0]
-        raise error if isinstance(error, VideoError) else VideoError(f"{name}: {error}") from error
+        if isinstance(error, (VideoError, OSError)):  # OSError: an output cannot be written
+            raise error
+        raise VideoError(f"{name}: {error}") from error
     return VideoSummary(source=name, frames=counter["frame"], fps=fps, width=width, height=height,
                         seconds=time.perf_counter() - start,
                         video_out=Path(video_out) if video_out is not None else None,

@@ -30,6 +30,7 @@ import torch
 import yaml
 from torch import nn
 
+from ssd.commands import clone_script, command
 from ssd.config import Config, load_checkpoint_config, load_config
 from ssd.data.build import class_names_for
 from ssd.data.voc import VOC_CLASSES
@@ -205,7 +206,7 @@ def read_checkpoint(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str
     """
     missing = (
         f"Weights file not found: {path}. Train a model with "
-        f"`python scripts/train.py --config configs/shapes.yaml` (checkpoints are written to "
+        f"`{command('ssd-train')} --config configs/shapes.yaml` (checkpoints are written to "
         f"train.output_dir, e.g. runs/shapes/best.pth), or put published weights such as "
         f"ssd300_mAP_77.43_v2.pth in weights/."
     )
@@ -381,16 +382,36 @@ def load_training_weights(
         ClassMapError: `class_map` names a class in neither list.
     """
     state_dict, stored = read_checkpoint(path)
-    source_names = trained_class_names(state_dict, stored, str(path))
+    return transfer_checkpoint(model, state_dict, stored, str(path), class_names, class_map)
+
+
+def transfer_checkpoint(
+    model: nn.Module, state_dict: Mapping[str, torch.Tensor], stored_config: Mapping[str, Any] | None,
+    source: str, class_names: Sequence[str], class_map: Mapping[str, str] | None = None,
+) -> TransferReport | None:
+    """`load_training_weights` for weights already read (`read_checkpoint`): load strictly when
+    they were trained on `class_names`, else transfer them by class name (`transfer_weights`).
+
+    Args:
+        model: the detector built for `class_names` (in place).
+        state_dict, stored_config: what `read_checkpoint` returned for `source`.
+        source: the weights file, for messages.
+        class_names: the foreground classes of `model` in label order.
+        class_map: model.class_map, {new class: source class} for renamed classes.
+
+    Returns:
+        the transfer's report (also logged), or None when the weights loaded strictly.
+    """
+    source_names = trained_class_names(state_dict, stored_config, source)
     if source_names is None or (list(source_names) == list(class_names) and not class_map):
-        load_model_weights(model, state_dict, source=str(path))
+        load_model_weights(model, state_dict, source=source)
         return None
-    logger.info("%s was trained for %d classes (%s); this config has %d (%s): fine-tuning",
-                path, len(source_names), _preview(list(source_names)), len(class_names),
-                _preview(list(class_names)))
+    logger.info("%s was trained for %d classes (%s); this config has %d (%s): transferring the "
+                "weights by class name", source, len(source_names), _preview(list(source_names)),
+                len(class_names), _preview(list(class_names)))
     hint = ("Apart from the classes, fine-tuning needs the weights of the same architecture: use "
             "the model.backbone, model.image_size and model.priors the weights were trained with.")
-    check_state_dict(model, state_dict, str(path), hint=hint, class_rows_may_differ=True)
+    check_state_dict(model, state_dict, source, hint=hint, class_rows_may_differ=True)
     return transfer_weights(model, state_dict, source_names, class_names, class_map)
 
 
@@ -414,8 +435,9 @@ def load_vgg_backbone(model: nn.Module, path: str | Path) -> None:
     missing = (
         f"VGG16 backbone weights not found: {path} (model.pretrained). Put the reduced-fc "
         f"VGG16 at {REDUCED_FC_FILE}, or make it from torchvision's ImageNet VGG16 "
-        f"({TORCHVISION_VGG16_FILE}): python scripts/convert_vgg.py {TORCHVISION_VGG16_FILE} "
-        f"{REDUCED_FC_FILE}. To train from scratch instead, set model.pretrained=null."
+        f"({TORCHVISION_VGG16_FILE}): "
+        f"{clone_script('convert_vgg.py', f'{TORCHVISION_VGG16_FILE} {REDUCED_FC_FILE}')}. "
+        "To train from scratch instead, set model.pretrained=null."
     )
     state_dict, _ = _read_weights_file(path, missing)
     if any(key.startswith("vgg.") for key in state_dict):
@@ -446,7 +468,7 @@ def load_pretrained_backbone(model: nn.Module, pretrained: str) -> None:
             raise WeightsError(
                 f"model.pretrained={TORCHVISION_PRETRAINED} is for the backbones with torchvision "
                 f"ImageNet weights (mobilenet_v3_large, resnet50); vgg16 takes a reduced-fc VGG16 "
-                f"file such as {REDUCED_FC_FILE} (made by scripts/convert_vgg.py)"
+                f"file such as {REDUCED_FC_FILE} (made by {clone_script('convert_vgg.py')})"
             )
         load_vgg_backbone(model, pretrained)
     else:
@@ -571,8 +593,9 @@ def _layout_hint(keys: list[str]) -> str:
     if any(k.startswith("features.") for k in keys) and any(k.startswith("classifier.") for k in keys):
         return (
             "This is torchvision's ImageNet VGG16 layout (features.N / classifier.N), a "
-            "classifier, not a detector: convert it with python scripts/convert_vgg.py "
-            f"{TORCHVISION_VGG16_FILE} {REDUCED_FC_FILE} and set model.pretrained to the result."
+            "classifier, not a detector: convert it with "
+            f"{clone_script('convert_vgg.py', f'{TORCHVISION_VGG16_FILE} {REDUCED_FC_FILE}')} and "
+            "set model.pretrained to the result."
         )
     if keys and all(re.match(r"\d+\.", key) for key in keys):
         return (

@@ -128,8 +128,8 @@ def test_dump_round_trip_and_copy_semantics():
     ("train.keep_checkpoints=-1", "'train.keep_checkpoints' must be >= 1, got -1"),
     ("test.nms_threshold=0", "'test.nms_threshold' must be in (0, 1], got 0.0"),
     ("test.nms_threshold=1.5", "'test.nms_threshold' must be in (0, 1], got 1.5"),
-    ("test.conf_threshold=1.5", "'test.conf_threshold' must be in [0, 1], got 1.5"),
-    ("test.conf_threshold=-0.1", "'test.conf_threshold' must be in [0, 1], got -0.1"),
+    ("test.score_threshold=1.5", "'test.score_threshold' must be in [0, 1], got 1.5"),
+    ("test.score_threshold=-0.1", "'test.score_threshold' must be in [0, 1], got -0.1"),
     ("solver.lr=0", "'solver.lr' must be > 0, got 0.0"),
     ("solver.batch_size=0", "'solver.batch_size' must be >= 1, got 0"),
     ("solver.momentum=1", "'solver.momentum' must be in [0, 1), got 1.0"),
@@ -158,9 +158,9 @@ def test_out_of_range_values_name_the_key_and_the_range(override, expected):
 
 
 def test_range_end_points_that_are_allowed():
-    cfg = load_config(overrides=["train.eval_period=0", "test.nms_threshold=1", "test.conf_threshold=0",
+    cfg = load_config(overrides=["train.eval_period=0", "test.nms_threshold=1", "test.score_threshold=0",
                                  "solver.max_iter=1", "train.keep_checkpoints=1", "train.log_period=1"])
-    assert (cfg.train.eval_period, cfg.test.nms_threshold, cfg.test.conf_threshold) == (0, 1.0, 0.0)
+    assert (cfg.train.eval_period, cfg.test.nms_threshold, cfg.test.score_threshold) == (0, 1.0, 0.0)
 
 
 def test_yaml_1_1_exponent_strings_are_read_as_floats(tmp_path):
@@ -248,13 +248,14 @@ def test_checkpoint_config_with_a_key_this_version_does_not_know_still_loads(cap
 def test_checkpoint_config_keys_are_renamed_by_the_migration_table(monkeypatch):
     import ssd.config as config
 
-    monkeypatch.setattr(config, "CONFIG_VERSION", 3)
-    monkeypatch.setitem(config._DEFAULTS, "version", 3)
-    monkeypatch.setitem(config._MIGRATIONS, 2, config._Migration(
+    current = config.CONFIG_VERSION
+    monkeypatch.setattr(config, "CONFIG_VERSION", current + 1)
+    monkeypatch.setitem(config._DEFAULTS, "version", current + 1)
+    monkeypatch.setitem(config._MIGRATIONS, current, config._Migration(
         renamed={"train.ckpt_period": "train.checkpoint_period"}, removed=("train.old_flag",)))
-    stored = {"version": 2, "train": {"ckpt_period": 123, "old_flag": True}}
+    stored = {"version": current, "train": {"ckpt_period": 123, "old_flag": True}}
     cfg = config.load_checkpoint_config(stored)
-    assert cfg.train.checkpoint_period == 123 and cfg.version == 3
+    assert cfg.train.checkpoint_period == 123 and cfg.version == current + 1
     assert "old_flag" not in cfg.train
 
 
@@ -440,3 +441,82 @@ def test_a_missing_base_names_the_file_that_names_it(tmp_path):
     expected = rf"Config file not found: .*nope\.yaml .*; named as _base_ in {path}"
     with pytest.raises(ConfigError, match=expected):
         load_config(path)
+
+
+# --- the score threshold's old name, test.conf_threshold -----------------------------------------
+
+
+def test_a_checkpoint_config_with_the_old_score_threshold_name_is_migrated_with_a_message(caplog):
+    from ssd.config import load_checkpoint_config
+
+    stored = load_config(CONFIGS / "shapes.yaml").to_dict()
+    stored["version"] = 2  # written when the key was test.conf_threshold
+    del stored["test"]["score_threshold"]
+    stored["test"]["conf_threshold"] = 0.2
+    with caplog.at_level("INFO", logger="ssd.config"):
+        cfg = load_checkpoint_config(stored, source="old.pth")
+    assert cfg.test.score_threshold == 0.2 and "conf_threshold" not in cfg.test
+    assert "old.pth" in caplog.text and "test.conf_threshold -> test.score_threshold" in caplog.text
+
+
+def test_the_old_score_threshold_name_in_a_file_or_override_still_works_with_a_warning(tmp_path, caplog):
+    path = _write(tmp_path, "test:\n  conf_threshold: 0.25\n")
+    with caplog.at_level("WARNING", logger="ssd.config"):
+        from_file = load_config(path)
+        from_override = load_config(overrides=["test.conf_threshold=0.3"])
+    assert (from_file.test.score_threshold, from_override.test.score_threshold) == (0.25, 0.3)
+    assert "'test.conf_threshold' (in " + str(path) + ") is deprecated" in caplog.text
+    assert "now 'test.score_threshold'" in caplog.text
+
+
+def test_the_old_and_new_score_threshold_names_together_are_refused(tmp_path):
+    path = _write(tmp_path, "test:\n  conf_threshold: 0.25\n  score_threshold: 0.3\n")
+    with pytest.raises(ConfigError, match="'test.conf_threshold' and 'test.score_threshold'"):
+        load_config(path)
+
+
+def test_a_base_file_with_the_old_name_is_overridden_by_the_new_name(tmp_path):
+    _write(tmp_path, "test:\n  conf_threshold: 0.25\n", name="base.yaml")
+    cfg = load_config(_write(tmp_path, "_base_: base.yaml\ntest:\n  score_threshold: 0.3\n"))
+    assert cfg.test.score_threshold == 0.3
+
+
+# --- the schema: one declaration per key -------------------------------------------------------------
+
+
+def test_every_choice_comes_from_the_registry_that_implements_it():
+    from ssd.config_schema import KEYS
+    from ssd.data.build import DATASET_BUILDERS
+    from ssd.engine.solver import OPTIMIZERS, SCHEDULES
+    from ssd.evaluation.dataset_eval import METRICS
+    from ssd.loss import LOC_LOSSES, LOSSES
+    from ssd.modeling import BACKBONES
+    from ssd.precision import BATCH_DTYPES
+
+    choices = {key.name: key.allowed_choices() for key in KEYS if key.choices is not None}
+    assert choices == {
+        "model.backbone": tuple(BACKBONES), "data.format": tuple(DATASET_BUILDERS),
+        "data.batch_dtype": BATCH_DTYPES, "loss.name": tuple(LOSSES), "loss.loc_loss": LOC_LOSSES,
+        "solver.optimizer": OPTIMIZERS, "solver.schedule": SCHEDULES, "test.metric": METRICS}
+
+
+def test_every_key_has_one_declaration_with_a_description():
+    from ssd.config_schema import KEYS
+
+    names = [key.name for key in KEYS]
+    assert len(names) == len(set(names))
+    assert all(key.doc for key in KEYS), [key.name for key in KEYS if not key.doc]
+    assert all(key.kind is not None for key in KEYS if key.default is None)
+
+
+def test_the_readme_configuration_table_is_the_schema():
+    from ssd.config_schema import markdown_table
+
+    readme = (CONFIGS.parent / "README.md").read_text()
+    assert markdown_table() in readme, "regenerate it with: python -m ssd.config_schema"
+    assert "| `solver.clip_grad_norm` | null |" in markdown_table()
+
+
+def test_dump_is_a_config_file_that_loads_back_equal(tmp_path):
+    cfg = load_config(CONFIGS / "shapes.yaml", overrides=["test.score_threshold=0.2"])
+    assert load_config(_write(tmp_path, cfg.dump())) == cfg

@@ -131,7 +131,7 @@ def test_eval_writes_every_output_and_honours_flags(setup, capsys):
     assert re.search(r"8 images in [\d.]+ s: [\d.]+ images/s \(fp32, cpu\)", printed)
     settings = summary["settings"]
     assert summary["metric"] == "voc10"
-    assert (settings["conf_threshold"], settings["nms_threshold"], settings["top_k"],
+    assert (settings["score_threshold"], settings["nms_threshold"], settings["top_k"],
             settings["batch_size"], settings["precision"]) == (0.15, 0.3, 7, 4, "fp32")
     assert settings["num_images"] == 8 and summary["timing"]["images"] == 8
     assert set(summary["ap"]) == set(CLASSES) and summary["skipped"] == []
@@ -158,7 +158,7 @@ def test_top_k_and_threshold_change_the_output(setup):
 
 
 def test_outputs_are_ordinary_files_under_umask_022(setup):
-    """results.json, pr_curves.png and the VOC results files: mode 0644, no temp files left."""
+    """results.json, the pictures and the VOC results files: mode 0644, no temp files left."""
     root, _, _, trained = setup
     out = root / "out_modes"
     previous = os.umask(0o022)
@@ -168,7 +168,8 @@ def test_outputs_are_ordinary_files_under_umask_022(setup):
         os.umask(previous)
     assert code == 0
     written = sorted(path.name for path in out.iterdir())
-    assert written == sorted(["results.json", "pr_curves.png",
+    assert written == sorted(["results.json", "pr_curves.png", "confusion_matrix.png",
+                              "confusion_matrix.json", "thresholds.png",
                               *(f"comp4_det_test_{name}.txt" for name in CLASSES)])
     for path in out.iterdir():
         assert path.stat().st_mode & 0o777 == 0o644, path.name
@@ -323,3 +324,84 @@ def test_command_line_smoke(setup, tmp_path):
                           cwd=REPO_ROOT, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr
     assert "images/s" in done.stdout and _strict_json(tmp_path / "out" / "results.json")["mAP"] >= 0
+
+
+# ------------------------------------------------------------------------ output folders
+def test_two_best_checkpoints_of_two_runs_get_two_default_folders(setup, tmp_path, monkeypatch):
+    """runs/a/best.pth and runs/b/best.pth: each evaluation lands in its own eval/<run>_best."""
+    root, _, fresh, trained = setup
+    for run, weights in (("a", fresh), ("b", trained)):
+        (tmp_path / "runs" / run).mkdir(parents=True)
+        shutil.copy(weights, tmp_path / "runs" / run / "best.pth")
+    monkeypatch.chdir(tmp_path)
+    for run in ("a", "b"):
+        assert eval_script.main(["--weights", f"runs/{run}/best.pth", "--device", "cpu",
+                                 "--no-progress"]) == 0
+    first = _strict_json(tmp_path / "eval" / "a_best" / "results.json")
+    second = _strict_json(tmp_path / "eval" / "b_best" / "results.json")
+    assert first["weights"] == "runs/a/best.pth" and second["weights"] == "runs/b/best.pth"
+    assert first["mAP"] != second["mAP"]  # the fresh and the trained model
+
+
+def test_an_earlier_evaluation_is_refused_then_replaced_with_overwrite(setup, tmp_path, capsys):
+    """A second evaluation into the same folder: exit status 2 naming the folder, --output and
+    --overwrite, the earlier results untouched; with --overwrite they are replaced."""
+    _, _, fresh, trained = setup
+    out = tmp_path / "out"
+    _evaluate(fresh, out)
+    earlier = (out / "results.json").read_text()
+    capsys.readouterr()
+    code, err = _run_cli(["--weights", str(trained), "--device", "cpu", "--output", str(out),
+                          "--no-progress"], capsys)
+    assert code == 2 and err.count("\n") == 1
+    assert err.startswith(f"error: {out} holds an earlier evaluation (")
+    assert "--output DIR" in err and "--overwrite" in err
+    assert (out / "results.json").read_text() == earlier
+    code, replaced = _evaluate(trained, out, "--overwrite")
+    assert code == 0 and replaced["weights"] == str(trained)
+    assert replaced["mAP"] > json.loads(earlier)["mAP"]
+
+
+# ------------------------------------------------------------------------ --config: transfer
+def _voc_copy(data_root, destination, keep=CLASSES):
+    """The shapes test set as a plain VOC folder holding only the objects of `keep`."""
+    voc = _copy_data(data_root, destination)
+    pattern = re.compile(r"<object>.*?<name>(.*?)</name>.*?</object>\s*", re.S)
+    for xml in (voc / "Annotations").glob("*.xml"):
+        text = pattern.sub(lambda found: found.group(0) if found.group(1) in keep else "",
+                           xml.read_text())
+        xml.write_text(text)
+    return ["--config", str(SHAPES_CONFIG), "--opts", "data.format=voc", f"data.root={destination}",
+            'data.test_sets=[["shapes", "test"]]', f"data.class_names={json.dumps(list(keep))}",
+            f"model.num_classes={len(keep) + 1}"]
+
+
+def test_config_with_a_permuted_class_list_evaluates_through_the_transfer(setup, tmp_path, caplog):
+    """--config naming the classes in another order: the per-class APs are those of the
+    checkpoint's own config (the heads' rows are reordered by name), in --config's order, and
+    the log names the config used."""
+    _, data_root, _, trained = setup
+    _, reference = _evaluate(trained, tmp_path / "reference")
+    permuted = list(reversed(CLASSES))
+    flags = _voc_copy(data_root, tmp_path / "data", keep=permuted)
+    with caplog.at_level("INFO"):
+        code, summary = _evaluate(trained, tmp_path / "out", *flags)
+    assert code == 0
+    assert list(summary["ap"]) == permuted
+    assert summary["ap"] == pytest.approx(reference["ap"], abs=1e-6)
+    config_lines = [r.message for r in caplog.records if r.message.startswith("Config: ")]
+    assert len(config_lines) == 1 and str(SHAPES_CONFIG) in config_lines[0]
+    assert "transferred to these classes by name" in config_lines[0]
+
+
+def test_config_with_fewer_classes_is_scored_on_those_classes(setup, tmp_path, caplog):
+    """--config with 3 of the checkpoint's 6 classes (a data set holding only those): the model
+    gets their heads' rows, and results.json scores exactly those 3."""
+    _, data_root, _, trained = setup
+    kept = ["triangle", "circle", "star"]
+    flags = _voc_copy(data_root, tmp_path / "data", keep=kept)
+    with caplog.at_level("INFO"):
+        code, summary = _evaluate(trained, tmp_path / "out", *flags)
+    assert code == 0
+    assert list(summary["ap"]) == kept and summary["mAP"] > 0.1
+    assert "copied classes: triangle, circle, star" in caplog.text

@@ -542,7 +542,7 @@ def test_predict_batches_records_skipped_images_and_evaluated_indices():
     loader = [EvalBatch(torch.zeros(1, 3, 8, 8), torch.tensor([0]), [skipped]),
               EvalBatch(None, torch.zeros(0, dtype=torch.long), []),
               (torch.zeros(2, 3, 8, 8), [None, None], torch.tensor([2, 3]))]  # make_test_loader
-    post = PostProcessor(conf_threshold=0.5, nms_threshold=0.45, top_k=10, candidates_per_class=5,
+    post = PostProcessor(score_threshold=0.5, nms_threshold=0.45, top_k=10, candidates_per_class=5,
                          variances=(0.1, 0.2))
     found = predict_batches(Model(), loader, "cpu", post, progress=False)
     assert sorted(found.detections) == [0, 2, 3] and found.skipped == [skipped]

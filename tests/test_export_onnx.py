@@ -2,6 +2,7 @@
 PyTorch under onnxruntime. The export needs the optional `onnx` package and the check
 `onnxruntime`: tests that need them skip cleanly without them."""
 
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -11,10 +12,13 @@ import pytest
 import torch
 from conftest import load_script
 
+import ssd
 from ssd import export as onnx_export
 from ssd.box_utils import decode
 from ssd.cli import export as export_cli
+from ssd.cli.common import run_cli
 from ssd.config import load_config
+from ssd.data import SHAPES_CLASSES
 from ssd.modeling import build_model
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -123,7 +127,7 @@ def test_select_detections_follows_detect():
     priors = torch.rand(500, 4, generator=generator) * 0.5 + 0.1  # (cx, cy, w, h)
     loc = torch.randn(2, 500, 4, generator=generator) * 0.5
     conf = torch.randn(2, 500, 5, generator=generator) * 2
-    settings = {"conf_threshold": 0.05, "nms_threshold": 0.45, "top_k": 60,
+    settings = {"score_threshold": 0.05, "nms_threshold": 0.45, "top_k": 60,
                 "candidates_per_class": 40}
     boxes = decode(loc, priors, (0.1, 0.2))
     det_boxes, det_scores, det_labels, counts = onnx_export.select_detections(
@@ -168,15 +172,121 @@ def test_export_without_onnx_says_what_to_install(tmp_path, monkeypatch):
     model, cfg = save_checkpoint(tmp_path / "ssd7.pth", seed=2)
     monkeypatch.setitem(sys.modules, "onnx", None)  # import fails
     wrapper = onnx_export.ExportedSSD(model, cfg.model.variances).eval()
-    with pytest.raises(ModuleNotFoundError, match="needs the onnx package: pip install onnx"):
+    with pytest.raises(onnx_export.MissingPackageError,
+                       match=r"missing package onnx for writing ONNX files: pip install "):
         onnx_export.export(wrapper, 160, tmp_path / "x.onnx")
     assert not (tmp_path / "x.onnx").exists()
+
+
+@pytest.mark.parametrize("package, extra_args", [("onnx", []), ("onnxscript", []),
+                                                 ("onnxruntime", ["--exporter", "torchscript"])])
+def test_missing_package_is_one_error_line_with_exit_status_2(tmp_path, monkeypatch, capsys,
+                                                               package, extra_args):
+    """The command, as run_cli runs it: one `error:` line naming the package, exit status 2."""
+    save_checkpoint(tmp_path / "ssd7.pth")
+    monkeypatch.setitem(sys.modules, package, None)  # import fails
+    argv = ["--weights", str(tmp_path / "ssd7.pth"), "--out", str(tmp_path / "x.onnx"), *extra_args]
+    with pytest.raises(SystemExit) as exited:
+        run_cli(lambda: export_cli.main(argv))
+    assert exited.value.code == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"error: missing package {package} for ")
+    assert onnx_export.install_command() in lines[0]
+    assert not (tmp_path / "x.onnx").exists()
+
+
+def test_install_command_for_a_clone_and_for_an_installed_package(tmp_path, monkeypatch):
+    assert (REPO_ROOT / "setup.py").is_file()  # these tests run in a clone
+    assert onnx_export.install_command() == f'pip install -e ".[onnx]" (in {REPO_ROOT})'
+    (tmp_path / "site-packages" / "ssd").mkdir(parents=True)  # no setup.py next to it
+    monkeypatch.setattr(ssd, "__file__", str(tmp_path / "site-packages" / "ssd" / "__init__.py"))
+    assert onnx_export.install_command() == 'pip install "ssd[onnx]"'
+
+
+def test_no_check_exports_without_onnxruntime_and_says_so(tmp_path, monkeypatch, capsys):
+    needs_onnx()
+    save_checkpoint(tmp_path / "ssd7.pth", seed=4)
+    monkeypatch.setitem(sys.modules, "onnxruntime", None)  # import fails
+    out = tmp_path / "unchecked.onnx"
+    code = export_cli.main(["--weights", str(tmp_path / "ssd7.pth"), "--out", str(out),
+                            "--exporter", "torchscript", "--no-check"])
+    printed = capsys.readouterr().out
+    assert code == 0 and out.stat().st_size > 500_000
+    assert "(ONNX, torchscript exporter)" in printed
+    assert "Not checked against PyTorch (--no-check)" in printed
+
+
+def test_onnx_metadata_tells_the_preprocessing_and_classes(exported_with_nms):
+    needs_onnx()
+    _, out, _, cfg = exported_with_nms
+    metadata = onnx_export.read_onnx_metadata(out)
+    assert json.loads(metadata["class_names"]) == list(SHAPES_CLASSES)  # the config's data set
+    assert metadata["input_size"] == "160" and metadata["input_layout"] == "NCHW"
+    assert metadata["input_channel_order"] == "RGB" and metadata["input_dtype"] == "float32"
+    assert json.loads(metadata["input_mean"]) == list(reversed(cfg.data.mean))  # data.mean is BGR
+    assert metadata["input_scale"].startswith("1 ")
+    assert "cv2.INTER_LINEAR" in metadata["resize"] and "cv2.INTER_AREA" in metadata["resize"]
+    assert metadata["postprocess"] == "true" and "det_labels" in metadata["outputs"]
+    assert float(metadata["score_threshold"]) == cfg.test.score_threshold
+    assert float(metadata["nms_threshold"]) == cfg.test.nms_threshold
+    assert int(metadata["top_k"]) == cfg.test.top_k
+    assert metadata["ssd_version"] == ssd.__version__
+
+
+def test_torchscript_format_matches_eager_and_carries_metadata(tmp_path, capsys):
+    model, cfg = save_checkpoint(tmp_path / "ssd7.pth", seed=5)
+    out = tmp_path / "ssd7.pt"
+    code = export_cli.main(["--weights", str(tmp_path / "ssd7.pth"), "--out", str(out),
+                            "--format", "torchscript"])
+    printed = capsys.readouterr().out
+    assert code == 0 and "Checked with torch.jit.load" in printed and "OK: all within" in printed
+    extra = {onnx_export.TORCHSCRIPT_METADATA_FILE: ""}
+    traced = torch.jit.load(str(out), _extra_files=extra)
+    images = torch.randn(3, 3, 160, 160, generator=torch.Generator().manual_seed(8)) * 60
+    boxes, scores = reference_outputs(model, cfg, images)  # batch 3: not the trace's 2
+    with torch.no_grad(), torch.jit.optimized_execution(False):  # skip the slow profiling runs
+        traced_boxes, traced_scores = traced(images)
+    torch.testing.assert_close(traced_boxes, boxes, rtol=0, atol=1e-5)
+    torch.testing.assert_close(traced_scores, scores, rtol=0, atol=1e-6)
+    metadata = json.loads(extra[onnx_export.TORCHSCRIPT_METADATA_FILE])
+    assert metadata["input_size"] == "160" and metadata["postprocess"] == "false"
+
+
+def test_torchscript_format_refuses_postprocess(tmp_path):
+    save_checkpoint(tmp_path / "ssd7.pth")
+    with pytest.raises(ValueError, match="--with-postprocess is for --format onnx only"):
+        export_cli.main(["--weights", str(tmp_path / "ssd7.pth"), "--out", str(tmp_path / "x.pt"),
+                         "--format", "torchscript", "--with-postprocess"])
+    assert not (tmp_path / "x.pt").exists()
+
+
+def test_opencv_dnn_runs_the_plain_export_but_not_the_postprocess_one(tmp_path, exported_with_nms):
+    """What the README says: cv2.dnn.readNetFromONNX takes the model without post-processing
+    (same outputs as onnxruntime), and fails on the one with NMS."""
+    cv2 = pytest.importorskip("cv2")
+    ort = needs_onnxruntime()
+    _, with_nms, model, cfg = exported_with_nms
+    plain = tmp_path / "plain.onnx"
+    onnx_export.export(onnx_export.ExportedSSD(model, cfg.model.variances).eval(), 160, plain,
+                       exporter="torchscript")
+    images = onnx_export.example_batch(onnx_export.synthetic_image(160), 160, cfg.data.mean)[:1]
+    net = cv2.dnn.readNetFromONNX(str(plain))
+    net.setInput(images.numpy(), "images")
+    opencv_outputs = net.forward(["boxes", "scores"])
+    session = ort.InferenceSession(str(plain), providers=["CPUExecutionProvider"])
+    for ours, theirs in zip(opencv_outputs, session.run(None, {"images": images.numpy()})):
+        assert ours.shape == theirs.shape
+        assert scaled_difference(torch.from_numpy(ours), torch.from_numpy(theirs)) < 1e-5
+    with pytest.raises(cv2.error):
+        net = cv2.dnn.readNetFromONNX(str(with_nms))
+        net.setInput(images.numpy(), "images")
+        net.forward(net.getUnconnectedOutLayersNames())
 
 
 def test_no_detections_export_and_run(tmp_path):
     needs_onnxruntime()
     needs_onnx()
-    model, cfg = save_checkpoint(tmp_path / "ssd7.pth", overrides=["test.conf_threshold=1.0"])
+    model, cfg = save_checkpoint(tmp_path / "ssd7.pth", overrides=["test.score_threshold=1.0"])
     wrapper = onnx_export.ExportedSSD(model, cfg.model.variances, onnx_export.postprocess_settings(cfg))
     onnx_export.export(wrapper.eval(), 160, tmp_path / "none.onnx", exporter="torchscript")
     images = onnx_export.example_batch(onnx_export.synthetic_image(160), 160, cfg.data.mean)
@@ -186,11 +296,11 @@ def test_no_detections_export_and_run(tmp_path):
         assert wrapper(images)[5].tolist() == [0, 0]
 
 
-def test_check_says_when_onnxruntime_is_missing(monkeypatch, capsys):
+def test_check_without_onnxruntime_names_the_package(monkeypatch):
     monkeypatch.setitem(sys.modules, "onnxruntime", None)  # import fails
-    assert onnx_export.verify_with_onnxruntime(None, Path("unused.onnx"), 160, (0, 0, 0)) is None
-    assert export_cli.report(None, TOLERANCE) == 0
-    assert "onnxruntime is not installed" in capsys.readouterr().out
+    with pytest.raises(onnx_export.MissingPackageError, match="missing package onnxruntime for "
+                                                              "checking the ONNX file"):
+        onnx_export.verify_export(None, Path("unused.onnx"), "onnx", 160, (0, 0, 0))
 
 
 def test_example_batch_is_the_evaluation_input_in_rgb_order():
@@ -228,6 +338,8 @@ def test_export_script_end_to_end(tmp_path):
                             capture_output=True, text=True, cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     assert "2116 priors, 7 classes" in result.stdout and "OK: all within 0.0001" in result.stdout
+    assert "(ONNX, torchscript exporter)" in result.stdout
+    assert "Checked with onnxruntime" in result.stdout
 
 
 def test_export_script_bad_image_is_a_clear_error(tmp_path):

@@ -40,11 +40,27 @@ def _assert_boxes_are_priors(result, prior_indices):
 
 def test_threshold_keeps_scores_above_it_with_0_based_labels():
     probabilities = [[0.0, 0.0], [0.0, 0.0], [0.6, 0.0], [0.0, 0.02], [0.005, 0.0]]
-    result = _detect(probabilities, conf_threshold=0.01)
+    result = _detect(probabilities, score_threshold=0.01)
     torch.testing.assert_close(result["scores"], torch.tensor([0.6, 0.02]))
     assert result["labels"].tolist() == [0, 1]  # conf columns 1 and 2
     _assert_boxes_are_priors(result, [2, 3])
-    assert _detect(probabilities, conf_threshold=0.03)["labels"].tolist() == [0]
+    assert _detect(probabilities, score_threshold=0.03)["labels"].tolist() == [0]
+
+
+def test_conf_threshold_still_works_as_the_old_name_of_score_threshold():
+    probabilities = [[0.0, 0.0], [0.0, 0.0], [0.6, 0.0], [0.0, 0.02], [0.005, 0.0]]
+    with pytest.warns(DeprecationWarning, match="old name of score_threshold"):
+        result = _detect(probabilities, conf_threshold=0.03)
+    assert result["labels"].tolist() == [0]
+    with pytest.warns(DeprecationWarning):
+        post = PostProcessor(conf_threshold=0.5, nms_threshold=0.45, top_k=10,
+                             candidates_per_class=5, variances=(0.1, 0.2))
+    assert post.score_threshold == post.conf_threshold == 0.5
+    assert post == PostProcessor(0.5, 0.45, 10, 5, (0.1, 0.2))
+    with pytest.warns(DeprecationWarning):
+        assert build_postprocessor(load_config(), conf_threshold=0.4).score_threshold == 0.4
+    with pytest.raises(TypeError, match="not both"):
+        PostProcessor(0.5, 0.45, 10, 5, (0.1, 0.2), conf_threshold=0.4)
 
 
 def test_nms_suppresses_overlaps_within_a_class_only():
@@ -93,7 +109,7 @@ def test_empty_results_have_the_right_shapes():
     assert only_background["boxes"].shape == (0, 4)
 
 
-def _reference_detect(loc, conf, priors, conf_threshold, nms_threshold, top_k, candidates):
+def _reference_detect(loc, conf, priors, score_threshold, nms_threshold, top_k, candidates):
     """One image at a time, one class at a time, greedy NMS in a plain loop."""
     results = []
     for image_loc, image_conf in zip(loc.float(), conf.float()):
@@ -103,7 +119,7 @@ def _reference_detect(loc, conf, priors, conf_threshold, nms_threshold, top_k, c
         for label in range(1, conf.shape[-1]):
             scores = probabilities[:, label]
             order = [i for i in scores.argsort(descending=True).tolist()
-                     if scores[i] > conf_threshold][:candidates]
+                     if scores[i] > score_threshold][:candidates]
             kept = []
             for i in order:
                 ious = [pairwise_iou(boxes[i:i + 1], boxes[j:j + 1]).item() for j in kept]
@@ -123,7 +139,7 @@ def test_equals_straightforward_reference_on_random_inputs(seed):
     priors = torch.cat([centre, 0.05 + 0.3 * torch.rand(num_priors, 2, generator=generator)], 1)
     loc = 0.5 * torch.randn(batch, num_priors, 4, generator=generator)
     conf = 2.0 * torch.randn(batch, num_priors, num_classes, generator=generator)
-    settings = dict(conf_threshold=0.05, nms_threshold=0.45, top_k=40, candidates_per_class=25)
+    settings = dict(score_threshold=0.05, nms_threshold=0.45, top_k=40, candidates_per_class=25)
     results = detect(loc, conf, priors, **settings)
     expected = _reference_detect(loc, conf, priors, *settings.values())
     for result, rows in zip(results, expected):
@@ -168,8 +184,8 @@ def test_build_postprocessor_reads_the_config_and_overrides():
     cfg = load_config(overrides=["test.top_k=50", "model.variances=[0.1, 0.25]"])
     post = build_postprocessor(cfg)
     assert post == PostProcessor(0.01, 0.45, 50, 400, (0.1, 0.25))
-    post = build_postprocessor(cfg, conf_threshold=0.5, nms_threshold=None)
-    assert post.conf_threshold == 0.5 and post.nms_threshold == 0.45
+    post = build_postprocessor(cfg, score_threshold=0.5, nms_threshold=None)
+    assert post.score_threshold == 0.5 and post.nms_threshold == 0.45
     probabilities = [[0.6, 0.0], [0.4, 0.0], [0.0, 0.0], [0.0, 0.3], [0.0, 0.0]]
     result = post(torch.zeros(1, 5, 4), _logits(probabilities), PRIORS)[0]
     assert result["labels"].tolist() == [0] and math.isclose(result["scores"].item(), 0.6,
@@ -218,7 +234,7 @@ def test_loop_and_batched_forms_give_identical_detections(distribution, batch, p
                                                           candidates, monkeypatch):
     monkeypatch.setattr(postprocess, "OVERLAP_CHUNK_ELEMENTS", 7 * candidates**2)  # 7 groups
     loc, conf, priors = _ssd300_outputs(batch, distribution, batch, prior_step)
-    settings = dict(conf_threshold=0.01, nms_threshold=0.45, candidates_per_class=candidates)
+    settings = dict(score_threshold=0.01, nms_threshold=0.45, candidates_per_class=candidates)
     loop = detect(loc, conf, priors, **settings, top_k=200, method="loop")
     _assert_same_detections(detect(loc, conf, priors, **settings, top_k=200, method="batched"), loop)
     everything = detect(loc, conf, priors, **settings, top_k=0, method="loop")
@@ -246,7 +262,7 @@ def test_batched_form_on_cuda_gives_the_cpu_loop_detections(distribution, batch)
     21 classes), so boxes and scores are compared to 64 float32 ulps (2^-23 relative each);
     the detections kept, their order and labels must be the same."""
     loc, conf, priors = _ssd300_outputs(batch, distribution, seed=batch)
-    settings = dict(conf_threshold=0.01, nms_threshold=0.45, candidates_per_class=400, top_k=200)
+    settings = dict(score_threshold=0.01, nms_threshold=0.45, candidates_per_class=400, top_k=200)
     assert postprocess.nms_method("auto", torch.device("cuda"), 400) == "batched"
     expected = detect(loc, conf, priors, **settings, method="loop")
     got = detect(loc.cuda(), conf.cuda(), priors.cuda(), **settings, method="auto")

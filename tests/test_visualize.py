@@ -1,5 +1,6 @@
-"""ssd.analysis, ssd.visualize, ssd.drawing and scripts/visualize.py: the numbers are the
-loss's, the PNGs are real pictures that change with their input."""
+"""ssd.analysis, ssd.visualize, ssd.drawing and ssd-visualize (scripts/visualize.py): the
+numbers are the loss's, the PNGs are real pictures that change with their input, and the
+ground truth comes through the config's data set in every format."""
 
 import ast
 import os
@@ -15,6 +16,7 @@ from conftest import load_script
 
 from ssd.analysis import (
     annotation_path,
+    find_dataset_image,
     location_indices,
     match_priors,
     mine_negatives,
@@ -23,8 +25,10 @@ from ssd.analysis import (
     read_voc_target,
 )
 from ssd.box_utils import cxcywh_to_xyxy
+from ssd.cli.visualize import parse_args
 from ssd.config import load_config
 from ssd.data import SHAPES_CLASSES, DataError, VOCDataset, make_shapes
+from ssd.data.convert import convert_dataset
 from ssd.drawing import save_image
 from ssd.loss import assign_targets, prepare_targets
 from ssd.modeling import build_model
@@ -62,6 +66,12 @@ def shapes(tmp_path_factory):
 @pytest.fixture(scope="module")
 def script():
     return load_script("visualize")
+
+
+def shapes_options(shapes) -> list[str]:
+    """--opts that make the config's data set the `shapes` fixture's (its settings)."""
+    return ["--opts", f"data.root={shapes[0].parents[2]}", "data.shapes.num_train=2",
+            "data.shapes.num_test=0", "data.shapes.image_size=160", "data.shapes.seed=1"]
 
 
 def _target(path):
@@ -170,12 +180,12 @@ def _png(path):
 
 def test_script_writes_the_three_pictures(shapes, script, tmp_path, capsys):
     image = str(shapes[0])
-    config = ["--config", str(SHAPES_CONFIG)]
+    config = ["--config", str(SHAPES_CONFIG), *shapes_options(shapes)]
     outputs = {}
     for kind, extra in [("priors", []), ("priors", ["--layer", "0"]), ("matches", []),
                         ("mining", ["--ratio", "2", "--max-tiles", "12"])]:
         out = tmp_path / f"{kind}{''.join(extra)}.png"
-        assert script.main([kind, "--image", image, *config, *extra, "--out", str(out)]) == 0
+        assert script.main([kind, "--image", image, *extra, "--out", str(out), *config]) == 0
         outputs[out.name] = _png(out)
     assert f"Wrote {tmp_path / 'matches.png'}" in capsys.readouterr().out
     # Default output name, from another folder.
@@ -188,9 +198,13 @@ def test_script_writes_the_three_pictures(shapes, script, tmp_path, capsys):
     assert np.array_equal(_png(tmp_path / "out" / "000000_matches.png"), outputs["matches.png"])
     # The other image's annotation, given explicitly, changes the matches picture.
     other = tmp_path / "other.png"
-    script.main(["matches", "--image", image, *config, "--annotation",
-                 str(annotation_path(shapes[1])), "--out", str(other)])
+    script.main(["matches", "--image", image, "--annotation",
+                 str(annotation_path(shapes[1])), "--out", str(other), *config])
     assert not np.array_equal(_png(other), outputs["matches.png"])
+    # The image id instead of the file: the same image and objects.
+    by_id = tmp_path / "by_id.png"
+    script.main(["matches", "--image", "000000", "--out", str(by_id), *config])
+    assert np.array_equal(_png(by_id), outputs["matches.png"])
 
 
 def test_mining_depends_on_the_weights(shapes, script, cfg, tmp_path):
@@ -198,9 +212,10 @@ def test_mining_depends_on_the_weights(shapes, script, cfg, tmp_path):
     weights = tmp_path / "other_init.pth"
     torch.save({"model": build_model(cfg).state_dict(), "config": cfg.to_dict()}, weights)
     common = ["mining", "--image", str(shapes[0]), "--config", str(SHAPES_CONFIG)]
-    script.main([*common, "--out", str(tmp_path / "seed0.png")])
-    script.main([*common, "--weights", str(weights), "--out", str(tmp_path / "weights.png")])
-    script.main([*common, "--seed", "1", "--out", str(tmp_path / "seed1.png")])
+    opts = shapes_options(shapes)
+    script.main([*common, "--out", str(tmp_path / "seed0.png"), *opts])
+    script.main([*common, "--weights", str(weights), "--out", str(tmp_path / "weights.png"), *opts])
+    script.main([*common, "--seed", "1", "--out", str(tmp_path / "seed1.png"), *opts])
     seed0, with_weights, seed1 = (_png(tmp_path / name) for name in
                                   ("seed0.png", "weights.png", "seed1.png"))
     assert not np.array_equal(seed0, with_weights)
@@ -211,9 +226,14 @@ def test_mining_depends_on_the_weights(shapes, script, cfg, tmp_path):
 
 def test_script_errors_are_clear(shapes, script, tmp_path):
     image = tmp_path / "lonely.jpg"
-    image.write_bytes(shapes[0].read_bytes())  # no Annotations folder next to it
-    with pytest.raises(FileNotFoundError, match="Annotation not found.*--annotation"):
-        script.main(["matches", "--image", str(image), "--config", str(SHAPES_CONFIG)])
+    image.write_bytes(shapes[0].read_bytes())  # a copy outside the data set, under another name
+    with pytest.raises(FileNotFoundError, match=r"lonely\.jpg is not an image of the config's "
+                                                r"data set \(data.format shapes"):
+        script.main(["matches", "--image", str(image), "--config", str(SHAPES_CONFIG),
+                     *shapes_options(shapes)])
+    with pytest.raises(FileNotFoundError, match=r"Annotation not found: .*none\.xml \(--annotation\)"):
+        script.main(["matches", "--image", str(image), "--config", str(SHAPES_CONFIG),
+                     "--annotation", str(tmp_path / "none.xml")])
     with pytest.raises(ValueError, match="layer 7 does not exist"):
         script.main(["priors", "--image", str(image), "--config", str(SHAPES_CONFIG),
                      "--layer", "7", "--out", str(tmp_path / "x.png")])
@@ -222,7 +242,7 @@ def test_script_errors_are_clear(shapes, script, tmp_path):
     with pytest.raises(FileNotFoundError, match="Weights file not found"):
         script.main(["mining", "--image", str(shapes[0]), "--weights", str(tmp_path / "no.pth")])
     with pytest.raises(SystemExit):
-        script.parse_args(["histogram", "--image", str(image)])
+        parse_args(["histogram", "--image", str(image)])
 
 
 def test_read_voc_target_is_the_data_sets_training_target(shapes):
@@ -236,6 +256,44 @@ def test_read_voc_target_is_the_data_sets_training_target(shapes):
         torch.testing.assert_close(_target(path), torch.from_numpy(expected), rtol=0, atol=0)
     target, difficult = read_voc_objects(annotation_path(shapes[0]), SHAPES_CLASSES)
     assert len(target) == len(difficult) and difficult.dtype == torch.bool
+
+
+# ------------------------------------------------------------- YOLO and COCO data sets
+CONVERTED_SPLITS = {  # the converted shapes fixture has one split, trainval: test on it too
+    "yolo": ["data.yolo.train_split=trainval", "data.yolo.test_split=trainval"],
+    "coco": ["data.coco.train_annotations=annotations/instances_trainval.json",
+             "data.coco.train_images=trainval",
+             "data.coco.test_annotations=annotations/instances_trainval.json",
+             "data.coco.test_images=trainval"],
+}
+
+
+@pytest.fixture(scope="module", params=sorted(CONVERTED_SPLITS))
+def converted(request, shapes, tmp_path_factory):
+    """The `shapes` fixture converted to YOLO or COCO: (its image 000000, the config overrides
+    that read it)."""
+    fmt = request.param
+    out = tmp_path_factory.mktemp(f"visualize_{fmt}") / fmt
+    convert_dataset(shapes[0].parents[2], out, "voc", fmt, class_names=list(SHAPES_CLASSES),
+                    progress=False)
+    image = next(out.rglob("000000.jpg"))
+    return image, [f"data.format={fmt}", f"data.root={out}", "data.class_names=null",
+                   *CONVERTED_SPLITS[fmt]]
+
+
+def test_pictures_read_the_objects_of_a_yolo_or_coco_set(converted, shapes, script, tmp_path):
+    """No VOC XML next to the image: the objects come from the YOLO labels / COCO json, the
+    same boxes as the VOC original's (up to the converter's rounding)."""
+    image, overrides = converted
+    assert not annotation_path(image).exists()
+    found = find_dataset_image(load_config(SHAPES_CONFIG, overrides=overrides), image)
+    assert found.image_path == image and found.class_names == list(SHAPES_CLASSES)
+    torch.testing.assert_close(found.target[~found.difficult], _target(shapes[0]), rtol=0, atol=1e-3)
+    for kind in ("matches", "mining"):
+        out = tmp_path / f"{kind}.png"
+        assert script.main([kind, "--image", str(image), "--config", str(SHAPES_CONFIG),
+                            "--max-tiles", "4", "--out", str(out), "--opts", *overrides]) == 0
+        _png(out)
 
 
 def test_picture_modules_do_not_import_the_predictor():
@@ -253,7 +311,8 @@ def test_pictures_have_ordinary_permissions(shapes, script, tmp_path):
     try:
         for kind in ("priors", "matches", "mining"):
             assert script.main([kind, "--image", str(shapes[0]), "--config", str(SHAPES_CONFIG),
-                                "--max-tiles", "4", "--out", str(tmp_path / f"{kind}.png")]) == 0
+                                "--max-tiles", "4", "--out", str(tmp_path / f"{kind}.png"),
+                                *shapes_options(shapes)]) == 0
     finally:
         os.umask(previous)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["matches.png", "mining.png", "priors.png"]

@@ -29,7 +29,7 @@ from ssd.postprocess import detect, nms_method
 from ssd.precision import default_precision, precision_label
 from ssd.priors import priors_from_config
 
-SETTINGS = dict(conf_threshold=defaults.CONF_THRESHOLD, nms_threshold=defaults.NMS_THRESHOLD,
+SETTINGS = dict(score_threshold=defaults.SCORE_THRESHOLD, nms_threshold=defaults.NMS_THRESHOLD,
                 top_k=defaults.TOP_K, candidates_per_class=defaults.CANDIDATES_PER_CLASS)
 DISTRIBUTIONS = ("random", "half_trained")
 BATCH = 32
@@ -49,7 +49,7 @@ def make_outputs(batch: int, distribution: str, seed: int = 0):
     return loc, conf, priors
 
 
-def previous_detect(loc, conf, priors, conf_threshold, nms_threshold, top_k, candidates_per_class):
+def previous_detect(loc, conf, priors, score_threshold, nms_threshold, top_k, candidates_per_class):
     """The implementation ``detect`` replaced: batched candidates, then per image one
     ``batched_nms`` over its classes (a host synchronisation for the per-image counts)."""
     batch = conf.shape[0]
@@ -57,7 +57,7 @@ def previous_detect(loc, conf, priors, conf_threshold, nms_threshold, top_k, can
     scores = conf.float().softmax(dim=-1)[..., 1:].transpose(1, 2)  # [B, C-1, P]
     limit = min(candidates_per_class, scores.shape[-1])
     top_scores, top_priors = scores.topk(limit, dim=-1, sorted=True)  # [B, C-1, k]
-    image, label, rank = torch.nonzero(top_scores > conf_threshold, as_tuple=True)
+    image, label, rank = torch.nonzero(top_scores > score_threshold, as_tuple=True)
     candidate_boxes = boxes[image, top_priors[image, label, rank]]  # [N, 4]
     score = top_scores[image, label, rank]  # [N]
     counts = torch.bincount(image, minlength=batch).tolist()

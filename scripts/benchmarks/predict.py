@@ -30,7 +30,7 @@ from ssd.postprocess import detect
 from ssd.precision import default_precision
 from ssd.priors import priors_from_config
 
-SETTINGS = dict(conf_threshold=defaults.CONF_THRESHOLD, nms_threshold=defaults.NMS_THRESHOLD,
+SETTINGS = dict(score_threshold=defaults.SCORE_THRESHOLD, nms_threshold=defaults.NMS_THRESHOLD,
                 top_k=defaults.TOP_K, candidates_per_class=defaults.CANDIDATES_PER_CLASS)
 TARGET_RATIO = 20.0
 
@@ -74,7 +74,7 @@ def classic_nms(boxes: torch.Tensor, scores: torch.Tensor, overlap: float,
 
 
 def classic_detect(loc: torch.Tensor, conf: torch.Tensor, priors: torch.Tensor,
-                   conf_threshold: float, nms_threshold: float, top_k: int,
+                   score_threshold: float, nms_threshold: float, top_k: int,
                    candidates_per_class: int) -> list[dict[str, torch.Tensor]]:
     """The baseline: per image, per class, threshold and ``classic_nms``; then top_k."""
     probabilities = conf.float().softmax(dim=-1)
@@ -84,7 +84,7 @@ def classic_detect(loc: torch.Tensor, conf: torch.Tensor, priors: torch.Tensor,
         kept_scores, kept_boxes, kept_labels = [], [], []
         for label in range(1, conf.shape[-1]):
             scores = image_probabilities[:, label]
-            mask = scores > conf_threshold
+            mask = scores > score_threshold
             if not mask.any():
                 continue
             keep = classic_nms(boxes[mask], scores[mask], nms_threshold, candidates_per_class)
@@ -125,9 +125,9 @@ def postprocess_benchmark(quick: bool) -> dict:
     timed with torch's default thread count.
     """
     loc, conf, priors = half_trained_outputs(batch=1)
-    passing = (conf.softmax(dim=-1)[0, :, 1:] > SETTINGS["conf_threshold"]).sum(dim=0)
+    passing = (conf.softmax(dim=-1)[0, :, 1:] > SETTINGS["score_threshold"]).sum(dim=0)
     print(f"post-processing: {len(priors)} priors x {conf.shape[-1]} classes; priors above "
-          f"{SETTINGS['conf_threshold']} per class: {int(passing.min())}-{int(passing.max())}")
+          f"{SETTINGS['score_threshold']} per class: {int(passing.min())}-{int(passing.max())}")
     default_threads = torch.get_num_threads()
     fast_default, _ = best_time(lambda: detect(loc, conf, priors, **SETTINGS),
                                  5 if quick else 20)

@@ -25,14 +25,20 @@ EXIT_USER_ERROR = 2
 
 def run_cli(main: Callable[[], int | None]) -> NoReturn:
     """Call `main()` (which parses sys.argv) with the library's log messages shown as plain
-    lines, and exit with its status; user errors become `error: ...` on stderr, exit status 2.
+    lines, and exit with its status; user errors become `error: ...` on stderr, exit status 2,
+    and so do file-system errors (permission denied, disk full, file too large, read-only
+    file system): `error: <what failed>: <path>: <reason>`.
     Freed memory stays in the process for reuse (`ssd.system.keep_freed_memory`)."""
+    from ssd.fileio import describe_os_error
     from ssd.system import keep_freed_memory
 
     keep_freed_memory()
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     try:
         code = main()
+    except OSError as err:  # before USER_ERRORS, which hold some of its subclasses
+        print(f"error: {describe_os_error(err)}", file=sys.stderr)
+        sys.exit(EXIT_USER_ERROR)
     except USER_ERRORS as err:
         message = err.args[0] if isinstance(err, KeyError) and err.args else err
         print(f"error: {message}", file=sys.stderr)

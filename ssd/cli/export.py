@@ -1,29 +1,35 @@
-"""Export a trained SSD to ONNX, with a dynamic batch, and check it with onnxruntime
-(ssd-export, or python scripts/export_onnx.py in a clone).
+"""Export a trained SSD to ONNX (dynamic batch) or TorchScript and check the file against
+PyTorch (ssd-export, or python scripts/export_onnx.py in a clone).
 
-    ssd-export --weights runs/shapes/best.pth --out ssd7.onnx
-    ssd-export --weights weights/ssd300_mAP_77.43_v2.pth --out ssd300.onnx --with-postprocess
+    ssd-export --weights runs/shapes/best.pth --output ssd7.onnx
+    ssd-export --weights weights/ssd300_mAP_77.43_v2.pth --output ssd300.onnx --with-postprocess
+    ssd-export --weights runs/shapes/best.pth --format torchscript --output ssd7.pt
 
-The model takes images float32 [B, 3, S, S] in RGB channel order minus the mean pixel (what
-ssd.data.BaseTransform makes of an OpenCV BGR image) and returns boxes [B, P, 4] (x1, y1, x2,
-y2 normalised) and scores [B, P, C] (softmax, column 0 the background); --with-postprocess adds
-det_boxes, det_scores, det_labels and num_detections (NMS by the config's test.* settings).
+The model takes images float32 [B, 3, S, S]: RGB channel order, pixel values 0-255 minus the
+mean pixel, not scaled (what ssd.data.BaseTransform makes of an OpenCV BGR image), and returns
+boxes [B, P, 4] (x1, y1, x2, y2 normalised) and scores [B, P, C] (softmax, column 0 the
+background); --with-postprocess (ONNX only) adds det_boxes, det_scores, det_labels and
+num_detections (NMS by the config's test.* settings). The ONNX file's metadata_props (the
+TorchScript file's extra file ssd_metadata.json) hold the class names and the pre-processing.
 ssd/export.py documents every input and output.
 
-Exporters: the torch.export-based one (needs onnxscript) is tried first, then the TorchScript
-one; --exporter picks one. Both need the onnx package. If onnxruntime is installed, the file
-runs on a test image (a synthetic one, or --image) and its mirror, at batch 1 and 2: boxes and
-scores must match PyTorch within --tolerance, and the detections must be those PyTorch selects
-from onnxruntime's boxes and scores by the same rule. Exit status 1 if a difference exceeds the
-tolerance, 2 for bad input; without onnxruntime the export is not checked (a message says so).
+ONNX exporters (--exporter): dynamo (needs onnxscript), torchscript, or auto (the default:
+dynamo, falling back to torchscript with a warning when dynamo fails on the model). The file
+is then run on a test image (a synthetic one, or --image) and its mirror, at batch 1 and 2:
+under onnxruntime for ONNX, after torch.jit.load for TorchScript. Boxes and scores must match
+PyTorch within --tolerance, and the detections must be those PyTorch selects from
+onnxruntime's boxes and scores by the same rule; --no-check skips this. A missing optional
+package (onnx, onnxscript, onnxruntime) is an error naming it and the pip command, before any
+work. Exit status 1 if a difference exceeds the tolerance, 2 for bad input.
 """
 
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 
-from ssd.cli.common import add_version_argument, load_cli_config, run_cli
+from ssd.cli.common import EXIT_USER_ERROR, add_version_argument, load_cli_config, run_cli
 
 DEFAULT_TOLERANCE = 1e-4  # fp32 against fp32: ~1700 roundings of 2^-24, far above kernel noise
 
@@ -34,22 +40,50 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--weights", required=True, help="checkpoint or classic state_dict")
     parser.add_argument("--config", help="YAML config, used when the weights carry none "
                                          "(default: the built-in SSD300 VOC model)")
-    parser.add_argument("--out", type=Path, default=Path("ssd300.onnx"), help="output .onnx")
+    parser.add_argument("--output", "--out", type=Path, default=Path("ssd300.onnx"),
+                        help="output file (.onnx, or .pt for --format torchscript; default "
+                             "ssd300.onnx; --out is the old spelling)")
+    parser.add_argument("--format", choices=["onnx", "torchscript"], default="onnx",
+                        dest="export_format",
+                        help="onnx (default) or torchscript (torch.jit.trace, no post-processing)")
     parser.add_argument("--with-postprocess", action="store_true",
-                        help="add NMS: det_boxes, det_scores, det_labels, num_detections")
+                        help="add NMS: det_boxes, det_scores, det_labels, num_detections (ONNX)")
     parser.add_argument("--opset", type=int, help="ONNX opset (default: the exporter's)")
     parser.add_argument("--exporter", choices=["auto", "dynamo", "torchscript"], default="auto",
-                        help="auto: torch.export-based, falling back to TorchScript")
+                        help="ONNX exporter; auto: dynamo, falling back to torchscript with a "
+                             "warning when dynamo fails on the model")
+    parser.add_argument("--no-check", dest="check", action="store_false",
+                        help="do not run the file against PyTorch (for ONNX: no onnxruntime needed)")
     parser.add_argument("--image", type=Path, help="test image for the check (default: synthetic)")
     parser.add_argument("--tolerance", type=float, default=DEFAULT_TOLERANCE,
-                        help=f"max allowed |onnxruntime - PyTorch| (default {DEFAULT_TOLERANCE:g})")
+                        help=f"max allowed |file - PyTorch| (default {DEFAULT_TOLERANCE:g})")
     add_version_argument(parser)
     return parser.parse_args(argv)
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    from ssd.export import ExportedSSD, export, postprocess_settings, verify_with_onnxruntime
+    from ssd.export import MissingPackageError, require_packages, required_packages
+
+    try:  # a missing optional package: one error line before any work
+        require_packages(required_packages(args.export_format, args.exporter, args.check))
+    except MissingPackageError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return EXIT_USER_ERROR
+    return export_and_check(args)
+
+
+def export_and_check(args: argparse.Namespace) -> int:
+    """Build the model of --weights, write the file, check it (unless --no-check); the exit
+    status."""
+    from ssd.export import (
+        ExportedSSD,
+        deployment_metadata,
+        export,
+        export_torchscript,
+        postprocess_settings,
+        verify_export,
+    )
     from ssd.images import load_image
     from ssd.weights import build_model_from_weights
 
@@ -59,21 +93,26 @@ def main(argv: list[str] | None = None) -> int:
     settings = postprocess_settings(cfg) if args.with_postprocess else None
     wrapper = ExportedSSD(model, cfg.model.variances, settings).eval()
     size = cfg.model.image_size
-    used = export(wrapper, size, args.out, args.opset, args.exporter)
-    print(f"Wrote {args.out} ({used} exporter): images [B, 3, {size}, {size}] -> "
+    metadata = deployment_metadata(cfg, settings)
+    if args.export_format == "torchscript":
+        export_torchscript(wrapper, size, args.output, metadata)
+        how = "TorchScript, torch.jit.trace"
+    else:
+        how = f"ONNX, {export(wrapper, size, args.output, args.opset, args.exporter, metadata)} exporter"
+    print(f"Wrote {args.output} ({how}): images [B, 3, {size}, {size}] -> "
           f"{', '.join(wrapper.output_names())}; {len(model.priors)} priors, "
           f"{cfg.model.num_classes} classes" + (f"; NMS with {settings}" if settings else ""))
-    differences = verify_with_onnxruntime(wrapper, args.out, size, cfg.data.mean, image)
-    return report(differences, args.tolerance)
-
-
-def report(differences: dict[str, float] | None, tolerance: float) -> int:
-    """Print the check's result; the exit status (1 when a difference exceeds `tolerance`)."""
-    if differences is None:
-        print("onnxruntime is not installed, so the export was not checked "
-              "(pip install onnxruntime, or pip install -e .[onnx])")
+    if not args.check:
+        print("Not checked against PyTorch (--no-check)")
         return 0
-    print("onnxruntime vs PyTorch, max |difference| at batch 1 and 2: "
+    differences = verify_export(wrapper, args.output, args.export_format, size, cfg.data.mean, image)
+    return report(differences, args.tolerance, args.export_format)
+
+
+def report(differences: dict[str, float], tolerance: float, export_format: str = "onnx") -> int:
+    """Print the check's result; the exit status (1 when a difference exceeds `tolerance`)."""
+    runtime = "torch.jit.load" if export_format == "torchscript" else "onnxruntime"
+    print(f"Checked with {runtime}: max |difference| from PyTorch at batch 1 and 2: "
           + ", ".join(f"{name} {value:.2e}" for name, value in differences.items()))
     worst = max(differences.values())
     if worst > tolerance:

@@ -3,24 +3,28 @@ write them as JSON (ssd-predict, or python scripts/predict.py in a clone).
 
     ssd-predict image.jpg --weights weights/ssd300_mAP_77.43_v2.pth
     ssd-predict photos/ more.png "shots/*.jpg" --weights runs/shapes/best.pth --json
-    ssd-predict image.jpg --score-threshold 0.3 --precision fp32 --out drawn/
+    ssd-predict image.jpg --score-threshold 0.3 --precision fp32 --output drawn/
+    ssd-predict image.jpg --weights runs/shapes/best.pth --score-threshold auto  # best-F1 threshold
     ssd-predict clip.mp4 --weights runs/shapes/best.pth --json     # out/clip_det.mp4 + .jsonl
     ssd-predict --camera 0 --weights runs/shapes/best.pth          # a live window (q or Esc)
 
 Inputs are image files, folders (their images, not recursive), glob patterns and video files
-(by extension: .mp4, .avi, .mov, .mkv, ...). For each image, <out>/<name>_det.jpg shows the
+(by extension: .mp4, .avi, .mov, .mkv, ...). For each image, <output>/<name>_det.jpg shows the
 boxes with class names and scores, and a table of the detections is printed; --json also
-writes <out>/detections.json (boxes in the original image's pixels, x1 y1 x2 y2). Images go
+writes <output>/detections.json (boxes in the original image's pixels, x1 y1 x2 y2). Images go
 through the network --batch-size at a time, with a progress bar when there are several.
 
-A video gives <out>/<name>_det.mp4 (the input's size and frame rate, boxes drawn) and with
---json <out>/<name>_det.jsonl, one line per frame: {"frame", "time", "detections"}; the
+A video gives <output>/<name>_det.mp4 (the input's size and frame rate, boxes drawn) and with
+--json <output>/<name>_det.jsonl, one line per frame: {"frame", "time", "detections"}; the
 progress bar counts frames and frames/s, and the frames/s of the whole pass is printed at the
 end. --camera INDEX shows a camera's frames with their detections in a window (it needs a
-display; with --json the detections also go to <out>/camera<INDEX>_det.jsonl).
+display; with --json the detections also go to <output>/camera<INDEX>_det.jsonl).
 
-An input that cannot be read (a missing file, a corrupt image or video) is reported with its
-path and skipped; the others are processed, and the exit status is 1 at the end.
+An input that cannot be read (a missing file, a corrupt image or video, a video that stops
+decoding before the frame count its container states) is reported with its path and skipped
+(a video's outputs are then not written); the others are processed, and the exit status is 1
+at the end. An output that cannot be written (read-only folder, disk full, file-size limit)
+stops the command with exit status 2; outputs are written whole or not at all.
 
 The config comes from the weights file when it carries one (this project's checkpoints),
 else --config (a file, or a built-in config such as voc300.yaml), else the built-in SSD300
@@ -39,11 +43,50 @@ import time
 from pathlib import Path
 
 from ssd.cli.common import add_version_argument, load_cli_config, pick_device, run_cli
-from ssd.fileio import atomic_write
+from ssd.commands import clone_doc
+from ssd.fileio import atomic_write, check_writable_folder
 
 DEFAULT_WEIGHTS = Path("weights") / "ssd300.pth"  # relative to the working directory
-DETECTIONS_SUFFIX = "_det"  # <out>/<name>_det.jpg, <name>_det.mp4, <name>_det.jsonl
+DETECTIONS_SUFFIX = "_det"  # <output>/<name>_det.jpg, <name>_det.mp4, <name>_det.jsonl
 VIDEO_OUT_EXTENSION = ".mp4"
+DEFAULT_SCORE_THRESHOLD = 0.5
+AUTO_THRESHOLD = "auto"  # --score-threshold auto: the checkpoint's stored best-F1 threshold
+
+
+def score_threshold_argument(text: str) -> float | str:
+    """--score-threshold: a number, or "auto"."""
+    if text == AUTO_THRESHOLD:
+        return text
+    try:
+        return float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number or {AUTO_THRESHOLD!r}, got {text!r}") from None
+
+
+def stored_score_threshold(weights: Path) -> float | None:
+    """The best-F1 score threshold a training run's evaluation stored in the checkpoint
+    ("score_threshold"), or None when it has none (a classic state_dict, no evaluation ran)."""
+    from ssd.fileio import safe_torch_load
+
+    state = safe_torch_load(weights)
+    value = state.get("score_threshold") if isinstance(state, dict) else None
+    return float(value) if value is not None else None
+
+
+def resolve_score_threshold(setting: float | str, weights: Path) -> float:
+    """The threshold to use: `setting` when a number; for "auto" the checkpoint's stored one,
+    else DEFAULT_SCORE_THRESHOLD (said on stderr)."""
+    if setting != AUTO_THRESHOLD:
+        return float(setting)
+    if not weights.is_file():  # the predictor says how to get weights
+        return DEFAULT_SCORE_THRESHOLD
+    stored = stored_score_threshold(weights)
+    if stored is None:
+        print(f"note: {weights} stores no score threshold (no evaluation ran during its "
+              f"training); --score-threshold auto uses {DEFAULT_SCORE_THRESHOLD}", file=sys.stderr)
+        return DEFAULT_SCORE_THRESHOLD
+    print(f"score threshold {stored:.4f} (best F1 of the evaluation stored in {weights})")
+    return stored
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -54,18 +97,22 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--camera", type=int, metavar="INDEX",
                         help="also show camera INDEX (0: the first one) live in a window")
     parser.add_argument("--weights", default=str(DEFAULT_WEIGHTS),
-                        help=f"checkpoint or classic state_dict (default {DEFAULT_WEIGHTS}; "
-                             "see weights/README.md)")
+                        help=f"checkpoint or classic state_dict (default {DEFAULT_WEIGHTS})"
+                             f"{clone_doc('weights/README.md')}")
     parser.add_argument("--config", help="YAML config, used when the weights carry none "
                                          "(default: configs/voc300.yaml)")
-    parser.add_argument("--score-threshold", type=float, default=0.5,
-                        help="minimum class score of a detection (default 0.5)")
+    parser.add_argument("--score-threshold", type=score_threshold_argument,
+                        default=DEFAULT_SCORE_THRESHOLD,
+                        help=f"minimum class score of a detection (default {DEFAULT_SCORE_THRESHOLD}); "
+                             f"{AUTO_THRESHOLD}: the best-F1 threshold the training's last evaluation "
+                             f"stored in the checkpoint ({DEFAULT_SCORE_THRESHOLD} when it has none)")
     parser.add_argument("--nms-threshold", type=float,
                         help="NMS IoU threshold (default: test.nms_threshold, 0.45)")
     parser.add_argument("--top-k", type=int, help="detections kept per image (default: test.top_k, 200)")
-    parser.add_argument("--out", type=Path, default=Path("out"), help="output folder (default out/)")
+    parser.add_argument("--output", "--out", type=Path, default=Path("out"),
+                        help="output folder (default out/; --out is the old spelling)")
     parser.add_argument("--device", help="cpu, cuda or cuda:N (default: cuda when available)")
-    parser.add_argument("--json", action="store_true", help="also write <out>/detections.json")
+    parser.add_argument("--json", action="store_true", help="also write <output>/detections.json")
     parser.add_argument("--precision", choices=["fp32", "bf16", "fp16"],
                         help="inference precision (default: the fastest safe one for the device)")
     parser.add_argument("--batch-size", type=int, default=8, help="images per forward pass (default 8)")
@@ -89,34 +136,35 @@ def main(argv: list[str] | None = None) -> int:
         raise FileNotFoundError("; ".join(reason for _, reason in failures))
     for _, reason in failures:
         print(f"error: {reason} (skipped)", file=sys.stderr)
+    check_writable_folder(args.output)  # before the model loads: fail fast
     weights = Path(args.weights)
     config = load_cli_config(args.config) if args.config else None
+    score_threshold = resolve_score_threshold(args.score_threshold, weights)
     predictor = Predictor(weights, config=config, device=pick_device(args.device),
-                          precision=args.precision, score_threshold=args.score_threshold,
+                          precision=args.precision, score_threshold=score_threshold,
                           nms_threshold=args.nms_threshold, top_k=args.top_k,
                           batch_size=args.batch_size)
-    args.out.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
-    results, unreadable = run(predictor, images, args.out, args.batch_size,
+    results, unreadable = run(predictor, images, args.output, args.batch_size,
                               progress=not args.no_progress and len(images) > 1)
     image_seconds = time.perf_counter() - start
-    video_results, broken = run_videos(predictor, videos, args.out, args.json,
+    video_results, broken = run_videos(predictor, videos, args.output, args.json,
                                        progress=not args.no_progress)
     if args.camera is not None:
-        json_out = args.out / f"camera{args.camera}{DETECTIONS_SUFFIX}.jsonl" if args.json else None
+        json_out = args.output / f"camera{args.camera}{DETECTIONS_SUFFIX}.jsonl" if args.json else None
         summary = predict_video_inputs(predictor, args.camera, None, json_out, show=True,
                                        progress=not args.no_progress)
         video_results[summary.source] = summary
     failures += unreadable + broken
     if args.json:
-        write_json(args.out / "detections.json", results, failures, predictor, weights,
+        write_json(args.output / "detections.json", results, failures, predictor, weights,
                    video_results)
     found = sum(len(entry["detections"]) for entry in results.values())
     if images:
         rate = len(results) / image_seconds if image_seconds > 0 else 0.0
         print(f"{_count(len(results), 'image')}, {_count(found, 'detection')} (score > "
-              f"{args.score_threshold}, {predictor.precision}) in {image_seconds:.1f} s: "
-              f"{rate:.1f} images/s (batch {args.batch_size}) -> {args.out}/")
+              f"{score_threshold}, {predictor.precision}) in {image_seconds:.1f} s: "
+              f"{rate:.1f} images/s (batch {args.batch_size}) -> {args.output}/")
     if failures:
         print(f"{_count(len(failures), 'input')} failed (see the errors above)")
     return 1 if failures else 0
@@ -175,14 +223,13 @@ def _expand_input(item: str) -> tuple[list[Path], str | None]:
 def run(predictor, paths: list[Path], out: Path, batch_size: int, progress: bool):
     """Detect, draw and print every image; returns ({path: entry}, [(path, reason)] for the
     images that could not be read)."""
-    from tqdm import tqdm
-
     from ssd.drawing import save_image
     from ssd.images import load_image
+    from ssd.progress import progress_bar, write_line
 
     results, failures = {}, []
     names = output_names(paths)
-    with tqdm(total=len(paths), unit="image", disable=not progress, dynamic_ncols=True) as bar:
+    with progress_bar(total=len(paths), unit="image", enabled=progress) as bar:
         for start in range(0, len(paths), batch_size):
             batch, images = [], []
             for path in paths[start:start + batch_size]:
@@ -191,11 +238,11 @@ def run(predictor, paths: list[Path], out: Path, batch_size: int, progress: bool
                     batch.append(path)
                 except (OSError, ValueError) as err:
                     failures.append((str(path), str(err)))
-                    tqdm.write(f"error: {err} (skipped)", file=sys.stderr)
+                    write_line(f"error: {err} (skipped)", file=sys.stderr)
             for path, image, found in zip(batch, images, predictor.predict_batch(images)):
                 drawn_path = out / f"{names[path]}{DETECTIONS_SUFFIX}.jpg"
                 save_image(drawn_path, predictor.draw(image, found))
-                tqdm.write(format_table(path, image.shape, found))
+                write_line(format_table(path, image.shape, found))
                 results[str(path)] = {"width": image.shape[1], "height": image.shape[0],
                                       "drawn": str(drawn_path), "detections": found}
             bar.update(len(paths[start:start + batch_size]))
@@ -203,7 +250,7 @@ def run(predictor, paths: list[Path], out: Path, batch_size: int, progress: bool
 
 
 def run_videos(predictor, videos: list[Path], out: Path, write_json_lines: bool, progress: bool):
-    """Predict every video into <out>/<name>_det.mp4 (and <name>_det.jsonl); returns
+    """Predict every video into <output>/<name>_det.mp4 (and <name>_det.jsonl); returns
     ({path: VideoSummary}, [(path, reason)] for the videos that could not be read or written)."""
     from ssd.video import VideoError
 
@@ -269,7 +316,7 @@ def write_json(path: Path, results: dict, failures: list[tuple[str, str]], predi
     post = predictor.postprocess
     document = {
         "weights": str(weights),
-        "settings": {"score_threshold": post.conf_threshold, "nms_threshold": post.nms_threshold,
+        "settings": {"score_threshold": post.score_threshold, "nms_threshold": post.nms_threshold,
                      "top_k": post.top_k, "precision": predictor.precision,
                      "image_size": predictor.cfg.model.image_size},
         "box_format": "x1, y1, x2, y2 in pixels of the original image",

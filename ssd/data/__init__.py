@@ -20,8 +20,6 @@ from ssd.data.build import (
     configured_class_names,
     ensure_shapes,
     known_class_names,
-    record_split,
-    with_class_names,
 )
 from ssd.data.coco import COCODataset
 from ssd.data.common import DataError, DetectionDataset, LoadReport, read_image
@@ -34,6 +32,7 @@ from ssd.data.loader import (
     make_test_loader,
     make_train_loader,
 )
+from ssd.data.run_config import record_split, with_class_names
 from ssd.data.shapes import SHAPES_CLASSES, make_shapes
 from ssd.data.transforms import AugmentParams, BaseTransform, SSDAugmentation
 from ssd.data.voc import VOC_CLASSES, VOCDataset, parse_voc_xml

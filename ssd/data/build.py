@@ -8,8 +8,9 @@ Formats (cfg.data.format):
     voc     cfg.data.root is a VOCdevkit; cfg.data.train_sets / test_sets list (year, split).
             Or a folder with Annotations/ + JPEGImages/ (or annotations/ + images/), or of images
             beside their XML files (ssd.data.voc_layout): its ImageSets/Main/<split>.txt files
-            named by the sets' splits, else data.split_dir/{train,test}.txt (`record_split`
-            writes them for a training run), else the data.val_fraction split.
+            named by the sets' splits, else data.split_dir/{train,test}.txt
+            (ssd.data.run_config.record_split writes them for a training run), else the
+            data.val_fraction split.
     coco    cfg.data.root holds cfg.data.coco.{train,test}_{annotations,images}.
     yolo    cfg.data.root holds images/<split>/, labels/<split>/ and cfg.data.yolo.names_file;
             the splits are cfg.data.yolo.{train,test}_split.
@@ -20,37 +21,36 @@ Formats (cfg.data.format):
 
 The class count must agree with the model: model.num_classes = len(class names) + 1.
 `class_names_for(cfg)` is the one rule for a config's class names; `with_class_names(cfg, ds)`
-writes the names a data set read from its files (COCO categories, a YOLO data.yaml or
-classes.txt) into data.class_names, so that the config a checkpoint stores names its classes.
+(ssd.data.run_config) writes the names a data set read from its files (COCO categories, a YOLO
+data.yaml or classes.txt) into data.class_names, so that the config a checkpoint stores names
+its classes.
+
+This module never imports ssd.config: config validation reads DATASET_BUILDERS from here (see
+ssd.config_schema), so the functions that derive a new config live in ssd.data.run_config.
 """
 
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 from pathlib import Path
 from typing import Callable
 
-from ssd.config import Config, ConfigError, load_config_from_dict, merge_overrides
+from ssd.commands import command
 from ssd.data.coco import COCODataset
 from ssd.data.common import DataError, DetectionDataset
 from ssd.data.shapes import SHAPES_CLASSES, make_shapes, read_shapes_settings, shapes_settings
 from ssd.data.transforms import BaseTransform, SSDAugmentation
 from ssd.data.voc import VOC_CLASSES, VOCDataset, VOCSplit
 from ssd.data.voc_layout import (
-    SPLIT_FOLDER_NAME,
     VOCFolder,
-    annotated_ids,
     find_voc_folder,
     folder_split,
-    has_split,
     listed_split,
     refuse_empty_folder,
-    split_ids,
-    write_split,
 )
 from ssd.data.yolo import YOLODataset
+from ssd.errors import ConfigError
 
 logger = logging.getLogger(__name__)
 
@@ -130,22 +130,6 @@ def known_class_names(cfg) -> list[str] | None:
     return names if names is not None and len(names) == cfg.model.num_classes - 1 else None
 
 
-def with_class_names(cfg: Config, dataset: DetectionDataset) -> Config:
-    """`cfg` with data.class_names set to `dataset`'s class names (label order).
-
-    Training calls this on its training set, so the config saved in every checkpoint names the
-    classes whatever file named them (VOC list, COCO categories, YOLO data.yaml or
-    classes.txt): prediction, evaluation, export and fine-tuning then see the real names, and
-    the test set is built for the same list in the same order.
-    """
-    names = list(dataset.class_names)
-    if cfg.data.class_names is not None and list(cfg.data.class_names) == names:
-        return cfg
-    config = cfg.to_dict()
-    config["data"]["class_names"] = names
-    return load_config_from_dict(config, source="the config with the training set's class names")
-
-
 def _voc(cfg, train: bool) -> VOCDataset:
     data = cfg.data
     names = configured_class_names(cfg)
@@ -167,30 +151,6 @@ def _folder_sets(cfg, folder: VOCFolder, sets: list, train: bool) -> list[VOCSpl
         return [listed_split(folder, name) for name in split_names]
     name = "train" if train else "test"
     return [folder_split(folder, name, cfg.data.val_fraction, cfg.data.split_dir)]
-
-
-def record_split(cfg, output_dir: str | Path, resume: bool = False):
-    """The config a training run into `output_dir` uses: for a VOC folder without split files
-    and without data.split_dir, its train / test split is written to
-    <output_dir>/split/{train,test}.txt (kept as it is when `resume` finds it there) and
-    data.split_dir names that folder, so that the run's checkpoints, and evaluating them,
-    use the same test images. Other configs are returned unchanged.
-    """
-    data = cfg.data
-    if data.format != "voc" or data.split_dir is not None:
-        return cfg
-    folder = find_voc_folder(data.root)
-    if folder is None or folder.has_split_files:
-        return cfg
-    split_dir = Path(output_dir).absolute() / SPLIT_FOLDER_NAME
-    if not (resume and has_split(split_dir)):
-        split = split_ids(annotated_ids(folder), data.val_fraction)
-        write_split(split_dir, split)
-        logger.info("%s has no ImageSets/Main split files: split its %d images into %d train and "
-                    "%d test (data.val_fraction=%g), written to %s", folder.root,
-                    sum(map(len, split.values())), len(split["train"]), len(split["test"]),
-                    data.val_fraction, split_dir)
-    return merge_overrides(cfg, [f"data.split_dir={json.dumps(str(split_dir))}"])
 
 
 def _shapes(cfg, train: bool) -> VOCDataset:
@@ -219,10 +179,10 @@ def _require_shapes(root: str, shapes) -> None:
     state = "does not exist" if found is None else f"was made with other settings ({found})"
     raise DataError(
         f"No shapes data set with data.shapes={dict(shapes.to_dict())} under {folder}: it {state}. "
-        "Evaluation does not generate data sets: make it with python scripts/make_shapes.py "
+        f"Evaluation does not generate data sets: make it with {command('ssd-make-shapes')} "
         f"--root {root} --num-train {shapes.num_train} --num-test {shapes.num_test} --image-size "
         f"{shapes.image_size} --seed {shapes.seed}, or train with this config first "
-        "(python scripts/train.py --config ...), which generates it",
+        f"({command('ssd-train')} --config ...), which generates it",
         "missing data set", folder)
 
 

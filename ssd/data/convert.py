@@ -38,13 +38,14 @@ from xml.sax.saxutils import escape
 
 import numpy as np
 import yaml
-from tqdm import tqdm
 
+from ssd.commands import command
 from ssd.data.coco import COCODataset
 from ssd.data.common import DetectionDataset
 from ssd.data.voc import VOCDataset, read_split, voc_annotation_file
 from ssd.data.yolo import YOLODataset
-from ssd.fileio import replace_directory, safe_file_name, safe_file_names
+from ssd.fileio import CANNOT_WRITE, note_failed_action, replace_directory, safe_file_name, safe_file_names
+from ssd.progress import progress_bar
 
 logger = logging.getLogger(__name__)
 
@@ -359,6 +360,16 @@ def _check_paths(root: Path, out: Path, overwrite: bool) -> None:
                          "replace it")
 
 
+def _name_output_path(err: OSError, staging: Path, out: Path) -> None:
+    """An OSError raised while writing into `staging` names the place in `out` it concerns
+    (the temporary folder is gone by the time the error is read)."""
+    for attribute in ("filename", "filename2"):  # filename2: the target of a copy
+        name = getattr(err, attribute)
+        if name is not None and Path(name).is_relative_to(staging):
+            setattr(err, attribute, str(out / Path(name).relative_to(staging)))
+    note_failed_action(err, CANNOT_WRITE, out)
+
+
 def convert_dataset(root: str | Path, out: str | Path, source: str, target: str,
                     class_names: Sequence[str] | None = None, overwrite: bool = False,
                     progress: bool = True) -> Collection:
@@ -369,9 +380,13 @@ def convert_dataset(root: str | Path, out: str | Path, source: str, target: str,
         source, target: "voc", "coco" or "yolo".
         class_names: class list for sources that do not carry one (VOC; YOLO without
             data.yaml); where the source has its own, it must agree.
-        progress: a tqdm bar over the images written.
+        progress: a progress bar over the images written (`ssd.progress`).
 
     Returns the Collection that was written (class names, items per split).
+
+    Raises:
+        OSError: the output cannot be written (read-only folder, disk full, ...), naming the
+            path below `out`; nothing is left behind and an existing `out` stays as it was.
     """
     for role, name in (("source", source), ("target", target)):
         if name not in FORMATS:
@@ -387,20 +402,22 @@ def convert_dataset(root: str | Path, out: str | Path, source: str, target: str,
         raise ValueError(f"No objects (so no class names) in {root}; give the class names")
     staging = out.parent / f".{out.name}.converting-{os.getpid()}"
     shutil.rmtree(staging, ignore_errors=True)
-    staging.mkdir(parents=True)
     try:
-        with tqdm(total=collection.num_images(), desc=f"{source} -> {target}", unit="image",
-                  disable=not progress) as bar:
+        staging.mkdir(parents=True)
+        with progress_bar(total=collection.num_images(), desc=f"{source} -> {target}",
+                          unit="image", enabled=progress) as bar:
             WRITERS[target](collection, staging, lambda: bar.update(1))
         snippet = config_snippet(target, out, collection)
         (staging / "README.txt").write_text(
-            f"Converted from the {source} data set at {root} by scripts/convert_dataset.py.\n"
+            f"Converted from the {source} data set at {root} by {command('ssd-convert')}.\n"
             f"Splits: {', '.join(f'{s} ({len(i)} images)' for s, i in collection.splits.items())}.\n"
             f"Class names in label order: {', '.join(collection.class_names)}.\n"
             f"Config to read it (set the train / test splits you want):\n\n{snippet}")
         replace_directory(staging, out)
-    except BaseException:
+    except BaseException as err:
         shutil.rmtree(staging, ignore_errors=True)
+        if isinstance(err, OSError):
+            _name_output_path(err, staging, out)
         raise
     logger.info("Wrote %d images (%s) as %s to %s; config in %s", collection.num_images(),
                 ", ".join(collection.splits), target, out, out / "README.txt")

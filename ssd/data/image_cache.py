@@ -17,9 +17,8 @@ from __future__ import annotations
 from concurrent.futures import ThreadPoolExecutor
 from typing import Callable, Sequence, TypeVar
 
-from tqdm import tqdm
-
-from ssd.config import ConfigError
+from ssd.errors import ConfigError
+from ssd.progress import progress_bar
 from ssd.system import usable_cores
 
 T = TypeVar("T")
@@ -56,8 +55,8 @@ def decode_all(read: Callable[[int], T], count: int, threads: int | None = None,
     with ThreadPoolExecutor(max_workers=max(1, threads or usable_cores())) as pool:
         decoded = pool.map(read, range(count))
         try:
-            return list(tqdm(decoded, total=count, desc="cache images", unit="img",
-                             disable=not progress, dynamic_ncols=True))
+            return list(progress_bar(decoded, total=count, desc="cache images", unit="img",
+                                     enabled=progress))
         except BaseException:
             pool.shutdown(wait=True, cancel_futures=True)
             raise

@@ -35,10 +35,10 @@ from xml.sax.saxutils import escape
 
 import cv2
 import numpy as np
-from tqdm import tqdm
 
 from ssd.data.common import DataError
 from ssd.fileio import replace_directory
+from ssd.progress import progress_bar
 from ssd.system import usable_cores
 
 SHAPES_CLASSES = ("circle", "square", "triangle", "star", "hexagon", "cross")
@@ -285,7 +285,7 @@ def _write_images(folder: Path, jobs: Sequence[tuple[str, int, str]], image_size
     workers = max(1, workers)
     chunk_size = max(1, min(CHUNK_SIZE, -(-len(jobs) // workers)))
     chunks = [jobs[i:i + chunk_size] for i in range(0, len(jobs), chunk_size)]
-    bar = tqdm(total=len(jobs), desc="shapes", unit="img", disable=not progress)
+    bar = progress_bar(total=len(jobs), desc="shapes", unit="img", enabled=progress)
     with contextlib.ExitStack() as stack:
         if workers > 1:
             pool = stack.enter_context(ProcessPoolExecutor(workers, mp_context=_pool_context()))

@@ -21,6 +21,7 @@ from typing import Callable, Sequence
 
 import numpy as np
 
+from ssd.commands import clone_doc
 from ssd.data.common import (
     DataError,
     DetectionDataset,
@@ -41,8 +42,11 @@ VOC_DOWNLOAD_HINT = (
     "PASCAL VOC cannot be downloaded by this project: get VOCtrainval_06-Nov-2007.tar, "
     "VOCtest_06-Nov-2007.tar and VOCtrainval_11-May-2012.tar (host.robots.ox.ac.uk/pascal/VOC) "
     "and extract them under data/ so that data/VOCdevkit/VOC2007 and data/VOCdevkit/VOC2012 "
-    "exist; see data/README.md"
+    "exist"
 )
+VOC_LAYOUT_HINT = ("a VOC data set is <data.root>/VOC<year>/ with Annotations/, JPEGImages/ "
+                   "and ImageSets/Main/<split>.txt, or data.root itself holding Annotations/ + "
+                   "JPEGImages/ or images beside their XML files")
 
 
 @dataclass
@@ -176,7 +180,8 @@ def devkit_split(root: str | Path, year: str, split: str) -> VOCSplit:
     year_dir = Path(root) / f"VOC{year}"
     split_file = year_dir / "ImageSets" / "Main" / f"{split}.txt"
     if not split_file.is_file():
-        hint = VOC_DOWNLOAD_HINT if year in ("2007", "2012") else "see data/README.md"
+        hint = VOC_DOWNLOAD_HINT if year in ("2007", "2012") else VOC_LAYOUT_HINT
+        hint += clone_doc("data/README.md")
         found = "" if year_dir.is_dir() else f" ({year_dir} does not exist)"
         raise FileNotFoundError(f"VOC split file not found: {split_file}{found}. {hint}")
     return VOCSplit(f"VOC{year}/{split}", year_dir / "Annotations", year_dir / "JPEGImages",

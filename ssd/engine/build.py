@@ -1,13 +1,16 @@
 """A config's training run: its data, model, loss, optimizer, schedule and hooks, assembled
 into a `Trainer` (what `Trainer.from_config` returns). The only place of the engine that reads
-the training config."""
+the training config.
+
+The Trainer class comes in as an argument (`Trainer.from_config` passes its own class), so
+this module does not import ssd.engine.trainer, which imports it."""
 
 from __future__ import annotations
 
 import logging
 import time
 from pathlib import Path
-from typing import Sequence
+from typing import Sequence, TypeVar
 
 import torch
 from torch import nn
@@ -23,25 +26,30 @@ from ssd.engine.metrics_log import MetricsLog
 from ssd.engine.output_dir import OutputFolder
 from ssd.engine.rng import seed_everything
 from ssd.engine.solver import build_optimizer, build_scheduler
-from ssd.engine.trainer import Trainer
 from ssd.loss import build_loss
 from ssd.modeling import build_model
-from ssd.modeling.registry import describe_derived_priors, resolve_priors
+from ssd.modeling.derived import resolve_priors
+from ssd.modeling.registry import describe_derived_priors
 from ssd.postprocess import build_postprocessor
 from ssd.precision import batch_image_dtype, precision_label, training_precision
 from ssd.weights import load_pretrained_backbone, load_training_weights
 
 logger = logging.getLogger(__name__)
 
+T = TypeVar("T")  # the Trainer class built
 
-def build_trainer(cfg, output_dir: str | Path | None = None, device: str | None = None,
-                  dist_info: DistInfo | None = None, resume: str | Path | None = None,
-                  init_weights: str | Path | None = None, progress: bool = True,
-                  overwrite: bool = False, hooks: Sequence[training_hooks.HookBase] = ()) -> Trainer:
-    """The config's training run, with `hooks` after its own (see ssd.engine.hooks).
 
-    The output folder is locked first (rank 0), so that a second run into it is refused before
-    any heavy work; it stays locked until the Trainer's `train()` ends.
+def build_trainer(trainer_class: type[T], cfg, output_dir: str | Path | None = None,
+                  device: str | None = None, dist_info: DistInfo | None = None,
+                  resume: str | Path | None = None, init_weights: str | Path | None = None,
+                  progress: bool = True, overwrite: bool = False,
+                  hooks: Sequence[training_hooks.HookBase] = ()) -> T:
+    """The config's training run as a `trainer_class` (ssd.engine.trainer.Trainer or a
+    subclass), with `hooks` after its own (see ssd.engine.hooks).
+
+    The output folder is locked first and checked writable (rank 0), so that a second run into
+    it, or a folder it cannot write in, is refused before any heavy work; it stays locked until
+    the Trainer's `train()` ends.
 
     Args:
         output_dir: default cfg.train.output_dir.
@@ -56,18 +64,21 @@ def build_trainer(cfg, output_dir: str | Path | None = None, device: str | None 
         FolderInUseError: another live run holds the output folder (names it and its pid,
             host and start time).
         OutputFolderError: the folder holds another run (and neither resume nor overwrite).
+        OSError: the folder cannot be created or written in (named, see ssd.fileio).
     """
     dist = dist_info or DistInfo()
     folder = OutputFolder.claim(output_dir or cfg.train.output_dir, resume, overwrite, dist.is_main)
     try:
-        return _assemble(cfg, folder, device, dist, resume, init_weights, progress, overwrite, hooks)
+        return _assemble(trainer_class, cfg, folder, device, dist, resume, init_weights, progress,
+                         overwrite, hooks)
     except BaseException:
         folder.release()
         raise
 
 
-def _assemble(cfg, folder: OutputFolder, device: str | None, dist: DistInfo, resume, init_weights,
-              progress: bool, overwrite: bool, user_hooks: Sequence[training_hooks.HookBase]) -> Trainer:
+def _assemble(trainer_class: type[T], cfg, folder: OutputFolder, device: str | None,
+              dist: DistInfo, resume, init_weights, progress: bool, overwrite: bool,
+              user_hooks: Sequence[training_hooks.HookBase]) -> T:
     """`build_trainer` once the output folder is locked."""
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     if device.type == "cuda" and dist.enabled:
@@ -109,11 +120,12 @@ def _assemble(cfg, folder: OutputFolder, device: str | None, dist: DistInfo, res
     summary = describe_run(cfg, model, device, dist, precision, len(train_set))
     hooks = [*default_hooks(cfg, log, summary, train_set, test_set), *user_hooks,
              training_hooks.StopOnSignal()]
-    trainer = Trainer(model, build_loss(cfg), optimizer, scheduler, batches, hooks,
-                      max_iter=solver.max_iter, device=device, precision=precision,
-                      channels_last=cfg.train.channels_last, clip_grad_norm=solver.clip_grad_norm,
-                      compile=cfg.train.compile, dist_info=dist, output=folder, resume=resume,
-                      config=cfg.to_dict(), train_set=train_set, progress=progress)
+    trainer = trainer_class(model, build_loss(cfg), optimizer, scheduler, batches, hooks,
+                            max_iter=solver.max_iter, device=device, precision=precision,
+                            channels_last=cfg.train.channels_last,
+                            clip_grad_norm=solver.clip_grad_norm, compile=cfg.train.compile,
+                            dist_info=dist, output=folder, resume=resume, config=cfg.to_dict(),
+                            train_set=train_set, progress=progress)
     if resume is not None:
         log.truncate_after(trainer.iteration)  # a resumed run rewrites the later records
     return trainer
@@ -121,13 +133,16 @@ def _assemble(cfg, folder: OutputFolder, device: str | None, dist: DistInfo, res
 
 def default_hooks(cfg, log: MetricsLog, summary: str, train_set,
                   test_set=None) -> list[training_hooks.HookBase]:
-    """The config's hooks, in the order they run: the lr schedule, the loss checks, the metrics
-    log (train.log_period), checkpoints (train.checkpoint_period, train.keep_checkpoints),
-    evaluation on `test_set` (train.eval_period; none without a test set), the DDP weight check
-    and the metrics plot."""
+    """The config's hooks, in the order they run: the lr schedule, the first batch's picture
+    (train_batch0.jpg), the loss checks, the metrics log (train.log_period), checkpoints
+    (train.checkpoint_period, train.keep_checkpoints), evaluation on `test_set`
+    (train.eval_period; none without a test set; writes eval/), the DDP weight check and the
+    metrics plot."""
     train = cfg.train
     hooks = [
         training_hooks.LRSchedule(),
+        training_hooks.FirstBatchPicture(
+            getattr(train_set, "class_names", None) or cfg.data.class_names or [], cfg.data.mean),
         training_hooks.LossCheck([train.log_period, train.checkpoint_period, train.eval_period],
                                  image_ids=train_set.image_ids),
         training_hooks.MetricsLogger(train.log_period, log, summary),

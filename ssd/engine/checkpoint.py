@@ -20,6 +20,7 @@ from typing import Any, Callable
 import torch
 from torch import nn
 
+from ssd.batch_pictures import FIRST_BATCH_NAME
 from ssd.fileio import UnsafeFileError, safe_torch_load
 
 logger = logging.getLogger(__name__)
@@ -28,7 +29,8 @@ CHECKPOINT_PATTERN = re.compile(r"^model_(\d+)\.pth$")
 BEST_NAME = "best.pth"
 METRICS_NAME = "metrics.jsonl"
 # What a run leaves besides its checkpoints and metrics.jsonl (removed with them on overwrite).
-RUN_EXTRAS = ("metrics.png", "tensorboard")
+EVAL_DIR = "eval"  # the latest evaluation's results.json and pictures
+RUN_EXTRAS = ("metrics.png", "tensorboard", EVAL_DIR, FIRST_BATCH_NAME)
 # Keys named in a one-line architecture mismatch message.
 MAX_KEYS_NAMED = 2
 
@@ -77,7 +79,8 @@ def run_files(output_dir: str | Path) -> list[Path]:
 
 
 def remove_run_files(output_dir: str | Path) -> list[Path]:
-    """Delete a run's checkpoints, best.pth, metrics.jsonl, metrics.png and tensorboard folder.
+    """Delete a run's checkpoints, best.pth, metrics.jsonl, and its RUN_EXTRAS (metrics.png, the
+    tensorboard and eval folders, train_batch0.jpg).
     Returns what was removed."""
     folder = Path(output_dir)
     removed = run_files(folder)

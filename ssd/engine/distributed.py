@@ -8,7 +8,7 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
-from ssd.config import ConfigError
+from ssd.errors import ConfigError
 
 
 @dataclass(frozen=True)

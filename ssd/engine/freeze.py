@@ -19,7 +19,7 @@ from typing import Sequence
 
 from torch import nn
 
-from ssd.config import ConfigError
+from ssd.errors import ConfigError
 
 logger = logging.getLogger(__name__)
 

@@ -12,23 +12,24 @@ this one, after_step sees this one counted. In after_train, `trainer.error` is t
 that ended training (None when it reached max_iter or a hook called `trainer.request_stop`);
 an exception raised by a hook's after_train becomes `trainer.error` for the hooks after it.
 
-The hooks of `Trainer.from_config`, in order: LRSchedule, LossCheck, MetricsLogger,
-PeriodicCheckpointer, Evaluator, RanksAgree (several processes), MetricsPlot, the user's
-hooks, StopOnSignal.
+The hooks of `Trainer.from_config`, in order: LRSchedule, FirstBatchPicture, LossCheck,
+MetricsLogger, PeriodicCheckpointer, Evaluator, RanksAgree (several processes), MetricsPlot,
+the user's hooks, StopOnSignal.
 """
 
 from __future__ import annotations
 
+import datetime
 import logging
 import signal
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Sequence
+from typing import Any, Sequence
 
 import numpy as np
 import torch
-from tqdm import tqdm
 
+from ssd.batch_pictures import FIRST_BATCH_NAME, save_batch_picture
 from ssd.data import DataError
 from ssd.engine import checkpoint as ckpt
 from ssd.engine.distributed import barrier, ranks_agree
@@ -36,10 +37,9 @@ from ssd.engine.inference import evaluate_model
 from ssd.engine.metrics_log import MetricsLog, plot_metrics
 from ssd.engine.solver import advance_schedule, set_schedule_iteration
 from ssd.evaluation import coco_numbers
+from ssd.evaluation.report import results_dictionary, write_evaluation_report
 from ssd.postprocess import PostProcessor
-
-if TYPE_CHECKING:
-    from ssd.engine.trainer import Trainer
+from ssd.progress import progress_bar, shows_bar, write_line
 
 logger = logging.getLogger(__name__)
 
@@ -68,10 +68,11 @@ class HookBase:
     """Base of the training hooks; every method does nothing by default.
 
     Attributes:
-        trainer: the Trainer running the hook (set when the Trainer is built).
+        trainer: the ssd.engine.trainer.Trainer running the hook (set when the Trainer is
+            built; not imported here, as the trainer imports this module).
     """
 
-    trainer: Trainer
+    trainer: Any
 
     def before_train(self) -> None:
         """Called once before the first iteration."""
@@ -121,6 +122,26 @@ class LRSchedule(HookBase):
             set_schedule_iteration(trainer.scheduler, trainer.iteration)
         else:
             advance_schedule(trainer.scheduler, trainer.iteration, optimizer_stepped=True)
+
+
+class FirstBatchPicture(HookBase):
+    """Draws the run's first augmented batch, as the model sees it, into
+    <output>/train_batch0.jpg after the first iteration (rank 0; not when resuming).
+
+    Args:
+        class_names: the names of labels 1.. (the training set's).
+        mean: data.mean (BGR), added back to the images (see ssd.batch_pictures).
+    """
+
+    def __init__(self, class_names: Sequence[str], mean: Sequence[float]):
+        self.class_names, self.mean = list(class_names), mean
+
+    def after_step(self) -> None:
+        trainer = self.trainer
+        if trainer.iteration == 1 and trainer.dist.is_main and trainer.output_dir is not None:
+            images, targets, _ = trainer.batch
+            save_batch_picture(images, targets, self.class_names, self.mean,
+                               trainer.output_dir / FIRST_BATCH_NAME)
 
 
 class LossSpikeMonitor:
@@ -217,7 +238,9 @@ class LossCheck(HookBase):
 class MetricsLogger(PeriodicHook):
     """Every `period` iterations: the losses, the lr, and the images/s of the iterations since
     the previous record, split into the time spent waiting for data and the rest (the steps);
-    to metrics.jsonl and the progress bar. Also logs `summary` when training starts.
+    to metrics.jsonl and the progress bar, or, without a bar on a terminal (--no-progress,
+    stderr redirected), as one log line with the ETA (rank 0). Also logs `summary` when
+    training starts.
 
     The time the hooks spend (checkpoints, evaluation, ...) is not counted as the loop's.
     """
@@ -233,8 +256,11 @@ class MetricsLogger(PeriodicHook):
         if trainer.dist.is_main and self.summary:
             logger.info("%s, iterations %d -> %d, output %s", self.summary, trainer.iteration,
                         trainer.max_iter, trainer.output_dir)
-        self.bar = tqdm(total=trainer.max_iter, initial=trainer.iteration, desc="train", unit="it",
-                        disable=not trainer.progress, dynamic_ncols=True)
+        self.bar = progress_bar(total=trainer.max_iter, initial=trainer.iteration, desc="train",
+                                unit="it", enabled=trainer.progress, plain_lines=False)
+        self.log_lines = trainer.dist.is_main and not shows_bar(trainer.progress)
+        # The ETA of the log lines: when and from which iteration this train() started.
+        self._started, self._start_iteration = time.perf_counter(), trainer.iteration
         self._restart_window()
 
     def before_step(self) -> None:
@@ -261,12 +287,28 @@ class MetricsLogger(PeriodicHook):
                   "data_wait_s": round(self._data_wait, SECONDS_DIGITS),
                   "step_s": round(elapsed - self._data_wait, SECONDS_DIGITS),
                   "data_wait_fraction": round(self._data_wait / elapsed, SECONDS_DIGITS)}
-        self.bar.set_postfix(loss_loc=f"{record['loss_loc']:.3f}", loss_conf=f"{record['loss_conf']:.3f}",
-                             lr=f"{record['lr']:.2e}", img_s=f"{record['images_per_second']:.1f}",
-                             data_wait=f"{100 * record['data_wait_fraction']:.0f}%")
+        if self.log_lines:
+            logger.info(self.log_line(record))
+        else:
+            self.bar.set_postfix(loss_loc=f"{record['loss_loc']:.3f}",
+                                 loss_conf=f"{record['loss_conf']:.3f}", lr=f"{record['lr']:.2e}",
+                                 img_s=f"{record['images_per_second']:.1f}",
+                                 data_wait=f"{100 * record['data_wait_fraction']:.0f}%")
         self.log.write(record)
         trainer.result.update(record)
         self._restart_window()
+
+    def log_line(self, record: dict[str, Any]) -> str:
+        """One plain log line: iteration, losses, lr, images/s, data wait and ETA."""
+        trainer = self.trainer
+        done = trainer.iteration - self._start_iteration
+        elapsed = time.perf_counter() - self._started
+        remaining = (trainer.max_iter - trainer.iteration) * elapsed / done if done > 0 else 0.0
+        eta = datetime.timedelta(seconds=round(max(remaining, 0.0)))
+        return (f"iteration {trainer.iteration}/{trainer.max_iter}  loss {record['loss']:.4f} "
+                f"(loc {record['loss_loc']:.4f}, conf {record['loss_conf']:.4f})  "
+                f"lr {record['lr']:.2e}  {record['images_per_second']:.1f} images/s "
+                f"(data wait {100 * record['data_wait_fraction']:.0f}%)  ETA {eta}")
 
     def _restart_window(self) -> None:
         self._start, self._hook_seconds_at_start = time.perf_counter(), self.trainer.hook_seconds_now()
@@ -310,8 +352,10 @@ class PeriodicCheckpointer(PeriodicHook):
 
 class Evaluator(PeriodicHook):
     """Every `period` iterations (and at the end): the model scored on `dataset` by
-    `ssd.engine.inference.evaluate_model`, as ssd-eval scores it; rank 0 only. Logs the mAP and
-    keeps best.pth.
+    `ssd.engine.inference.evaluate_model`, as ssd-eval scores it; rank 0 only. Logs the mAP,
+    keeps best.pth, writes results.json and the pictures into <output>/eval/ (replaced by each
+    evaluation), and keeps the best-F1 score threshold in `trainer.score_threshold` (stored in
+    the checkpoints).
 
     Args:
         dataset: the test split; loader: its evaluation loader (`make_eval_loader`).
@@ -339,7 +383,12 @@ class Evaluator(PeriodicHook):
         if "coco" in result:  # AP, AP50, AP75, APs, APm, APl and the ARs
             record["coco"] = coco_numbers(result["coco"])
         self.log.write(record)
-        tqdm.write(f"[iteration {trainer.iteration}] {self.metric} mAP = {result['mAP']:.4f}")
+        write_line(f"[iteration {trainer.iteration}] {self.metric} mAP = {result['mAP']:.4f}")
+        trainer.score_threshold = result["analysis"]["best_f1"]["threshold"]
+        if trainer.output_dir is not None:
+            write_evaluation_report(trainer.output_dir / ckpt.EVAL_DIR, result,
+                                    results_dictionary(result, metric=self.metric,
+                                                       iteration=trainer.iteration))
         if result["mAP"] > trainer.best_map:
             trainer.best_map = result["mAP"]
             trainer.save_checkpoint(ckpt.BEST_NAME)
@@ -393,7 +442,7 @@ class StopOnSignal(HookBase):
             if self._received:  # second signal: stop now
                 raise KeyboardInterrupt(f"{name} again: stopped without saving")
             self._received = name
-            tqdm.write(f"{name}: finishing this iteration and writing a checkpoint "
+            write_line(f"{name}: finishing this iteration and writing a checkpoint "
                        "(press Ctrl-C again to abort without saving)")
 
         for stop_signal in STOP_SIGNALS:

@@ -26,12 +26,12 @@ import numpy as np
 import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
-from tqdm import tqdm
 
 from ssd.data.loader import LoadFailure, TransformedDataset, data_loader
 from ssd.evaluation.dataset_eval import check_has_images, evaluate_detections, match_classes
 from ssd.postprocess import PostProcessor
 from ssd.precision import autocast_context, uses_channels_last
+from ssd.progress import progress_bar
 
 
 class SkippedImage(NamedTuple):
@@ -142,8 +142,7 @@ def predict_batches(
     channels_last = uses_channels_last(precision)
     detections: dict[int, dict[str, np.ndarray]] = {}
     skipped: list[SkippedImage] = []
-    for batch in tqdm(loader, desc="inference", unit="batch", disable=not progress,
-                      dynamic_ncols=True):
+    for batch in progress_bar(loader, desc="inference", unit="batch", enabled=progress):
         if isinstance(batch, LoadFailure):
             raise batch.error()
         images, indices, batch_skipped = _as_eval_batch(batch)

@@ -14,7 +14,7 @@ from pathlib import Path
 
 from ssd.engine import checkpoint as ckpt
 from ssd.engine.run_lock import RunLock
-from ssd.fileio import remove_stale_temporaries
+from ssd.fileio import check_writable_folder, remove_stale_temporaries
 
 logger = logging.getLogger(__name__)
 
@@ -48,11 +48,15 @@ class OutputFolder:
             FolderInUseError: another live run holds the folder (names it and its pid, host and
                 start time).
             OutputFolderError: see `refuse_another_run`.
+            OSError: the folder cannot be created or written in; one line names it and what
+                failed ("cannot create folder", "cannot write in folder": ssd.fileio).
         """
         folder = cls(path, is_main)
         folder.hold()
         try:
             refuse_another_run(folder.path, resume, overwrite)
+            if is_main:  # only rank 0 writes there
+                check_writable_folder(folder.path)
         except BaseException:
             folder.release()
             raise
@@ -63,6 +67,7 @@ class OutputFolder:
 
         Raises:
             FolderInUseError: another live run holds it.
+            OSError: the folder cannot be created or written in (named, see RunLock.acquire).
         """
         if self.is_main and (self._lock is None or not self._lock.held):
             self._lock = RunLock.acquire(self.path)

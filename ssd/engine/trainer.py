@@ -137,7 +137,9 @@ class Trainer:
         self.progress = progress and self.dist.is_main
         self.iteration = 0
         self.best_map = -1.0
+        self.score_threshold: float | None = None  # best-F1 score threshold of the last evaluation
         self.losses: dict[str, torch.Tensor] | None = None  # of the latest iteration
+        self.batch: Batch | None = None  # the latest iteration's batch
         self.batch_indices: torch.Tensor | None = None  # [B] data set indices of its batch
         self.batch_images = 0  # images of its batch (all processes)
         self.data_wait_s = 0.0  # seconds it waited for its batch
@@ -162,9 +164,9 @@ class Trainer:
                     overwrite: bool = False, hooks: Sequence[HookBase] = ()) -> Trainer:
         """The config's training run: its data, model, loss, optimizer, schedule and hooks,
         with `hooks` added (see `ssd.engine.build.build_trainer` for the arguments)."""
-        from ssd.engine.build import build_trainer  # it builds a Trainer
+        from ssd.engine.build import build_trainer  # the config-reading parts, imported on use
 
-        return build_trainer(cfg, output_dir=output_dir, device=device, dist_info=dist_info,
+        return build_trainer(cls, cfg, output_dir=output_dir, device=device, dist_info=dist_info,
                              resume=resume, init_weights=init_weights, progress=progress,
                              overwrite=overwrite, hooks=hooks)
 
@@ -211,6 +213,7 @@ class Trainer:
         waited_from = time.perf_counter()
         images, targets, indices = next(self._batches)
         self.data_wait_s = time.perf_counter() - waited_from
+        self.batch = images, targets, indices
         self.losses = self.train_step(images, targets)
         self.batch_indices, self.batch_images = indices, images.shape[0] * self.dist.world_size
         self.iteration += 1
@@ -290,6 +293,7 @@ class Trainer:
             set_rng_state(state.get("rng"))
             self.iteration = int(state["iteration"])
             self.best_map = float(state.get("best_map", -1.0))
+            self.score_threshold = state.get("score_threshold")
         except (KeyError, ValueError, TypeError, RuntimeError) as err:
             raise ckpt.CheckpointError(
                 f"cannot resume from {path}: its training state does not fit this run "
@@ -310,6 +314,7 @@ class Trainer:
             "scaler": self.scaler.state_dict() if self.scaler.is_enabled() else None,
             "rng": get_rng_state(),
             "best_map": self.best_map,
+            "score_threshold": self.score_threshold,
         }
 
     def save_checkpoint(self, name: str | None = None) -> Path | None:

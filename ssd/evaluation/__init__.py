@@ -21,7 +21,7 @@ from ssd.evaluation.dataset_eval import (
     evaluate_detections,
     ground_truth_pixels,
 )
-from ssd.evaluation.plots import plot_pr_curves
+from ssd.evaluation.plots import plot_confusion_matrix, plot_pr_curves, plot_threshold_curves
 from ssd.evaluation.voc import inclusive_iou, voc_ap, voc_evaluate
 from ssd.evaluation.voc_results import load_voc_results, write_voc_results
 
@@ -37,7 +37,9 @@ __all__ = [
     "ground_truth_to_coco",
     "inclusive_iou",
     "load_voc_results",
+    "plot_confusion_matrix",
     "plot_pr_curves",
+    "plot_threshold_curves",
     "to_coco_results",
     "voc_ap",
     "voc_evaluate",

@@ -23,6 +23,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from ssd.evaluation.analysis import analyse_detections
 from ssd.evaluation.coco import category_ids, coco_evaluate, ground_truth_to_coco
 from ssd.evaluation.voc import voc_evaluate
 
@@ -250,7 +251,10 @@ def evaluate_detections(dataset, detections: dict[int, dict[str, np.ndarray]],
         countable ground truth; "mAP" NaN when no class has any). COCO (any data set format):
         {"mAP": AP@[.5:.95], "coco": the 12 stats of ``COCO_STAT_NAMES`` (AP, AP50, AP75, APs,
         APm, APl, then AR; -1 where COCO has nothing to score) and "per_class", "ap": per-class
-        AP}. Both with "detections": `detections` in data set labels.
+        AP}. Both with "detections": `detections` in data set labels, and "analysis": the
+        ``ssd.evaluation.analysis.analyse_detections`` result (threshold sweep, best-F1
+        threshold, confusion matrix, worst images; with the COCO metric its true positives
+        are those of the VOC metric at IoU 0.5).
     """
     if metric not in METRICS:
         raise ValueError(f"metric must be one of {', '.join(METRICS)}, got {metric!r}")
@@ -259,13 +263,16 @@ def evaluate_detections(dataset, detections: dict[int, dict[str, np.ndarray]],
     if match is not None and match.note is not None:
         logger.info("Evaluation: %s", match.note)
         detections = translate_labels(detections, match.model_to_dataset)
+    pixel_dets = detections_to_pixels(dataset, detections)
+    gt = ground_truth_pixels(dataset, list(detections))
     if metric == "coco":
         stats = _coco_metric(dataset, detections)
         mean = stats["AP"] if stats["AP"] >= 0 else float("nan")  # -1: nothing to score
+        at_half = voc_evaluate(gt, pixel_dets, dataset_classes, iou_threshold=VOC_IOU_THRESHOLD,
+                               use_07_metric=False)  # the analysis's true and false positives
         return {"mAP": mean, "coco": stats, "ap": dict(stats["per_class"]), "excluded": [],
-                "detections": detections}
-    pixel_dets = detections_to_pixels(dataset, detections)
-    gt = ground_truth_pixels(dataset, list(detections))
+                "detections": detections,
+                "analysis": analyse_detections(gt, pixel_dets, dataset_classes, at_half)}
     scored = match.scored if match is not None else dataset_classes
     if scored != dataset_classes:  # relabel truth and detections to the scored classes
         to_scored = np.array([scored.index(name) if name in scored else -1
@@ -273,4 +280,5 @@ def evaluate_detections(dataset, detections: dict[int, dict[str, np.ndarray]],
         gt, pixel_dets = _only_classes(gt, to_scored), _only_classes(pixel_dets, to_scored)
     result = voc_evaluate(gt, pixel_dets, scored, iou_threshold=VOC_IOU_THRESHOLD,
                           use_07_metric=(metric == "voc07"))
-    return {**result, "detections": detections}
+    return {**result, "detections": detections,
+            "analysis": analyse_detections(gt, pixel_dets, scored, result)}

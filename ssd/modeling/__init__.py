@@ -1,7 +1,8 @@
 """Model construction: the backbone registry (`BACKBONES`) and `build_model(cfg)`."""
 
+from ssd.modeling.derived import resolve_priors
 from ssd.modeling.mobilenet import SSDLiteMobileNetV3
-from ssd.modeling.registry import BACKBONES, build_model, resolve_priors
+from ssd.modeling.registry import BACKBONES, build_model
 from ssd.modeling.resnet import ResNet50SSD
 from ssd.modeling.ssd import SSD
 from ssd.modeling.ssd7 import SSD7

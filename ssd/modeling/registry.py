@@ -3,14 +3,12 @@
     BACKBONES["mynet"] = MyNetSSD        # MyNetSSD.from_config(cfg.model) -> SSD
     model = build_model(cfg)             # with model.backbone: mynet
 
-Config validation reads the valid names of model.backbone from here.
+Config validation reads the valid names of model.backbone from here, so this module never
+imports ssd.config (`resolve_priors`, which derives a config, is in ssd.modeling.derived).
 """
 
 from __future__ import annotations
 
-import torch
-
-from ssd.config import Config, load_config_from_dict
 from ssd.modeling.mobilenet import SSDLiteMobileNetV3
 from ssd.modeling.resnet import ResNet50SSD
 from ssd.modeling.ssd import SSD
@@ -37,27 +35,6 @@ def build_model(cfg) -> SSD:
             f"No backbone named '{name}' (model.backbone); known: {', '.join(sorted(BACKBONES))}"
         )
     return BACKBONES[name].from_config(cfg.model)
-
-
-def resolve_priors(cfg: Config, model: SSD | None = None) -> Config:
-    """`cfg` with every model.priors key set to the value the model uses, so that it builds the
-    same priors on its own (a checkpoint's config, a script that reads the settings).
-
-    Args:
-        cfg: a config whose model.priors keys may be null (derived from the backbone).
-        model: the model built from `cfg`; None builds it on the meta device (no weights and
-            no arithmetic: only the feature map sizes are worked out).
-
-    Returns `cfg` itself when no key is null.
-    """
-    if all(value is not None for value in cfg.model.priors.to_dict().values()):
-        return cfg
-    if model is None:
-        with torch.device("meta"):
-            model = build_model(cfg)
-    data = cfg.to_dict()
-    data["model"]["priors"] = dict(model.prior_settings)
-    return load_config_from_dict(data, source="the config with its derived model.priors")
 
 
 def describe_derived_priors(model: SSD) -> str:

@@ -1,0 +1,9 @@
+"""ssd-data from a clone, without installing: python scripts/data.py check --help (ssd/cli/data.py)."""
+
+import _common  # noqa: F401, I001  (puts the clone's ssd package on the import path)
+
+from ssd.cli.common import run_cli
+from ssd.cli.data import main
+
+if __name__ == "__main__":
+    run_cli(main)
