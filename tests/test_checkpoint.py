@@ -111,7 +111,7 @@ def test_resume_auto_skips_a_damaged_newest_checkpoint(data_root, finished_run, 
     good = ckpt.checkpoint_path(folder, 3).read_bytes()
     damaged = ckpt.checkpoint_path(folder, 6)
     damaged.write_bytes(good[: len(good) // 3])  # killed while copying, say
-    with caplog.at_level(logging.WARNING, logger="ssd.engine.trainer"):
+    with caplog.at_level(logging.WARNING, logger="ssd.engine.checkpoint"):
         trainer = Trainer.from_config(tiny_cfg(data_root), output_dir=folder, device="cpu",
                                       resume="auto", progress=False)
     assert trainer.iteration == 3 and trainer.resumed_from == ckpt.checkpoint_path(folder, 3)
@@ -142,7 +142,7 @@ def test_overwrite_deletes_the_old_run_first_and_says_so(data_root, finished_run
     folder = copy_run(finished_run, tmp_path)
     old_only = ckpt.checkpoint_path(folder, 99)
     shutil.copy(ckpt.checkpoint_path(folder, 3), old_only)
-    with caplog.at_level(logging.INFO, logger="ssd.engine.trainer"):
+    with caplog.at_level(logging.INFO, logger="ssd.engine.output_dir"):
         trainer = Trainer.from_config(tiny_cfg(data_root, **{"solver.max_iter": 1}), output_dir=folder,
                                       device="cpu", overwrite=True, progress=False)
     assert "deleted the previous run" in caplog.text and old_only.name in caplog.text
@@ -157,7 +157,7 @@ def test_stale_temporaries_are_removed_on_start(data_root, finished_run, tmp_pat
     stale.write_bytes(b"half a checkpoint")
     unrelated = folder / "notes.tmp"
     unrelated.write_text("not ours")
-    with caplog.at_level(logging.INFO, logger="ssd.engine.trainer"):
+    with caplog.at_level(logging.INFO, logger="ssd.engine.output_dir"):
         Trainer.from_config(tiny_cfg(data_root), output_dir=folder, device="cpu", resume="auto",
                             progress=False)
     assert not stale.exists() and unrelated.exists()

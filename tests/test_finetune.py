@@ -105,7 +105,7 @@ def test_fine_tune_21_classes_to_a_subset(voc21, tmp_path, caplog, file_name):
     assert "new classes (initialised): none" in caplog.text
     assert f"loaded {len(state) - 2 * len(anchors)} tensors unchanged" in caplog.text
     trainer.train()
-    assert trainer.iteration == 2 and torch.isfinite(trainer._losses["loss"])
+    assert trainer.iteration == 2 and torch.isfinite(trainer.losses["loss"])
 
 
 def test_train_script_fine_tunes_with_one_command(voc21, tmp_path, caplog):

@@ -122,7 +122,7 @@ def test_feature_map_mismatch_prints_the_priors_that_fit():
 
 
 def test_checkpoint_of_derived_priors_rebuilds_them(tmp_path, caplog):
-    caplog.set_level(logging.INFO, logger="ssd.engine.trainer")
+    caplog.set_level(logging.INFO, logger="ssd.engine.build")
     cfg = tiny_cfg(tmp_path / "shapes", **{"model.priors": None, "model.image_size": 100,
                                            "solver.max_iter": 1, "train.checkpoint_period": 1})
     trainer = Trainer.from_config(cfg, output_dir=tmp_path / "run", device="cpu", progress=False)

@@ -50,7 +50,7 @@ def test_without_a_terminal_a_plain_line_every_tenth(capsys):
 
 
 def test_no_progress_training_logs_every_log_period(data_root, tmp_path, caplog):
-    with caplog.at_level("INFO", logger="ssd.engine.trainer"):
+    with caplog.at_level("INFO", logger="ssd.engine.hooks"):
         assert train_main()(train_argv(data_root, tmp_path / "run")) == 0
     logged = [LOG_LINE.fullmatch(record.message) for record in caplog.records]
     assert [int(found.group(1)) for found in logged if found] == list(

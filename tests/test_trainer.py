@@ -311,6 +311,7 @@ def test_non_finite_loss_inside_a_log_window_names_its_own_iteration_and_batch(d
 def test_the_loop_reads_the_device_only_at_log_iterations(data_root, tmp_path, monkeypatch, device):
     """Host reads of tensors (item, tolist, bool) from the trainer happen only when a periodic
     action is due, never per step: on CUDA each one would wait for the device."""
+    import ssd.engine.hooks as hooks_module
     import ssd.engine.trainer as trainer_module
 
     cfg = tiny_cfg(data_root, **{"train.log_period": 3, "train.checkpoint_period": 6})
@@ -322,7 +323,7 @@ def test_the_loop_reads_the_device_only_at_log_iterations(data_root, tmp_path, m
 
         def read(self, *args, **kwargs):
             caller = sys._getframe(1).f_globals.get("__name__")
-            if caller == trainer_module.__name__:
+            if caller in (trainer_module.__name__, hooks_module.__name__):
                 reads.append(trainer.iteration)
             return original(self, *args, **kwargs)
         return read

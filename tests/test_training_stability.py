@@ -9,9 +9,10 @@ import torch
 from trainer_helpers import tiny_cfg
 
 from ssd.config import ConfigError, load_config
+from ssd.engine.hooks import LossSpikeMonitor
 from ssd.engine.metrics_log import read_metrics
 from ssd.engine.solver import lr_factor
-from ssd.engine.trainer import LossSpikeMonitor, Trainer, train_step
+from ssd.engine.trainer import Trainer, train_step
 from ssd.modeling.vgg import L2Norm
 
 # Unit roundoff of each dtype (half the spacing of numbers near 1): float16 keeps 11 significant
@@ -87,7 +88,7 @@ def test_clip_grad_norm_config_key():
 
 def test_loss_spike_is_logged_with_its_iteration(caplog):
     monitor = LossSpikeMonitor(factor=3.0, decay=0.9, warmup=5)
-    with caplog.at_level(logging.WARNING, logger="ssd.engine.trainer"):
+    with caplog.at_level(logging.WARNING, logger="ssd.engine.hooks"):
         early = [monitor.update(it, loss) for it, loss in enumerate([1.0, 10.0, 1.0, 1.0, 1.0], 1)]
         steady = [monitor.update(it, 1.0) for it in range(6, 20)]
         spike = monitor.update(20, 4.0)

@@ -11,16 +11,19 @@ torch.save and read back without running pickled code (`ssd.fileio.safe_torch_lo
 
 from __future__ import annotations
 
+import logging
 import re
 import shutil
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import torch
 from torch import nn
 
 from ssd.batch_pictures import FIRST_BATCH_NAME
 from ssd.fileio import UnsafeFileError, safe_torch_load
+
+logger = logging.getLogger(__name__)
 
 CHECKPOINT_PATTERN = re.compile(r"^model_(\d+)\.pth$")
 BEST_NAME = "best.pth"
@@ -156,3 +159,32 @@ def describe_model_config(config: dict[str, Any] | None) -> str:
 
 def _one_line(text: str) -> str:
     return " ".join(text.split())
+
+
+def resume_newest_intact(output_dir: str | Path, resume_from: Callable[[Path], None],
+                         verbose: bool = True) -> Path | None:
+    """`--resume auto`: call `resume_from` on the checkpoints of `output_dir`, newest first, until
+    one loads; a damaged one (CheckpointError: truncated, unreadable, another model) is skipped
+    with a warning. Returns the path loaded, or None when the folder holds no checkpoint.
+
+    Raises:
+        CheckpointError: every checkpoint is damaged (names the newest one's problem).
+    """
+    errors = []
+    for _, path in reversed(list_checkpoints(output_dir)):
+        try:
+            resume_from(path)
+            return path
+        except CheckpointError as err:
+            errors.append(err)
+            if verbose:
+                logger.warning("--resume auto: skipping a damaged checkpoint: %s", err)
+    if errors:
+        raise CheckpointError(
+            f"--resume auto: none of the {len(errors)} checkpoint(s) in {output_dir} can be "
+            f"resumed from; the newest: {errors[0]}. Start a new run with --overwrite or in "
+            f"another folder"
+        )
+    if verbose:
+        logger.info("--resume auto: no checkpoint in %s, starting from scratch", output_dir)
+    return None

@@ -22,7 +22,13 @@ import socket
 import time
 from pathlib import Path
 
-from ssd.fileio import ORDINARY_FILE_MODE
+from ssd.fileio import (
+    CANNOT_CREATE_FOLDER,
+    CANNOT_WRITE,
+    CANNOT_WRITE_IN_FOLDER,
+    ORDINARY_FILE_MODE,
+    note_failed_action,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -63,12 +69,20 @@ class RunLock:
 
         Raises:
             FolderInUseError: another live process holds it.
+            OSError: the folder cannot be created, or the lock file not created in it or
+                written: named by `ssd.fileio.note_failed_action` ("cannot create folder: <folder>",
+                "cannot write in folder: <folder>", "cannot write: <lock file>").
         """
         folder = Path(output_dir)
         created = _make_folders(folder)
         path = folder / LOCK_NAME
         for _ in range(MAX_ACQUIRE_ATTEMPTS):
-            fd = os.open(path, os.O_RDWR | os.O_CREAT, ORDINARY_FILE_MODE)
+            try:
+                fd = os.open(path, os.O_RDWR | os.O_CREAT, ORDINARY_FILE_MODE)
+            except OSError as err:  # e.g. a read-only folder: about the folder, not run.lock
+                _remove_empty(created)
+                note_failed_action(err, CANNOT_WRITE_IN_FOLDER, folder, temp=path)
+                raise
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
@@ -89,8 +103,10 @@ class RunLock:
             if _is_current_file(fd, path):
                 try:
                     _take_over(fd, path)
-                except BaseException:  # e.g. a full disk: the lock is not left half-taken
+                except BaseException as err:  # e.g. a full disk: the lock is not left half-taken
                     os.close(fd)
+                    if isinstance(err, OSError):
+                        note_failed_action(err, CANNOT_WRITE, path)
                     raise
                 return cls(path, fd, created)
             os.close(fd)  # released and removed (or replaced) by its holder meanwhile: again
@@ -174,7 +190,12 @@ def _is_current_file(fd: int, path: Path) -> bool:
 def _make_folders(folder: Path) -> list[Path]:
     """Create `folder` and its missing parents; returns those created, deepest first."""
     missing = [path for path in (folder, *folder.parents) if not path.exists()]
-    folder.mkdir(parents=True, exist_ok=True)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        _remove_empty([path for path in missing if path.exists()])  # those created before it
+        note_failed_action(err, CANNOT_CREATE_FOLDER, folder)
+        raise
     return missing
 
 
