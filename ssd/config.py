@@ -592,6 +592,8 @@ def _validate(config: dict[str, Any]) -> None:
         if allowed is None:
             continue
         dotted, value = key.name, _lookup(config, key.name)
+        if value is None and key.takes_null:
+            continue
         if value not in allowed:
             raise ConfigError(f"Config key '{dotted}' must be one of {', '.join(allowed)}, got {value!r}")
     for dotted, allowed in _RANGES.items():
@@ -683,6 +685,7 @@ def _check_cross_keys(config: dict[str, Any]) -> None:
             f"{len(names) + 1} (classes + background)"
         )
     _check_distinct_class_names(names)
+    _check_patience(config["train"])
 
 
 def _check_distinct_class_names(names: list | None) -> None:
@@ -691,6 +694,14 @@ def _check_distinct_class_names(names: list | None) -> None:
         if name in names[:label]:
             raise ConfigError(f"Config key 'data.class_names' lists class '{name}' twice (labels "
                               f"{names.index(name)} and {label}); class names must be distinct")
+
+
+def _check_patience(train: dict[str, Any]) -> None:
+    """train.patience counts evaluations, so it needs train.eval_period."""
+    if train["patience"] is not None and not train["eval_period"]:
+        raise ConfigError(f"Config key 'train.patience' is {train['patience']}: it counts "
+                          "evaluations without a better mAP, but train.eval_period is 0 (no "
+                          "evaluation); set train.eval_period or train.patience=null")
 
 
 def _check_fine_tuning_keys(model: dict[str, Any]) -> None:

@@ -160,6 +160,12 @@ def _dataset_formats() -> Iterable[str]:
     return DATASET_BUILDERS
 
 
+def _preempt_signals() -> Iterable[str]:
+    from ssd.engine.preemption import PREEMPT_SIGNALS
+
+    return PREEMPT_SIGNALS
+
+
 def _batch_dtypes() -> Iterable[str]:
     from ssd.precision import BATCH_DTYPES
 
@@ -373,6 +379,23 @@ KEYS: tuple[Key, ...] = (
         doc="iterations between evaluations (0: off); best.pth keeps the best mAP"),
     Key("train.output_dir", "runs/ssd", path=True,
         doc="checkpoints, metrics.jsonl, metrics.png"),
+    Key("train.ema_decay", None, float, allowed=Range(0, 1, high_open=True),
+        doc="exponential moving average of the weights (null or 0: off; e.g. 0.9998): "
+            "evaluation during training, `best.pth` and everything that loads a checkpoint use "
+            "the averaged weights; batch-norm statistics are copied, not averaged"),
+    Key("train.ema_ramp", 2000, allowed=POSITIVE,
+        doc="EMA warm-up in iterations: update t uses decay `ema_decay * (1 - exp(-t / ema_ramp))`"),
+    Key("train.patience", None, int, allowed=AT_LEAST_ONE,
+        doc="stop after this many evaluations in a row without a better mAP (null: off; needs "
+            "`eval_period`)"),
+    Key("train.max_time", None, float, allowed=POSITIVE,
+        doc="stop after this many seconds of training (null: off), summed over resumed launches; "
+            "e.g. 9000 for 2h30m"),
+    Key("train.preempt_signal", "SIGUSR1", nullable=True, choices=_preempt_signals,
+        doc="signal that makes training save a checkpoint at the next iteration and exit with "
+            "status 75 (null: none; see \"Long runs and clusters\")"),
+    Key("train.sync_bn", False,
+        doc="batch norm synchronised across processes under torchrun (SyncBatchNorm; CUDA only)"),
     # test
     Key("test.score_threshold", defaults.SCORE_THRESHOLD, allowed=FRACTION,
         doc="minimum class score of a detection (scores must exceed it: 1 keeps none)"),

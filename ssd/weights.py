@@ -194,8 +194,9 @@ def _reduced_fc_conv_indices() -> list[int]:
 def read_checkpoint(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, Any] | None]:
     """Read a detector weights file.
 
-    Accepts this project's checkpoints (``{"model": state_dict, "config": dict, ...}``) and
-    bare state_dicts (``module.`` prefixes are stripped).
+    Accepts this project's checkpoints (``{"model": state_dict, "config": dict, ...}``; the
+    moving average ``ema`` when it has one, see ssd.engine.ema) and bare state_dicts
+    (``module.`` prefixes are stripped).
 
     Returns:
         (state_dict, config dict or None when the file carries no config).
@@ -239,7 +240,7 @@ def _split_checkpoint(obj: Any, path: Path) -> tuple[dict[str, torch.Tensor], di
     if not isinstance(obj, Mapping):
         raise WeightsError(f"{path} holds a {type(obj).__name__}; {expected}")
     if isinstance(obj.get("model"), Mapping):
-        state_dict, config = obj["model"], _config_of(obj.get("config"), path)
+        state_dict, config = _inference_weights(obj), _config_of(obj.get("config"), path)
     else:
         state_dict, config = obj, None
     not_tensors = [key for key, value in state_dict.items() if not torch.is_tensor(value)]
@@ -249,6 +250,15 @@ def _split_checkpoint(obj: Any, path: Path) -> tuple[dict[str, torch.Tensor], di
             + (f"; not tensors: {_preview(not_tensors)}" if not_tensors else "")
         )
     return _strip_prefix(dict(state_dict), "module."), config
+
+
+def _inference_weights(checkpoint: Mapping[str, Any]) -> Mapping[str, Any]:
+    """A checkpoint's weights to predict with: its moving average (`ema`, trained with
+    train.ema_decay) when it has one, else the trained weights (`model`)."""
+    ema = checkpoint.get("ema")
+    if isinstance(ema, Mapping) and isinstance(ema.get("model"), Mapping):
+        return ema["model"]
+    return checkpoint["model"]
 
 
 def _config_of(value: Any, path: Path) -> dict[str, Any] | None:

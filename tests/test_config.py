@@ -487,6 +487,7 @@ def test_a_base_file_with_the_old_name_is_overridden_by_the_new_name(tmp_path):
 def test_every_choice_comes_from_the_registry_that_implements_it():
     from ssd.config_schema import KEYS
     from ssd.data.build import DATASET_BUILDERS
+    from ssd.engine.preemption import PREEMPT_SIGNALS
     from ssd.engine.solver import OPTIMIZERS, SCHEDULES
     from ssd.evaluation.dataset_eval import METRICS
     from ssd.loss import LOC_LOSSES, LOSSES
@@ -497,7 +498,8 @@ def test_every_choice_comes_from_the_registry_that_implements_it():
     assert choices == {
         "model.backbone": tuple(BACKBONES), "data.format": tuple(DATASET_BUILDERS),
         "data.batch_dtype": BATCH_DTYPES, "loss.name": tuple(LOSSES), "loss.loc_loss": LOC_LOSSES,
-        "solver.optimizer": OPTIMIZERS, "solver.schedule": SCHEDULES, "test.metric": METRICS}
+        "solver.optimizer": OPTIMIZERS, "solver.schedule": SCHEDULES, "test.metric": METRICS,
+        "train.preempt_signal": PREEMPT_SIGNALS}
 
 
 def test_every_key_has_one_declaration_with_a_description():

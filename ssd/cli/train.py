@@ -17,6 +17,11 @@ unchanged (it must be divisible by N: checked, with the rest of the config, befo
 processes connect; a wrong input is printed once per machine and every process exits with
 status 2). Only rank 0 writes checkpoints, to the output folder on its own node: with several
 nodes, use a shared filesystem so that --resume auto finds the same checkpoint everywhere.
+
+Exit status: 0 done (also when train.patience or train.max_time stopped the run), 2 wrong
+input, 3 training failed (a non-finite loss), 130 interrupted (Ctrl-C, SIGTERM), 75 preempted
+(train.preempt_signal, default SIGUSR1: the iteration was saved; requeue the job with
+--resume auto).
 """
 
 from __future__ import annotations
@@ -60,7 +65,14 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     from ssd.data import DataError
     from ssd.engine.checkpoint import CheckpointError
-    from ssd.engine.distributed import check_global_batch, cleanup, init_distributed, launch_info
+    from ssd.engine.distributed import (
+        check_global_batch,
+        check_sync_bn,
+        cleanup,
+        init_distributed,
+        launch_info,
+    )
+    from ssd.engine.preemption import EXIT_PREEMPTED, PREEMPTED
     from ssd.engine.run_lock import FolderInUseError
     from ssd.engine.trainer import OutputFolderError, Trainer, TrainingError
 
@@ -69,6 +81,7 @@ def main(argv: list[str] | None = None) -> int:
         cfg = load_cli_config(args.config, overrides=args.opts)
         check_global_batch(cfg.solver.batch_size, launch.world_size)
         device = pick_device(args.device)
+        check_sync_bn(cfg.train.sync_bn, device.split(":")[0], launch.world_size)
     except USER_ERRORS:
         if launch.local_rank == 0:
             raise
@@ -90,9 +103,15 @@ def main(argv: list[str] | None = None) -> int:
         return 130
     finally:
         cleanup(dist_info)
+    if trainer.stop_reason == PREEMPTED:
+        if dist_info.is_main:
+            print(f"Preempted at iteration {trainer.iteration}: checkpoint in {trainer.output_dir}; "
+                  f"exit status {EXIT_PREEMPTED} (continue with --resume auto)", file=sys.stderr)
+        return EXIT_PREEMPTED
     if dist_info.is_main:
         summary = {k: v for k, v in result.items() if k in ("loss", "loss_loc", "loss_conf")}
-        print(f"Finished at iteration {trainer.iteration}: {summary}")
+        stopped = f" (stopped early: {trainer.stop_reason})" if trainer.stop_reason else ""
+        print(f"Finished at iteration {trainer.iteration}{stopped}: {summary}")
         if result.get("eval"):
             print(f"{cfg.test.metric} mAP: {result['eval']['mAP']:.4f}")
         print(f"Checkpoints and metrics in {trainer.output_dir}")

@@ -19,13 +19,15 @@ from ssd.data import build_dataset, build_transform, make_train_loader, record_s
 from ssd.data.build import class_names_for
 from ssd.data.image_cache import cached_image_size
 from ssd.engine import hooks as training_hooks
-from ssd.engine.distributed import DistInfo, check_global_batch
+from ssd.engine.distributed import DistInfo, check_global_batch, check_sync_bn, convert_sync_batch_norm
+from ssd.engine.ema import EMAHook
 from ssd.engine.freeze import freeze_modules
 from ssd.engine.inference import make_eval_loader
 from ssd.engine.metrics_log import MetricsLog
 from ssd.engine.output_dir import OutputFolder
 from ssd.engine.rng import seed_everything
 from ssd.engine.solver import build_optimizer, build_scheduler
+from ssd.engine.stopping import stop_hooks
 from ssd.loss import build_loss
 from ssd.modeling import build_model
 from ssd.modeling.derived import resolve_priors
@@ -84,6 +86,7 @@ def _assemble(trainer_class: type[T], cfg, folder: OutputFolder, device: str | N
     if device.type == "cuda" and dist.enabled:
         device = torch.device("cuda", dist.local_rank)
     check_global_batch(cfg.solver.batch_size, dist.world_size)
+    check_sync_bn(cfg.train.sync_bn, device.type, dist.world_size)
     seed_everything(cfg.train.seed)
     # Data first: a missing data set stops the run before any heavy work.
     cfg = record_split(cfg, folder.path, resume=resume is not None)
@@ -109,6 +112,8 @@ def _assemble(trainer_class: type[T], cfg, folder: OutputFolder, device: str | N
     model = build_training_model(cfg, device, init_weights, class_names=train_set.class_names)
     if model.derived_prior_keys and dist.is_main:
         logger.info(describe_derived_priors(model))
+    if cfg.train.sync_bn:
+        model = convert_sync_batch_norm(model, dist)
     cfg = resolve_priors(cfg, model)  # checkpoints store the derived values
     solver = cfg.solver
     optimizer = build_optimizer(model, solver.lr, solver.momentum, solver.weight_decay,
@@ -133,14 +138,18 @@ def _assemble(trainer_class: type[T], cfg, folder: OutputFolder, device: str | N
 
 def default_hooks(cfg, log: MetricsLog, summary: str, train_set,
                   test_set=None) -> list[training_hooks.HookBase]:
-    """The config's hooks, in the order they run: the lr schedule, the first batch's picture
-    (train_batch0.jpg), the loss checks, the metrics log (train.log_period), checkpoints
-    (train.checkpoint_period, train.keep_checkpoints), evaluation on `test_set`
-    (train.eval_period; none without a test set; writes eval/), the DDP weight check and the
-    metrics plot."""
+    """The config's hooks, in the order they run: the lr schedule, the weight average
+    (train.ema_decay), the first batch's picture (train_batch0.jpg), the loss checks, the
+    metrics log (train.log_period), checkpoints (train.checkpoint_period,
+    train.keep_checkpoints), evaluation on `test_set` (train.eval_period; none without a test
+    set; writes eval/; scores the weight average when there is one), the stop conditions
+    (train.patience, train.max_time, train.preempt_signal: ssd.engine.stopping), the DDP weight
+    check and the metrics plot."""
     train = cfg.train
+    ema = EMAHook(train.ema_decay, train.ema_ramp) if train.ema_decay else None
     hooks = [
         training_hooks.LRSchedule(),
+        *([ema] if ema is not None else []),
         training_hooks.FirstBatchPicture(
             getattr(train_set, "class_names", None) or cfg.data.class_names or [], cfg.data.mean),
         training_hooks.LossCheck([train.log_period, train.checkpoint_period, train.eval_period],
@@ -152,8 +161,10 @@ def default_hooks(cfg, log: MetricsLog, summary: str, train_set,
         loader = make_eval_loader(test_set, build_transform(cfg, train=False),
                                   batch_size=cfg.test.batch_size, num_workers=cfg.data.num_workers)
         hooks.append(training_hooks.Evaluator(train.eval_period, test_set, loader,
-                                              build_postprocessor(cfg), cfg.test.metric, log))
-    return [*hooks, training_hooks.RanksAgree(), training_hooks.MetricsPlot(log)]
+                                              build_postprocessor(cfg), cfg.test.metric, log,
+                                              scored_model=ema.averaged if ema is not None else None))
+    return [*hooks, *stop_hooks(train, log), training_hooks.RanksAgree(),
+            training_hooks.MetricsPlot(log)]
 
 
 def describe_run(cfg, model: nn.Module, device: torch.device, dist: DistInfo, precision: str,

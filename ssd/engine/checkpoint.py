@@ -7,6 +7,9 @@ torch.save and read back without running pickled code (`ssd.fileio.safe_torch_lo
     config      the full config as a plain dict
     iteration   number of finished training iterations
     optimizer, scheduler, scaler, rng, best_map   training state for an exact resume
+    ema         train.ema_decay: {"model": the averaged weights, "updates"}; what ssd.weights
+                loads for prediction, evaluation and export
+    evaluations_without_improvement, train_seconds   train.patience / train.max_time counters
 """
 
 from __future__ import annotations

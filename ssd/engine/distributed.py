@@ -44,6 +44,44 @@ def check_global_batch(batch_size: int, world_size: int) -> None:
                           f"divisible by the number of processes ({world_size})")
 
 
+def check_sync_bn(sync_bn: bool, device_type: str, world_size: int) -> None:
+    """Raise ConfigError when train.sync_bn asks for synchronised batch norm across CPU
+    processes: torch's SyncBatchNorm exchanges statistics of GPU tensors only (on CPU its
+    forward raises), so the gloo CPU processes cannot run it."""
+    if sync_bn and world_size > 1 and device_type == "cpu":
+        raise ConfigError(f"train.sync_bn needs CUDA devices: torch's SyncBatchNorm synchronises "
+                          f"GPU tensors only, and these {world_size} processes train on the CPU; "
+                          "set train.sync_bn=false")
+
+
+def convert_sync_batch_norm(model: torch.nn.Module, info: DistInfo) -> torch.nn.Module:
+    """train.sync_bn: the model's batch-norm layers as SyncBatchNorm when several processes
+    train (the same parameters and buffers; one process: the model unchanged)."""
+    if not info.enabled:
+        return model
+    return torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
+
+
+def max_over_ranks(value: int, info: DistInfo, group=None) -> int:
+    """The largest `value` of all ranks (every rank must call it); `value` itself with one
+    process. Exchanged as a CPU tensor: `group` must be a gloo group when the default one is
+    NCCL (see `cpu_group`)."""
+    if not info.enabled:
+        return value
+    tensor = torch.tensor([value], dtype=torch.int64)
+    dist.all_reduce(tensor, op=dist.ReduceOp.MAX, group=group)
+    return int(tensor.item())
+
+
+def cpu_group(info: DistInfo):
+    """A process group for small CPU tensors: the default one under gloo, a new gloo group of
+    all ranks under NCCL (so that exchanging them never waits for the GPU); every rank must
+    call it. None with one process."""
+    if not info.enabled or dist.get_backend() == "gloo":
+        return None
+    return dist.new_group(backend="gloo")
+
+
 def init_distributed(device_type: str) -> DistInfo:
     """Join the process group when started by torchrun (WORLD_SIZE > 1), else single process.
 

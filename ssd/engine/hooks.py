@@ -12,9 +12,13 @@ this one, after_step sees this one counted. In after_train, `trainer.error` is t
 that ended training (None when it reached max_iter or a hook called `trainer.request_stop`);
 an exception raised by a hook's after_train becomes `trainer.error` for the hooks after it.
 
-The hooks of `Trainer.from_config`, in order: LRSchedule, FirstBatchPicture, LossCheck,
-MetricsLogger, PeriodicCheckpointer, Evaluator, RanksAgree (several processes), MetricsPlot,
-the user's hooks, StopOnSignal.
+A hook may add entries to every checkpoint (`state_dict`) and read them back when a run is
+resumed (`load_state_dict`, called while the Trainer is built).
+
+The hooks of `Trainer.from_config`, in order: LRSchedule, EMAHook (train.ema_decay),
+FirstBatchPicture, LossCheck, MetricsLogger, PeriodicCheckpointer, Evaluator, the stop
+conditions (ssd.engine.stopping: EarlyStopping, TimeBudget, Preemption, StopAgreement,
+StopReport), RanksAgree (several processes), MetricsPlot, the user's hooks, StopOnSignal.
 """
 
 from __future__ import annotations
@@ -24,7 +28,7 @@ import logging
 import signal
 import time
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 import torch
@@ -35,6 +39,7 @@ from ssd.engine import checkpoint as ckpt
 from ssd.engine.distributed import barrier, ranks_agree
 from ssd.engine.inference import evaluate_model
 from ssd.engine.metrics_log import MetricsLog, plot_metrics
+from ssd.engine.preemption import PREEMPTED
 from ssd.engine.solver import advance_schedule, set_schedule_iteration
 from ssd.evaluation import coco_numbers
 from ssd.evaluation.report import results_dictionary, write_evaluation_report
@@ -85,6 +90,14 @@ class HookBase:
 
     def after_step(self) -> None:
         """Called after every iteration (`trainer.losses` holds its losses)."""
+
+    def state_dict(self) -> dict[str, Any]:
+        """Entries this hook adds to every checkpoint (top-level keys); none by default."""
+        return {}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore from the checkpoint a run resumes from (the whole checkpoint dict, the
+        model already loaded); called while the Trainer is built."""
 
 
 class PeriodicHook(HookBase):
@@ -360,24 +373,36 @@ class Evaluator(PeriodicHook):
     Args:
         dataset: the test split; loader: its evaluation loader (`make_eval_loader`).
         postprocess: the detection settings; metric: "voc07", "voc12" or "coco".
+        scored_model: returns the model to score (default: `trainer.model`), e.g. the weight
+            average of `ssd.engine.ema.EMAHook.averaged`.
+
+    No final evaluation follows a preemption (`trainer.stop_reason` "preempted"): the job is
+    about to lose its machine.
     """
 
     def __init__(self, period: int, dataset, loader, postprocess: PostProcessor, metric: str,
-                 log: MetricsLog):
+                 log: MetricsLog, scored_model: Callable[[], torch.nn.Module] | None = None):
         super().__init__(period)
         self.dataset, self.loader, self.postprocess = dataset, loader, postprocess
         self.metric, self.log = metric, log
+        self.scored_model = scored_model
+
+    def after_train(self) -> None:
+        if self.trainer.stop_reason != PREEMPTED:
+            super().after_train()
 
     def run(self) -> dict[str, Any] | None:
         trainer = self.trainer
         if not trainer.dist.is_main:
             barrier(trainer.dist)
             return None
-        trainer.model.eval()
-        result = evaluate_model(trainer.model, self.dataset, self.loader, trainer.device,
+        model = self.scored_model() if self.scored_model is not None else trainer.model
+        was_training = model.training
+        model.eval()
+        result = evaluate_model(model, self.dataset, self.loader, trainer.device,
                                 self.postprocess, self.metric, precision="fp32",
                                 progress=trainer.progress)
-        trainer.model.train()
+        model.train(was_training)
         record = {"kind": "eval", "iteration": trainer.iteration, "mAP": result["mAP"],
                   "metric": self.metric, "ap": result.get("ap", {})}
         if "coco" in result:  # AP, AP50, AP75, APs, APm, APl and the ARs

@@ -148,13 +148,13 @@ class Trainer:
         self.error: BaseException | None = None  # what ended the latest train()
         self.stop_reason: str | None = None
         self.result: dict[str, Any] = {}  # the latest log record and evaluation
-        self.resumed_from = self._resume(resume)
-        self.ddp_model = self._wrap_distributed(self.model)
-        if compile:
-            self.ddp_model = torch.compile(self.ddp_model)
         self.hooks = list(hooks)
         for hook in self.hooks:
             hook.trainer = self
+        self.resumed_from = self._resume(resume)  # the hooks' state too
+        self.ddp_model = self._wrap_distributed(self.model)
+        if compile:
+            self.ddp_model = torch.compile(self.ddp_model)
         enable_cudnn_autotune(self.device)
 
     @classmethod
@@ -294,6 +294,8 @@ class Trainer:
             self.iteration = int(state["iteration"])
             self.best_map = float(state.get("best_map", -1.0))
             self.score_threshold = state.get("score_threshold")
+            for hook in self.hooks:
+                hook.load_state_dict(state)
         except (KeyError, ValueError, TypeError, RuntimeError) as err:
             raise ckpt.CheckpointError(
                 f"cannot resume from {path}: its training state does not fit this run "
@@ -304,8 +306,8 @@ class Trainer:
                         self.optimizer.param_groups[0]["lr"])
 
     def training_state(self) -> dict[str, Any]:
-        """Everything needed to continue this run exactly where it is."""
-        return {
+        """Everything needed to continue this run exactly where it is (with the hooks' state)."""
+        state = {
             "model": self.model.state_dict(),
             "config": self.config,
             "iteration": self.iteration,
@@ -316,6 +318,7 @@ class Trainer:
             "best_map": self.best_map,
             "score_threshold": self.score_threshold,
         }
+        return state | {key: value for hook in self.hooks for key, value in hook.state_dict().items()}
 
     def save_checkpoint(self, name: str | None = None) -> Path | None:
         """Write the training state atomically to `name` (default model_<iteration>.pth) in the
