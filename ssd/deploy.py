@@ -27,13 +27,13 @@ import numpy as np
 import torch
 
 from ssd.fileio import publish_staged
+from ssd.runtimes import INPUT_NAME, require_packages
 
 DEFAULT_CALIBRATION_IMAGES = 100
 DEPLOY_FORMATS = ("onnx", "openvino")
 QUANTIZED_OPS = ["Conv"]
 RT_INFO_SECTION = "ssd_metadata"  # rt_info key of the OpenVINO IR holding deployment_metadata
 CALIBRATION_BATCH = 8  # images per calibration call
-INPUT_NAME = "images"  # the exported network's input (ssd.export)
 
 
 def export_deployment(wrapper, image_size: int, out: Path, export_format: str,
@@ -100,7 +100,7 @@ def quantize_onnx(fp32_path: Path, out: Path, images: torch.Tensor) -> None:
     Raises:
         MissingPackageError: onnx or onnxruntime is missing.
     """
-    from ssd.export import read_onnx_metadata, require_packages, write_onnx_metadata
+    from ssd.export import read_onnx_metadata, write_onnx_metadata
 
     require_packages(["onnx", "onnxruntime"])
     from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
@@ -137,8 +137,6 @@ def to_openvino(onnx_path: Path, out_xml: Path, metadata: dict[str, str]) -> Pat
         ValueError: `out_xml` does not end in .xml.
         MissingPackageError: openvino is missing.
     """
-    from ssd.export import require_packages
-
     out_xml = Path(out_xml)
     if out_xml.suffix != ".xml":
         raise ValueError(f"--output {out_xml}: an OpenVINO model is written as NAME.xml (+ NAME.bin)")
@@ -178,43 +176,3 @@ def file_size(path: Path) -> int:
     if path.suffix == ".xml" and path.with_suffix(".bin").is_file():
         size += path.with_suffix(".bin").stat().st_size
     return size
-
-
-def onnxruntime_runner(path: Path, spin: bool = True):
-    """A function running the ONNX file `path` under onnxruntime's CPU provider: images
-    ndarray [B, 3, S, S] float32 -> the list of outputs (as `ExportedSSD.output_names`).
-    spin=False: its threads sleep between calls instead of spinning (onnxruntime's default),
-    which would take the cores from other work timed in between."""
-    from ssd.export import require_packages
-
-    require_packages(["onnxruntime"])
-    import onnxruntime
-
-    options = onnxruntime.SessionOptions()
-    if not spin:
-        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    session = onnxruntime.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-    return lambda images: session.run(None, {INPUT_NAME: images})
-
-
-def openvino_runner(xml_path: Path, precision: str | None = None):
-    """A function running the OpenVINO IR `xml_path` on the CPU: images ndarray [B, 3, S, S]
-    float32 -> the list of outputs in the model's order. `precision`: the CPU plugin's
-    INFERENCE_PRECISION_HINT ("f32" computes in float32; None: the plugin's default, bf16 on
-    CPUs with native bf16). The function's `precision` attribute says which one runs."""
-    from ssd.export import require_packages
-
-    require_packages(["openvino"], extra="openvino")
-    import openvino
-
-    config = {"INFERENCE_PRECISION_HINT": precision} if precision else {}
-    compiled = openvino.Core().compile_model(str(xml_path), "CPU", config)
-    request = compiled.create_infer_request()
-
-    def run(images: np.ndarray) -> list[np.ndarray]:
-        results = request.infer({INPUT_NAME: images})
-        return [results[output] for output in compiled.outputs]
-
-    hint = compiled.get_property("INFERENCE_PRECISION_HINT")
-    run.precision = hint.to_string() if hasattr(hint, "to_string") else str(hint)
-    return run

@@ -32,8 +32,9 @@ import torch
 from torch import nn
 
 from ssd.box_utils import encode
-from ssd.export import ExportedSSD, MissingPackageError, example_batch, export, synthetic_image
+from ssd.export import ExportedSSD, example_batch, export, synthetic_image
 from ssd.precision import autocast_context, cpu_has_native_bf16, prepare_for_inference
+from ssd.runtimes import MissingPackageError
 
 logger = logging.getLogger(__name__)
 
@@ -174,7 +175,8 @@ def _numpy_runtime(run_numpy) -> RunFunction:
 
 def _onnxruntime(name: str, kind: str):
     def build(model, cfg, files) -> Runtime:
-        from ssd.deploy import file_size, onnxruntime_runner
+        from ssd.deploy import file_size
+        from ssd.runtimes import onnxruntime_runner
 
         path = files.path(kind)
         return Runtime(name, _numpy_runtime(onnxruntime_runner(path, spin=False)), file_size(path),
@@ -184,8 +186,8 @@ def _onnxruntime(name: str, kind: str):
 
 def _openvino(name: str, kind: str, precision: str | None):
     def build(model, cfg, files) -> Runtime:
-        from ssd.deploy import file_size, openvino_runner
-        from ssd.export import require_packages
+        from ssd.deploy import file_size
+        from ssd.runtimes import openvino_runner, require_packages
 
         require_packages(["openvino"], extra="openvino")  # before any file is written
         path = files.path(kind)

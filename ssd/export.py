@@ -37,7 +37,6 @@ post-processing, the same inputs and outputs, the metadata as the extra file
 
 from __future__ import annotations
 
-import importlib
 import json
 import logging
 from pathlib import Path
@@ -54,6 +53,7 @@ from ssd.config import Config
 from ssd.data import BaseTransform, class_names_for
 from ssd.fileio import atomic_write, staged_output
 from ssd.images import MAX_INPUT_RATIO, network_input
+from ssd.runtimes import require_packages
 
 logger = logging.getLogger(__name__)
 
@@ -66,9 +66,6 @@ EXPORTERS = ("auto", "dynamo", "torchscript")
 FORMATS = ("onnx", "torchscript", "openvino")
 TORCHSCRIPT_METADATA_FILE = "ssd_metadata.json"  # extra file of a TorchScript export
 # What each optional package is needed for (the error names it).
-PACKAGE_USES = {"onnx": "writing ONNX files", "onnxscript": "the dynamo ONNX exporter",
-                "onnxruntime": "checking the ONNX file (--no-check skips it)",
-                "openvino": "writing and running OpenVINO models"}
 
 
 def _torch_onnx_constant(name: str, fallback: int) -> int:
@@ -234,19 +231,6 @@ def postprocess_settings(cfg: Config) -> dict:
 
 
 # ------------------------------------------------------------------------- export
-class MissingPackageError(ImportError):
-    """An optional package the export needs is not installed (the message says how to get it)."""
-
-
-def install_command(extra: str = "onnx") -> str:
-    """The pip command that installs the package's `extra`: editable in a clone (the package
-    folder sits next to setup.py), else from the installed distribution."""
-    root = Path(ssd.__file__).resolve().parent.parent
-    if (root / "setup.py").is_file():
-        return f'pip install -e ".[{extra}]" (in {root})'
-    return f'pip install "ssd[{extra}]"'
-
-
 def required_packages(export_format: str = "onnx", exporter: str = "auto",
                       check: bool = True, int8: bool = False) -> list[str]:
     """The optional packages of the `onnx` extra an export needs: onnx (and onnxscript for the
@@ -258,25 +242,6 @@ def required_packages(export_format: str = "onnx", exporter: str = "auto",
     packages = ["onnx"] + (["onnxscript"] if exporter in ("auto", "dynamo") else [])
     needs_onnxruntime = int8 or (check and export_format == "onnx")
     return packages + (["onnxruntime"] if needs_onnxruntime else [])
-
-
-def require_packages(packages: Sequence[str], extra: str = "onnx") -> None:
-    """Raise MissingPackageError, one line naming every missing package of `packages`, what
-    it is needed for and the install command of the package's `extra`; nothing when all
-    import."""
-    missing = [name for name in packages if not _importable(name)]
-    if missing:
-        uses = "; ".join(f"{name} for {PACKAGE_USES.get(name, 'the export')}" for name in missing)
-        raise MissingPackageError(f"missing package{'s' if len(missing) > 1 else ''} {uses}: "
-                                  f"{install_command(extra)}", name=missing[0])
-
-
-def _importable(name: str) -> bool:
-    try:
-        importlib.import_module(name)
-    except ImportError:
-        return False
-    return True
 
 
 def deployment_metadata(cfg, postprocess: dict | None) -> dict[str, str]:
@@ -481,7 +446,7 @@ def example_batch(image_bgr: np.ndarray, size: int, mean: Sequence[float]) -> to
 
 def onnxruntime_differences(wrapper: ExportedSSD, onnx_path: Path, images: torch.Tensor) -> dict:
     """`runtime_differences` of the ONNX file at `onnx_path` run by onnxruntime."""
-    from ssd.deploy import onnxruntime_runner
+    from ssd.runtimes import onnxruntime_runner
 
     return runtime_differences(wrapper, onnxruntime_runner(onnx_path), images, "onnxruntime")
 
@@ -594,7 +559,7 @@ def verify_export(wrapper: ExportedSSD, path: Path, export_format: str, image_si
     if export_format == "torchscript":
         return torchscript_differences(wrapper, path, images)
     if export_format == "openvino":
-        from ssd.deploy import openvino_runner
+        from ssd.runtimes import openvino_runner
 
         return runtime_differences(wrapper, openvino_runner(path, "f32"), images, "OpenVINO")
     require_packages(["onnxruntime"])

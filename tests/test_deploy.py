@@ -10,7 +10,7 @@ import pytest
 import torch
 from trainer_helpers import REPO_ROOT, tiny_overrides
 
-from ssd import deploy
+from ssd import deploy, runtimes
 from ssd import export as onnx_export
 from ssd.box_utils import decode
 from ssd.cli import benchmark as benchmark_cli
@@ -87,7 +87,7 @@ def test_int8_onnx_is_quantized_close_to_pytorch_and_keeps_metadata(checkpoint, 
         [m for m in model.modules() if isinstance(m, torch.nn.Conv2d)])
     assert onnx_export.read_onnx_metadata(out)["input_size"] == "96"
     images = torch.stack([image for image in deploy.calibration_images(cfg, 2)])  # [2, 3, 96, 96]
-    boxes, scores = deploy.onnxruntime_runner(out)(images.numpy())
+    boxes, scores = runtimes.onnxruntime_runner(out)(images.numpy())
     with torch.no_grad():
         _, reference = onnx_export.ExportedSSD(model, cfg.model.variances)(images)
     error = (torch.from_numpy(scores) - reference).abs().mean()
@@ -180,7 +180,7 @@ def test_missing_package_is_one_error_line(checkpoint, tmp_path, monkeypatch, ca
     assert exited.value.code == 2
     lines = capsys.readouterr().err.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith(f"error: missing package {package} for ")
-    assert onnx_export.install_command(extra) in lines[0]
+    assert runtimes.install_command(extra) in lines[0]
     assert list(tmp_path.iterdir()) == []
 
 

@@ -14,6 +14,7 @@ from conftest import load_script
 
 import ssd
 from ssd import export as onnx_export
+from ssd import runtimes
 from ssd.box_utils import decode
 from ssd.cli import export as export_cli
 from ssd.cli.common import run_cli
@@ -172,7 +173,7 @@ def test_export_without_onnx_says_what_to_install(tmp_path, monkeypatch):
     model, cfg = save_checkpoint(tmp_path / "ssd7.pth", seed=2)
     monkeypatch.setitem(sys.modules, "onnx", None)  # import fails
     wrapper = onnx_export.ExportedSSD(model, cfg.model.variances).eval()
-    with pytest.raises(onnx_export.MissingPackageError,
+    with pytest.raises(runtimes.MissingPackageError,
                        match=r"missing package onnx for writing ONNX files: pip install "):
         onnx_export.export(wrapper, 160, tmp_path / "x.onnx")
     assert not (tmp_path / "x.onnx").exists()
@@ -191,16 +192,16 @@ def test_missing_package_is_one_error_line_with_exit_status_2(tmp_path, monkeypa
     assert exited.value.code == 2
     lines = capsys.readouterr().err.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith(f"error: missing package {package} for ")
-    assert onnx_export.install_command() in lines[0]
+    assert runtimes.install_command() in lines[0]
     assert not (tmp_path / "x.onnx").exists()
 
 
 def test_install_command_for_a_clone_and_for_an_installed_package(tmp_path, monkeypatch):
     assert (REPO_ROOT / "setup.py").is_file()  # these tests run in a clone
-    assert onnx_export.install_command() == f'pip install -e ".[onnx]" (in {REPO_ROOT})'
+    assert runtimes.install_command() == f'pip install -e ".[onnx]" (in {REPO_ROOT})'
     (tmp_path / "site-packages" / "ssd").mkdir(parents=True)  # no setup.py next to it
     monkeypatch.setattr(ssd, "__file__", str(tmp_path / "site-packages" / "ssd" / "__init__.py"))
-    assert onnx_export.install_command() == 'pip install "ssd[onnx]"'
+    assert runtimes.install_command() == 'pip install "ssd[onnx]"'
 
 
 def test_no_check_exports_without_onnxruntime_and_says_so(tmp_path, monkeypatch, capsys):
@@ -298,7 +299,7 @@ def test_no_detections_export_and_run(tmp_path):
 
 def test_check_without_onnxruntime_names_the_package(monkeypatch):
     monkeypatch.setitem(sys.modules, "onnxruntime", None)  # import fails
-    with pytest.raises(onnx_export.MissingPackageError, match="missing package onnxruntime for "
+    with pytest.raises(runtimes.MissingPackageError, match="missing package onnxruntime for "
                                                               "checking the ONNX file"):
         onnx_export.verify_export(None, Path("unused.onnx"), "onnx", 160, (0, 0, 0))
 

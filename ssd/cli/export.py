@@ -85,7 +85,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    from ssd.export import MissingPackageError, require_packages, required_packages
+    from ssd.export import required_packages
+    from ssd.runtimes import MissingPackageError, require_packages
 
     try:  # a missing optional package: one error line before any work
         require_packages(required_packages(args.export_format, args.exporter, args.check, args.int8))
