@@ -291,8 +291,9 @@ KEYS: tuple[Key, ...] = (
         doc="COCO test annotation JSON, relative to `data.root`"),
     Key("data.coco.test_images", "val2017", doc="COCO test image folder, relative to `data.root`"),
     Key("data.yolo.train_split", "train", doc="YOLO training split: `images/<split>/` and "
-        "`labels/<split>/` under `data.root`"),
-    Key("data.yolo.test_split", "val", doc="YOLO test split"),
+        "`labels/<split>/` under `data.root`; when that folder does not exist, the split "
+        "data.yaml names as `train: images/<split>`"),
+    Key("data.yolo.test_split", "val", doc="YOLO test split (likewise data.yaml's `val:`)"),
     Key("data.yolo.names_file", "data.yaml",
         doc="YOLO class names file, relative to `data.root` (`data.yaml`, or a `classes.txt` / "
             "`.names` file of one name a line)"),

@@ -234,3 +234,24 @@ def test_predictor_does_not_call_a_20_class_yolo_model_by_voc_names():
 
     cfg = load_config(overrides=["data.format=yolo", "model.num_classes=21"])
     assert class_names_for(cfg) == [f"class_{label}" for label in range(20)]
+
+
+def test_split_folders_named_by_data_yaml(tmp_path):
+    """A set whose folders are not the configured train / val ones is read through data.yaml's
+    Ultralytics keys (train: images/<split>, val: images/<split>); a key leading out of images/
+    is not followed."""
+    from ssd.data import build_dataset
+
+    rng = np.random.default_rng(0)
+    random_set(tmp_path, "training", 3, 64, rng)
+    random_set(tmp_path, "validation", 2, 64, rng)
+    (tmp_path / "data.yaml").write_text("train: images/training\nval: images/validation\n"
+                                        "names: [ring, blob]\n")
+    cfg = yolo_config(tmp_path, "data.yolo.train_split=train", "data.yolo.test_split=val")
+    train, test = build_dataset(cfg, train=True), build_dataset(cfg, train=False)
+    assert [len(train), len(test)] == [3, 2] and train.class_names == ["ring", "blob"]
+    assert test.image_ids[0].startswith("validation/")
+    (tmp_path / "data.yaml").write_text("train: images/..\nval: images/validation\n"
+                                        "names: [ring, blob]\n")
+    with pytest.raises(FileNotFoundError, match="images/train"):
+        build_dataset(cfg, train=True)

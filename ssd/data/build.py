@@ -49,7 +49,7 @@ from ssd.data.voc_layout import (
     listed_split,
     refuse_empty_folder,
 )
-from ssd.data.yolo import YOLODataset
+from ssd.data.yolo import TEST_SPLIT_KEY, TRAIN_SPLIT_KEY, YOLODataset, data_yaml_split
 from ssd.errors import ConfigError
 
 logger = logging.getLogger(__name__)
@@ -203,6 +203,13 @@ def _coco(cfg, train: bool) -> COCODataset:
 def _yolo(cfg, train: bool) -> YOLODataset:
     data = cfg.data
     split = data.yolo.train_split if train else data.yolo.test_split
+    if not (Path(data.root) / "images" / split).is_dir():  # the split data.yaml names, if any
+        key = TRAIN_SPLIT_KEY if train else TEST_SPLIT_KEY
+        named = data_yaml_split(Path(data.root) / data.yolo.names_file, key)
+        if named is not None:
+            logger.info("YOLO: no images/%s/; using images/%s/, the '%s' split of %s",
+                        split, named, key, data.yolo.names_file)
+            split = named
     return YOLODataset(data.root, split, class_names=data.class_names,
                        names_file=data.yolo.names_file, keep_empty=data.keep_empty or not train,
                        skip_bad=data.skip_bad)

@@ -4,7 +4,9 @@
     root/labels/{split}/{stem}.txt      one object per line: ``class cx cy w h``, normalised to
                                         [0, 1] by the image width / height; no file: no objects
     root/data.yaml                      ``names: [a, b]`` or ``names: {0: a, 1: b}``; or a
-                                        classes.txt (any .txt / .names file): one name a line
+                                        classes.txt (any .txt / .names file): one name a line;
+                                        ``train: images/<split>`` and ``val: images/<split>``
+                                        name the split folders (`data_yaml_split`)
 
 Boxes are kept in 0-based pixels (``normalised * size``, coordinate_origin 0), so the evaluator
 and ``ds[i]`` see them as they see COCO's. The image size comes from the file header (read by
@@ -29,6 +31,7 @@ from ssd.data.common import (
     read_image,
     sanitize_boxes,
 )
+from ssd.fileio import safe_file_name
 
 LABEL_FIELDS = 5  # class cx cy w h
 # A corner this far (as a fraction of the image side) outside [0, 1] is rounding or annotation
@@ -119,6 +122,30 @@ def _read_yaml_names(path: Path) -> list[str]:
         raise DataError(f"YOLO names file {path}: nc is {count} but 'names' lists {len(names)} "
                         "classes", "bad annotation", path)
     return names
+
+
+# The data.yaml keys of the Ultralytics layout that name the training and validation images.
+TRAIN_SPLIT_KEY, TEST_SPLIT_KEY = "train", "val"
+
+
+def data_yaml_split(names_path: str | Path, key: str) -> str | None:
+    """The split folder a data.yaml names under `key` (TRAIN_SPLIT_KEY or TEST_SPLIT_KEY) in the
+    Ultralytics form ``train: images/<split>``, or None when the file is not a data.yaml, has no
+    such entry, or the entry is another form (a list, a file of paths, a folder elsewhere).
+    A name that could lead out of images/ ("..", a hidden name) is not taken."""
+    names_path = Path(names_path)
+    if names_path.suffix.lower() in PLAIN_NAMES_SUFFIXES or not names_path.is_file():
+        return None
+    try:
+        content = yaml.safe_load(names_path.read_text())
+    except yaml.YAMLError:
+        return None  # read_yolo_names reports the file
+    value = content.get(key) if isinstance(content, dict) else None
+    parts = Path(value).parts if isinstance(value, str) else ()
+    if len(parts) != 2 or parts[0] != "images":
+        return None
+    split = parts[1]
+    return split if safe_file_name(split, f"{names_path}: {key}") == split else None
 
 
 def parse_yolo_labels(path: str | Path, num_classes: int) -> tuple[np.ndarray, np.ndarray]:
