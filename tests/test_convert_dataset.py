@@ -72,6 +72,19 @@ def test_voc_to_yolo_to_voc_round_trip(voc, tmp_path):
             np.testing.assert_allclose(ann["boxes"], np.array([o[1] for o in expected]).reshape(-1, 4) - 1,
                                        rtol=0, atol=bound)
 
+    # data.yaml also names the splits with the Ultralytics keys, which the config's defaults
+    # (data.yolo.train_split: train, test_split: val) fall back to
+    import yaml
+
+    from ssd.config import load_config_from_dict
+    from ssd.data.build import _yolo
+
+    described = yaml.safe_load((tmp_path / "yolo" / "data.yaml").read_text())
+    assert (described["train"], described["val"]) == ("images/trainval", "images/test")
+    cfg = load_config_from_dict({"data": {"format": "yolo", "root": str(tmp_path / "yolo")},
+                                 "model": {"num_classes": len(ds.class_names) + 1}})
+    assert _yolo(cfg, train=True).split == "trainval" and _yolo(cfg, train=False).split == "test"
+
     run("--from", "yolo", "--to", "voc", "--root", tmp_path / "yolo", "--out", tmp_path / "back")
     for split in ("trainval", "test"):  # errors < 0.5 px: integer coordinates come back exactly
         assert voc_objects(tmp_path / "back" / "VOCconverted", split) == \

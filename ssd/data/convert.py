@@ -43,7 +43,7 @@ from ssd.commands import command
 from ssd.data.coco import COCODataset
 from ssd.data.common import DetectionDataset
 from ssd.data.voc import VOCDataset, read_split, voc_annotation_file
-from ssd.data.yolo import YOLODataset
+from ssd.data.yolo import TEST_SPLIT_KEY, TRAIN_SPLIT_KEY, YOLODataset
 from ssd.fileio import CANNOT_WRITE, note_failed_action, replace_directory, safe_file_name, safe_file_names
 from ssd.progress import progress_bar
 
@@ -301,7 +301,8 @@ def yolo_lines(item: Item, label: dict[str, int]) -> str:
 
 def write_yolo(collection: Collection, out: Path, advance: Callable[[], None]) -> None:
     """OUT/images/{split}/, OUT/labels/{split}/{stem}.txt and OUT/data.yaml (names, nc, one
-    'split: images/split' entry per split)."""
+    'split: images/split' entry per split, and 'train:' / 'val:' naming the training and test
+    splits as Ultralytics does, so the converted set reads with the default data.yolo keys)."""
     stems, dropped = output_stems(collection), 0
     label = {name: index for index, name in enumerate(collection.class_names)}
     for split, items in collection.splits.items():
@@ -314,6 +315,9 @@ def write_yolo(collection: Collection, out: Path, advance: Callable[[], None]) -
             dropped += int(item.difficult.sum())
             advance()
     entries = {split: f"images/{split}" for split in collection.splits}
+    splits = list(collection.splits)  # + the Ultralytics keys, which the reader follows too
+    entries.setdefault(TRAIN_SPLIT_KEY, f"images/{_pick_split(splits, ['train'], splits[0])}")
+    entries.setdefault(TEST_SPLIT_KEY, f"images/{_pick_split(splits, ['test', 'val'], splits[-1])}")
     entries.update(nc=len(collection.class_names), names=list(collection.class_names))
     (out / "data.yaml").write_text(yaml.safe_dump(entries, sort_keys=False))
     if dropped:
