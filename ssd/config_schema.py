@@ -269,8 +269,9 @@ KEYS: tuple[Key, ...] = (
     Key("data.test_sets", [["2007", "test"]], image_sets=True,
         doc="test [year, split] pairs (VOC07 test)"),
     Key("data.class_names", None, list,
-        doc="class list of a custom data set (null: the 20 VOC classes; shapes: its 6; COCO / "
-            "YOLO: from their files); each name once. Training stores the list it used here, so "
+        doc="class list of a custom data set (null: a VOCdevkit's 20 VOC classes; a VOC folder "
+            "of one's own: the sorted names its XML files use; shapes: its 6; COCO / YOLO: from "
+            "their files); each name once. Training stores the list it used here, so "
             "checkpoints name their classes"),
     Key("data.keep_difficult", False, doc="train on objects marked difficult"),
     Key("data.keep_empty", False, doc="keep training images without objects"),

@@ -150,3 +150,19 @@ def test_training_writes_the_split_and_evaluating_its_checkpoint_uses_it(tmp_pat
     assert Path(cfg.data.split_dir) == output / "split"
     assert build_dataset(cfg, train=False).image_ids == test_ids
     assert build_dataset(cfg, train=True).image_ids == train_ids
+
+
+def test_a_folder_without_class_names_takes_them_from_its_xml_files(tmp_path, caplog):
+    """data.class_names null on a folder of one's own: the sorted <object><name>s of its XML
+    files (not the 20 VOC classes, and not the <name>s of object parts)."""
+    root = tmp_path / "cells"
+    write_folder(root, "flat", count=6)
+    (root / "img_000.xml").write_text(xml(48, 40, obj("dog", (5, 6, 30, 28)).replace(
+        "</object>", "<part><name>tail</name><bndbox><xmin>1</xmin><ymin>1</ymin><xmax>4</xmax>"
+                     "<ymax>4</ymax></bndbox></part></object>")))
+    cfg = folder_cfg(root, **{"data.class_names": None})
+    with caplog.at_level(logging.INFO, logger="ssd.data.build"):
+        train = build_dataset(cfg, train=True)
+    assert train.class_names == ["cat", "dog"]
+    assert build_dataset(cfg, train=False).class_names == ["cat", "dog"]
+    assert "class names from its XML files: ['cat', 'dog']" in caplog.text

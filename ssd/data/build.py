@@ -44,6 +44,7 @@ from ssd.data.transforms import BaseTransform, SSDAugmentation
 from ssd.data.voc import VOC_CLASSES, VOCDataset, VOCSplit
 from ssd.data.voc_layout import (
     VOCFolder,
+    annotated_class_names,
     find_voc_folder,
     folder_split,
     listed_split,
@@ -137,6 +138,10 @@ def _voc(cfg, train: bool) -> VOCDataset:
     folder = find_voc_folder(data.root)
     if folder is not None:
         sets = _folder_sets(cfg, folder, sets, train)
+        if data.class_names is None:  # a folder of one's own: its XML files name the classes
+            names = annotated_class_names(folder)
+            logger.info("VOC %s: class names from its XML files: %s (set data.class_names for "
+                        "another order)", folder.root, names)
     else:
         refuse_empty_folder(data.root)
     return VOCDataset(data.root, sets, class_names=names, keep_difficult=data.keep_difficult,

@@ -12,6 +12,7 @@ into train and test by `split_ids` (data.val_fraction), and training writes that
 
 from __future__ import annotations
 
+import xml.etree.ElementTree as ET
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
@@ -99,6 +100,28 @@ def annotated_ids(folder: VOCFolder) -> list[str]:
         raise DataError(f"No XML annotation files in {folder.annotations}", "missing annotation",
                         folder.annotations)
     return ids
+
+
+def annotated_class_names(folder: VOCFolder) -> list[str]:
+    """The sorted class names the folder's XML files use (``<object><name>``): the class list
+    of a folder whose config leaves data.class_names null. An XML file that cannot be parsed
+    is skipped here; reading the data set reports it.
+
+    Raises:
+        DataError: there is no XML file, or no file names an object.
+    """
+    names = set()
+    for image_id in annotated_ids(folder):
+        try:
+            root = ET.parse(folder.annotations / f"{image_id}.xml").getroot()
+        except ET.ParseError:
+            continue
+        names.update((obj.findtext("name") or "").strip() for obj in root.iter("object"))
+    names.discard("")
+    if not names:
+        raise DataError(f"No object names in the XML files of {folder.annotations}; set "
+                        "data.class_names", "missing annotation", folder.annotations)
+    return sorted(names)
 
 
 def split_ids(ids: Sequence[str], val_fraction: float) -> dict[str, list[str]]:
