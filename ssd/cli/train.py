@@ -69,6 +69,7 @@ def main(argv: list[str] | None = None) -> int:
         check_global_batch,
         check_sync_bn,
         cleanup,
+        finish_together,
         init_distributed,
         launch_info,
     )
@@ -92,6 +93,7 @@ def main(argv: list[str] | None = None) -> int:
                                       resume=args.resume, init_weights=args.weights,
                                       progress=not args.no_progress, overwrite=args.overwrite)
         result = trainer.train()
+        finish_together(dist_info)
     except (CheckpointError, OutputFolderError, FolderInUseError, DataError) as err:  # the input is wrong
         print(f"error: {err}", file=sys.stderr)
         return 2

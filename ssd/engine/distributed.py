@@ -124,6 +124,15 @@ def ranks_agree(model: torch.nn.Module, info: DistInfo) -> tuple[bool, list[floa
     return all(v == values[0] for v in values), values
 
 
+def finish_together(info: DistInfo) -> None:
+    """After a successful run: every rank waits for the others (rank 0 writes the last
+    checkpoint and pictures), so the nodes' torchrun agents see their workers end together.
+    Otherwise the agent that hosts the c10d rendezvous store may exit first, and another
+    node's agent, still polling the store, fails with RendezvousConnectionError or hangs."""
+    if info.enabled and dist.is_initialized():
+        dist.barrier()
+
+
 def cleanup(info: DistInfo) -> None:
     if info.enabled and dist.is_initialized():
         dist.destroy_process_group()
