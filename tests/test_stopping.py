@@ -13,7 +13,14 @@ import time
 
 import pytest
 import torch
-from trainer_helpers import REPO_ROOT, TRAIN_SCRIPT, tiny_cfg, train_argv, train_main
+from trainer_helpers import (
+    REPO_ROOT,
+    TRAIN_SCRIPT,
+    signal_during_iteration,
+    tiny_cfg,
+    train_argv,
+    train_main,
+)
 
 from ssd.engine import checkpoint as ckpt
 from ssd.engine.ema import EMA_KEY
@@ -195,15 +202,7 @@ def test_sigusr1_saves_exits_75_and_resume_gives_the_uninterrupted_losses(data_r
 def test_the_preemption_signal_is_configurable_and_stops_after_the_iteration(data_root, tmp_path):
     cfg = tiny_cfg(data_root, **{"train.preempt_signal": "SIGUSR2", "solver.max_iter": 1000})
     trainer = Trainer.from_config(cfg, output_dir=tmp_path, device="cpu", progress=False)
-    real, calls = trainer.criterion.forward, []
-
-    def signalled_during_second_iteration(*args):
-        calls.append(1)
-        if len(calls) == 2:
-            os.kill(os.getpid(), signal.SIGUSR2)
-        return real(*args)
-
-    trainer.criterion.forward = signalled_during_second_iteration
+    signal_during_iteration(trainer, signal.SIGUSR2, iteration=2)
     before = signal.getsignal(signal.SIGUSR2)
     try:
         trainer.train()

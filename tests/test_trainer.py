@@ -11,7 +11,14 @@ from pathlib import Path
 import pytest
 import torch
 from conftest import DEVICES, needs_cuda
-from trainer_helpers import REPO_ROOT, tiny_cfg, tiny_overrides, train_argv, train_main
+from trainer_helpers import (
+    REPO_ROOT,
+    signal_during_iteration,
+    tiny_cfg,
+    tiny_overrides,
+    train_argv,
+    train_main,
+)
 from trainer_helpers import TRAIN_SCRIPT as TRAIN_SCRIPT_PATH
 
 from ssd.engine import checkpoint as ckpt
@@ -143,15 +150,7 @@ def test_non_finite_loss_stops_with_iteration_and_image_ids(data_root, tmp_path,
 def test_sigterm_finishes_the_iteration_and_writes_a_checkpoint(data_root, tmp_path):
     cfg = tiny_cfg(data_root, **{"solver.max_iter": 1000, "train.checkpoint_period": 1000})
     trainer = Trainer.from_config(cfg, output_dir=tmp_path, device="cpu", progress=False)
-    real, calls = trainer.criterion.forward, []
-
-    def terminated_during_second_iteration(*args):
-        calls.append(1)
-        if len(calls) == 2:
-            os.kill(os.getpid(), signal.SIGTERM)
-        return real(*args)
-
-    trainer.criterion.forward = terminated_during_second_iteration
+    signal_during_iteration(trainer, signal.SIGTERM, iteration=2)
     before = signal.getsignal(signal.SIGTERM)
     with pytest.raises(KeyboardInterrupt, match=r"SIGTERM.*iteration 2.*--resume auto"):
         trainer.train()

@@ -45,3 +45,19 @@ def train_argv(data_root, output_dir, *extra_args, **overrides) -> list[str]:
     return ["--config", str(REPO_ROOT / "configs" / "shapes.yaml"), "--device", "cpu",
             "--output", str(output_dir), "--no-progress", *extra_args,
             "--opts", *tiny_overrides(data_root, **overrides)]
+
+
+def signal_during_iteration(trainer, signum: int, iteration: int = 2) -> None:
+    """Make `trainer` receive `signum` (from its own process) inside the loss of `iteration`, i.e.
+    in the middle of that training step."""
+    import os
+
+    real, calls = trainer.criterion.forward, []
+
+    def signalled(*args):
+        calls.append(1)
+        if len(calls) == iteration:
+            os.kill(os.getpid(), signum)
+        return real(*args)
+
+    trainer.criterion.forward = signalled

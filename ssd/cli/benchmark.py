@@ -31,7 +31,7 @@ from pathlib import Path
 
 import torch
 
-from ssd.cli.common import add_version_argument, load_cli_config, run_cli
+from ssd.cli.common import add_version_argument, add_weights_arguments, load_cli_config, run_cli
 from ssd.deploy import DEFAULT_CALIBRATION_IMAGES
 from ssd.deploy_benchmark import DEFAULT_BATCH_SIZES, DEFAULT_ROUNDS, DEFAULT_WARMUP, RUNTIMES
 
@@ -39,9 +39,7 @@ from ssd.deploy_benchmark import DEFAULT_BATCH_SIZES, DEFAULT_ROUNDS, DEFAULT_WA
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--weights", required=True, help="checkpoint or classic state_dict")
-    parser.add_argument("--config", help="YAML config, used when the weights carry none "
-                                         "(default: the built-in SSD300 VOC model)")
+    add_weights_arguments(parser)
     parser.add_argument("--formats", nargs="+", choices=RUNTIMES, default=list(RUNTIMES),
                         metavar="RUNTIME", help=f"runtimes to compare (default all: {' '.join(RUNTIMES)})")
     parser.add_argument("--batch-sizes", nargs="+", type=int, default=list(DEFAULT_BATCH_SIZES),

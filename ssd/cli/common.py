@@ -51,6 +51,14 @@ def add_version_argument(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--version", action="version", version=f"%(prog)s {ssd.__version__}")
 
 
+def add_weights_arguments(parser: argparse.ArgumentParser) -> None:
+    """`--weights` (required) and `--config` of the commands that load a trained model to
+    convert or time it (ssd-export, ssd-benchmark)."""
+    parser.add_argument("--weights", required=True, help="checkpoint or classic state_dict")
+    parser.add_argument("--config", help="YAML config, used when the weights carry none "
+                                         "(default: the built-in SSD300 VOC model)")
+
+
 def pick_device(requested: str | None) -> str:
     """`--device` as given (error when CUDA is asked for but missing), else cuda when present."""
     from ssd.precision import resolve_device

@@ -44,7 +44,13 @@ import argparse
 import sys
 from pathlib import Path
 
-from ssd.cli.common import EXIT_USER_ERROR, add_version_argument, load_cli_config, run_cli
+from ssd.cli.common import (
+    EXIT_USER_ERROR,
+    add_version_argument,
+    add_weights_arguments,
+    load_cli_config,
+    run_cli,
+)
 from ssd.deploy import DEFAULT_CALIBRATION_IMAGES
 
 DEFAULT_TOLERANCE = 1e-4  # fp32 against fp32: ~1700 roundings of 2^-24, far above kernel noise
@@ -53,9 +59,7 @@ DEFAULT_TOLERANCE = 1e-4  # fp32 against fp32: ~1700 roundings of 2^-24, far abo
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--weights", required=True, help="checkpoint or classic state_dict")
-    parser.add_argument("--config", help="YAML config, used when the weights carry none "
-                                         "(default: the built-in SSD300 VOC model)")
+    add_weights_arguments(parser)
     parser.add_argument("--output", "--out", type=Path, default=Path("ssd300.onnx"),
                         help="output file (.onnx, or .pt for --format torchscript; default "
                              "ssd300.onnx; --out is the old spelling)")
